@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make audit   - build .venv/ if missing or stale, then audit the offline embedded default
+#   make test    - build .venv/ if missing or stale, then run the fast test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv audit test test-all bench clean-venv
+
+venv: $(STAMP)
+
+# The stamp depends on the pinned lock and the project metadata: editing either rebuilds.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/python -c "import torch, torchaudio; assert torch.__version__.split('+')[0] == torchaudio.__version__.split('+')[0], (torch.__version__, torchaudio.__version__)"
+	touch $(STAMP)
+
+audit: $(STAMP)
+	$(VENV)/bin/speech-audit run
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/extraction.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,118 @@
+"""Command line: ``speech-audit run | extract | corpus synth``.
+
+Errors caused by input or environment (:class:`SpeechAuditError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from audit.errors import SpeechAuditError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with the same settings (flags override it)")
+    p.add_argument("--model", help="whisper-tiny.en | ge2e | tiny-random-wav2vec2 | HF id | local folder")
+    p.add_argument("--corpus", help="synthetic | librispeech:PATH | folder with manifest.csv")
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="keep matching rows (repeatable)")
+    p.add_argument("--segment", type=float, metavar="SECONDS", help="cut utterances into fixed-length segments")
+    p.add_argument("--cache-dir", help="embedding store folder (default ~/.cache/speech-audit/store)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``speech-audit`` command."""
+    parser = argparse.ArgumentParser(prog="speech-audit", description="Privacy audit of speech representations.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="audit a model's layers (default: whisper-tiny.en on the synthetic corpus)")
+    _add_common(run)
+    run.add_argument("--layers", help="'all' or comma-separated layer indices")
+    run.add_argument("--out", help="report folder (default reports/<run-name>)")
+    run.add_argument("--quick", action="store_true", help="smaller attacker budgets for a first look (weakens the audit)")
+    ext = sub.add_parser("extract", help="fill the embedding store only")
+    _add_common(ext)
+    corpus = sub.add_parser("corpus", help="corpus tools")
+    csub = corpus.add_subparsers(dest="corpus_command", required=True)
+    synth = csub.add_parser("synth", help="build the synthetic espeak-ng corpus")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--voices", type=int, default=24)
+    synth.add_argument("--sentences", type=int, default=20)
+    synth.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from audit.config import AuditConfig, load_config, parse_layers
+
+    cfg = load_config(args.config) if args.config else AuditConfig()
+    overrides = {
+        "model": args.model, "corpus": args.corpus, "where": args.where, "segment": args.segment,
+        "cache_dir": args.cache_dir, "batch_size": args.batch_size, "seed": args.seed,
+        "layers": parse_layers(args.layers) if getattr(args, "layers", None) else None,
+        "out": getattr(args, "out", None), "quick": True if getattr(args, "quick", False) else None,
+        "progress": False if args.no_progress else None,
+    }
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return cfg.validate()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from audit.pipeline import AuditPipeline
+
+    results = AuditPipeline(_config(args)).run()
+    out = Path(results["out"])
+    s = results.get("summary", {})
+    if s:
+        print(f"leakiest layer {s['leakiest_layer']}: speaker-ID top-1 {100 * s['leakiest_top1']:.1f}% "
+              f"(95% CI {100 * s['leakiest_ci95'][0]:.1f}-{100 * s['leakiest_ci95'][1]:.1f}%), "
+              f"chance {100 * s['chance']:.1f}%")
+    print(f"report: {out / 'summary.md'}  results: {out / 'results.json'}  "
+          f"(store {'reused' if results['store']['cache_hit'] else 'built'}, {results['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from audit.extractor import build_extractor
+    from audit.pipeline import AuditPipeline
+    from audit.store import EmbeddingStore
+
+    cfg = _config(args)
+    corpus = AuditPipeline._prepare_corpus(cfg)
+    store = EmbeddingStore.build(build_extractor(cfg.model), corpus, cache_dir=cfg.cache_dir,
+                                 batch_size=cfg.batch_size, progress=cfg.progress)
+    st = store.stats
+    print(f"store {store.root}: {len(store)} utterances x {store.num_layers} layers; "
+          f"{st.shards_computed}/{st.shards_total} shards computed in {st.wall_seconds:.1f} s")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from audit.synth import build_corpus
+
+    folder = build_corpus(args.out, n_voices=args.voices, n_sentences=args.sentences, seed=args.seed)
+    print(f"synthetic corpus: {folder / 'manifest.csv'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``speech-audit`` command; returns the exit code."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    args = build_parser().parse_args(argv)
+    handlers = {"run": _run, "extract": _extract, "corpus": _synth}
+    try:
+        return handlers[args.command](args)
+    except SpeechAuditError as exc:
+        print(f"speech-audit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Corpora: tables of utterances, their loaders, row filters and fixed-length segmenting.
+
+A corpus is a list of :class:`Utterance` rows (``utt_id, path, speaker, transcript,
+attributes``). Three loaders feed it: a CSV manifest folder (the format of
+``../shared/data/*/manifest.csv``), a LibriSpeech folder (``librispeech:PATH``) and the
+built-in synthetic corpus (``synthetic``). Splits live in :mod:`audit.splits`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from audit.audio import audio_duration
+from audit.errors import CorpusError
+
+RESERVED_COLUMNS = ("path", "speaker", "transcript", "duration_s", "utt_id")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One row of a corpus: an audio span with its speaker, transcript and attributes.
+
+    ``start``/``end`` select a span of the file in seconds (``end=None``: to the end), so
+    segmenting a long recording never copies audio.
+    """
+
+    utt_id: str
+    path: str
+    speaker: str
+    transcript: str | None
+    duration: float
+    attributes: dict[str, str] = field(default_factory=dict)
+    start: float = 0.0
+    end: float | None = None
+
+
+@dataclass
+class Corpus:
+    """An ordered table of utterances plus the spec it was loaded from."""
+
+    name: str
+    utterances: list[Utterance]
+    filters: tuple[str, ...] = ()
+    segment_seconds: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __iter__(self):
+        return iter(self.utterances)
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker label of each utterance, in corpus order."""
+        return [u.speaker for u in self.utterances]
+
+    @property
+    def total_seconds(self) -> float:
+        """Total audio duration of the corpus in seconds."""
+        return float(sum(u.duration for u in self.utterances))
+
+    def describe(self) -> str:
+        """One-line description: name, filters, segmenting, counts."""
+        parts = [self.name]
+        parts += [f"where {f}" for f in self.filters]
+        if self.segment_seconds:
+            parts.append(f"segment {self.segment_seconds:g}s")
+        n_spk = len(set(self.speakers))
+        return f"{', '.join(parts)} ({len(self)} utterances, {n_spk} speakers, {self.total_seconds / 60:.1f} min)"
+
+    def fingerprint(self) -> str:
+        """Hash of what determines the embeddings: ids, files (size, mtime) and spans."""
+        h = hashlib.sha256()
+        for u in self.utterances:
+            try:
+                st = os.stat(u.path)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            h.update(f"{u.utt_id}\t{u.path}\t{stamp}\t{u.start:.6f}\t{u.end}\n".encode())
+        return h.hexdigest()
+
+    def attribute_values(self, name: str) -> list[str | None]:
+        """Value of attribute ``name`` for every utterance (None where absent or empty)."""
+        return [u.attributes.get(name) or None for u in self.utterances]
+
+    def where(self, conditions: Sequence[str]) -> "Corpus":
+        """Keep rows matching every ``COLUMN=VALUE`` condition (``speaker`` or any attribute)."""
+        rows = self.utterances
+        for cond in conditions:
+            if "=" not in cond:
+                raise CorpusError(f"--where {cond!r}: expected COLUMN=VALUE")
+            key, value = (s.strip() for s in cond.split("=", 1))
+            known = {"speaker", "utt_id"} | {k for u in rows for k in u.attributes}
+            if key not in known:
+                raise CorpusError(
+                    f"--where {cond!r}: unknown column {key!r} in corpus {self.name}; "
+                    f"columns: {', '.join(sorted(known))}"
+                )
+            rows = [u for u in rows if _column(u, key) == value]
+            if not rows:
+                raise CorpusError(f"--where {cond!r}: no utterance of corpus {self.name} matches")
+        return Corpus(self.name, list(rows), self.filters + tuple(conditions), self.segment_seconds)
+
+    def segmented(self, seconds: float) -> "Corpus":
+        """Cut every utterance into consecutive ``seconds``-long segments.
+
+        Each segment keeps its speaker and attributes; transcripts are dropped because no
+        word timing is known. A tail shorter than half a segment is dropped; an utterance
+        shorter than one segment stays whole.
+        """
+        if not seconds or seconds <= 0:
+            raise CorpusError(f"--segment {seconds!r}: must be a positive number of seconds")
+        out: list[Utterance] = []
+        for u in self.utterances:
+            total = (u.end if u.end is not None else u.duration + u.start) - u.start
+            n = max(1, int(math.floor(total / seconds)))
+            if total - n * seconds >= seconds / 2:
+                n += 1
+            if n == 1:
+                out.append(replace(u, utt_id=f"{u.utt_id}_seg000", transcript=None))
+                continue
+            for k in range(n):
+                s = u.start + k * seconds
+                e = min(u.start + (k + 1) * seconds, u.start + total)
+                out.append(replace(u, utt_id=f"{u.utt_id}_seg{k:03d}", transcript=None,
+                                   start=s, end=e, duration=e - s))
+        return Corpus(self.name, out, self.filters, seconds)
+
+
+def _column(u: Utterance, key: str) -> str | None:
+    if key == "speaker":
+        return u.speaker
+    if key == "utt_id":
+        return u.utt_id
+    return u.attributes.get(key)
+
+
+def load_manifest(location: str | Path) -> Corpus:
+    """Load a CSV manifest (a folder holding ``manifest.csv``, or the CSV file itself).
+
+    Required columns: ``path`` (relative to the manifest's folder or absolute) and
+    ``speaker``; optional ``transcript``, ``duration_s``, ``utt_id``; every other column
+    becomes an attribute. A row naming a missing file is an error that names the row.
+    """
+    location = Path(location)
+    csv_path = location / "manifest.csv" if location.is_dir() else location
+    if not csv_path.is_file():
+        raise CorpusError(f"{location}: no manifest.csv found (expected a folder holding manifest.csv or a CSV file)")
+    root = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        for required in ("path", "speaker"):
+            if required not in columns:
+                raise CorpusError(f"{csv_path}: missing required column {required!r} (columns: {', '.join(columns)})")
+        utts: list[Utterance] = []
+        seen: set[str] = set()
+        for lineno, row in enumerate(reader, start=2):
+            rel = (row.get("path") or "").strip()
+            speaker = (row.get("speaker") or "").strip()
+            if not rel or not speaker:
+                raise CorpusError(f"{csv_path}:{lineno}: empty 'path' or 'speaker'")
+            path = (root / rel).resolve() if not os.path.isabs(rel) else Path(rel)
+            if not path.is_file():
+                raise CorpusError(f"{csv_path}:{lineno}: audio file not found: {path}")
+            utt_id = (row.get("utt_id") or "").strip() or Path(rel).stem
+            if utt_id in seen:
+                raise CorpusError(f"{csv_path}:{lineno}: duplicate utt_id {utt_id!r}")
+            seen.add(utt_id)
+            dur_text = (row.get("duration_s") or "").strip()
+            try:
+                duration = float(dur_text) if dur_text else audio_duration(path)
+            except ValueError as exc:
+                raise CorpusError(f"{csv_path}:{lineno}: bad duration_s {dur_text!r}") from exc
+            attrs = {k: (v or "").strip() for k, v in row.items() if k not in RESERVED_COLUMNS and k is not None}
+            transcript = (row.get("transcript") or "").strip() or None
+            utts.append(Utterance(utt_id, str(path), speaker, transcript, duration, attrs))
+    if not utts:
+        raise CorpusError(f"{csv_path}: manifest has no rows")
+    return Corpus(str(location), utts)
+
+
+def _speakers_txt(root: Path) -> dict[str, dict[str, str]]:
+    for candidate in (root / "SPEAKERS.TXT", root.parent / "SPEAKERS.TXT"):
+        if candidate.is_file():
+            info: dict[str, dict[str, str]] = {}
+            for line in candidate.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith(";") or "|" not in line:
+                    continue
+                parts = [p.strip() for p in line.split("|")]
+                if len(parts) >= 3:
+                    info[parts[0]] = {"gender": parts[1], "subset": parts[2]}
+            return info
+    return {}
+
+
+def load_librispeech(root: str | Path) -> Corpus:
+    """Load a LibriSpeech folder: ``<spk>/<chapter>/*.flac`` plus ``*.trans.txt``.
+
+    Gender and subset come from ``SPEAKERS.TXT`` (in the folder or its parent) when present.
+    A FLAC without a transcript line is an error naming the file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CorpusError(
+            f"librispeech:{root}: folder not found. Download LibriSpeech from https://www.openslr.org/12 "
+            "and pass the split folder, e.g. librispeech:/data/LibriSpeech/dev-clean"
+        )
+    speakers = _speakers_txt(root)
+    utts: list[Utterance] = []
+    for trans in sorted(root.glob("*/*/*.trans.txt")):
+        lines = {}
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                key, _, text = line.partition(" ")
+                lines[key] = text.strip()
+        for flac in sorted(trans.parent.glob("*.flac")):
+            if flac.stem not in lines:
+                raise CorpusError(f"{flac}: no transcript line for {flac.stem} in {trans}")
+            spk, chapter = flac.parent.parent.name, flac.parent.name
+            attrs = {"chapter": chapter, **speakers.get(spk, {})}
+            utts.append(Utterance(flac.stem, str(flac.resolve()), spk, lines[flac.stem],
+                                  audio_duration(flac), attrs))
+    if not utts:
+        raise CorpusError(f"librispeech:{root}: no <speaker>/<chapter>/*.trans.txt found")
+    return Corpus(f"librispeech:{root}", utts)
+
+
+def load_corpus(spec: str, *, seed: int = 0, progress: bool = True) -> Corpus:
+    """Resolve a corpus spec: ``synthetic``, ``librispeech:PATH``, ``manifest:PATH`` or a path."""
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from audit.synth import ensure_default_corpus
+
+        folder = ensure_default_corpus(seed=seed, progress=progress)
+        corpus = load_manifest(folder)
+        corpus.name = "synthetic"
+        return corpus
+    if spec.startswith("librispeech:"):
+        return load_librispeech(spec.split(":", 1)[1])
+    if spec.startswith("manifest:"):
+        return load_manifest(spec.split(":", 1)[1])
+    if Path(spec).exists():
+        return load_manifest(spec)
+    raise CorpusError(
+        f"corpus {spec!r}: not found. Use 'synthetic', 'librispeech:PATH', or a folder holding manifest.csv"
+    )
+
+
+_ALNUM = re.compile(r"[A-Za-z0-9]")
+
+
+def speech_rate(u: Utterance) -> float | None:
+    """Characters per second: alphanumeric characters of the transcript / duration (None without one)."""
+    if not u.transcript or u.duration <= 0:
+        return None
+    return len(_ALNUM.findall(u.transcript)) / u.duration
+

@@ -1,0 +1,74 @@
+"""Labelled views of one store layer, the unit every attack and defense consumes.
+
+An :class:`EmbeddingSet` pairs a layer's pooled embeddings (and lazy frame-level access) with
+the corpus labels of the same utterances. Attacks ``fit`` on one set and ``evaluate`` on
+another; defenses map a set to a set of the same layout, so attacks run unchanged on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from audit.corpus import Corpus, speech_rate
+from audit.errors import StoreError
+from audit.store import EmbeddingStore
+
+
+@dataclass
+class EmbeddingSet:
+    """Pooled ``(N, D)`` embeddings, speakers and attributes of N utterances of one layer.
+
+    ``frame_source(i)`` returns the ``(T, D)`` frames of row ``i`` (None for pooled-only sets);
+    ``attributes`` maps a name (``gender``, ``speech_rate``, ...) to an object array with None
+    where the value is unknown.
+    """
+
+    pooled: np.ndarray
+    speakers: np.ndarray
+    utt_ids: list[str]
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+    frame_source: Callable[[int], np.ndarray] | None = None
+    layer: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.pooled.shape[0])
+
+    @property
+    def n_speakers(self) -> int:
+        """Number of distinct speakers."""
+        return int(np.unique(self.speakers).size)
+
+    def frames(self, i: int) -> np.ndarray:
+        """Frame-level ``(T, D)`` states of row ``i``."""
+        if self.frame_source is None:
+            raise StoreError("this embedding set is pooled-only: no frame-level states")
+        return self.frame_source(i)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "EmbeddingSet":
+        """Rows ``index`` as a new set (frames stay lazy)."""
+        index = np.asarray(index, dtype=int)
+        source = None
+        if self.frame_source is not None:
+            parent = self.frame_source
+            source = lambda i: parent(int(index[i]))  # noqa: E731
+        return EmbeddingSet(self.pooled[index], self.speakers[index], [self.utt_ids[i] for i in index],
+                            {k: v[index] for k, v in self.attributes.items()}, source, self.layer)
+
+
+def corpus_attributes(corpus: Corpus) -> dict[str, np.ndarray]:
+    """Attribute columns of a corpus as object arrays, plus derived ``speech_rate`` (chars/s)."""
+    names = sorted({k for u in corpus for k in u.attributes})
+    out = {name: np.array(corpus.attribute_values(name), dtype=object) for name in names}
+    out["speech_rate"] = np.array([speech_rate(u) for u in corpus], dtype=object)
+    return out
+
+
+def layer_set(store: EmbeddingStore, corpus: Corpus, layer: int, *, pooling: str = "meanstd") -> EmbeddingSet:
+    """The labelled :class:`EmbeddingSet` of one layer of a store built from ``corpus``."""
+    if store.utt_ids != [u.utt_id for u in corpus]:
+        raise StoreError(f"{store.root}: store utterances do not match corpus {corpus.name}")
+    return EmbeddingSet(store.pooled(layer, pooling), np.array(corpus.speakers), list(store.utt_ids),
+                        corpus_attributes(corpus), lambda i: store.frames(layer, i), layer)

