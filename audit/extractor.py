@@ -136,7 +136,7 @@ class WhisperTinyEnOffline(Extractor):
     def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
         from audit.whisper_offline import encoder_hidden_states
 
-        return encoder_hidden_states(self._bundle, wavs)
+        return encoder_hidden_states(self._bundle, wavs, batch_size=len(wavs))
 
 
 class GE2E(Extractor):
@@ -238,7 +238,9 @@ class HuggingFaceSpeech(Extractor):
 
     def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
         if self.family == "whisper":
-            return _whisper_encoder_states(self._model, self._fe, wavs)
+            from audit.whisper_offline import whisper_encoder_states
+
+            return whisper_encoder_states(self._model, self._fe, wavs, batch_size=len(wavs))
         import torch
 
         lengths = [w.size for w in wavs]
@@ -256,26 +258,6 @@ class HuggingFaceSpeech(Extractor):
         n_frames = self._model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
         states = [h.float().numpy() for h in out.hidden_states]
         return [[s[i, : n_frames[i]] for s in states] for i in range(len(wavs))]
-
-
-def _whisper_encoder_states(encoder, feature_extractor, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
-    """Run a Whisper encoder on 30 s windows and slice each clip's frames back out (50 Hz)."""
-    import torch
-
-    window = 30 * 16000
-    pieces: list[tuple[int, np.ndarray]] = []
-    for i, w in enumerate(wavs):
-        for s in range(0, max(w.size, 1), window):
-            pieces.append((i, w[s: s + window]))
-    feats = feature_extractor([p for _, p in pieces], sampling_rate=16000, return_tensors="pt").input_features
-    out = encoder(feats.to(next(encoder.parameters()).dtype), output_hidden_states=True)
-    states = [h.float().numpy() for h in out.hidden_states]
-    per_clip: list[list[list[np.ndarray]]] = [[[] for _ in states] for _ in wavs]
-    for k, (i, piece) in enumerate(pieces):
-        n = min(int(np.ceil(piece.size / 320)), states[0].shape[1])
-        for layer, s in enumerate(states):
-            per_clip[i][layer].append(s[k, :n])
-    return [[np.concatenate(parts) for parts in layers] for layers in per_clip]
 
 
 def tiny_random_wav2vec2(seed: int = 0) -> HuggingFaceSpeech:

@@ -1,0 +1,102 @@
+"""Extraction benchmark: pipeline vs bare model forward, cold vs warm store, peak RSS at 1x and 4x audio.
+
+Prints measured figures (nothing is asserted): seconds of compute per second of audio for
+
+* the bare model forward on in-memory audio (the extractor called on pre-decoded clips),
+* the full pipeline into a cold store (decode + forward + float16 + atomic shard writes + consolidation),
+* a warm store (same key: no model work),
+
+and the peak resident memory of a fresh process extracting 1x and 4x the audio.
+
+Usage: ``python benchmarks/extraction.py [--model whisper-tiny.en] [--n 24] [--corpus PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from audit.audio import load_audio  # noqa: E402
+from audit.corpus import Corpus, load_corpus  # noqa: E402
+from audit.extractor import build_extractor  # noqa: E402
+from audit.store import EmbeddingStore, _batches  # noqa: E402
+
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "librispeech_subset"
+
+
+def pick_corpus(spec: str, n: int, repeat: int = 1) -> Corpus:
+    """The first ``n`` utterances of ``spec`` (test-other when it is the shared subset), repeated."""
+    corpus = load_corpus(spec)
+    if any(u.attributes.get("subset") == "test-other" for u in corpus):
+        corpus = corpus.where(["subset=test-other"])
+    base = corpus.utterances[:n]
+    utts = [replace(u, utt_id=f"{u.utt_id}_r{r}") for r in range(repeat) for u in base]
+    return Corpus(corpus.name, utts)
+
+
+def child_peak_rss(model: str, spec: str, n: int, repeat: int, batch_size: int) -> dict:
+    """Run one cold extraction in a fresh process; return its peak RSS (MiB) and audio seconds."""
+    code = (
+        "import json,resource,sys,tempfile; sys.path.insert(0, %r)\n"
+        "from benchmarks.extraction import pick_corpus\n"
+        "from audit.extractor import build_extractor\nfrom audit.store import EmbeddingStore\n"
+        "c = pick_corpus(%r, %d, %d)\n"
+        "s = EmbeddingStore.build(build_extractor(%r), c, cache_dir=tempfile.mkdtemp(), batch_size=%d, progress=False)\n"
+        "print(json.dumps({'audio_s': c.total_seconds, 'n': len(c), 'rss_mib': "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    ) % (str(ROOT), spec, n, repeat, model, batch_size)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--n", type=int, default=24, help="utterances in the 1x corpus")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    import torch
+
+    print(f"model {args.model}, corpus {args.corpus}, torch threads {torch.get_num_threads()}")
+    corpus = pick_corpus(args.corpus, args.n)
+    audio_s = corpus.total_seconds
+    ext = build_extractor(args.model).load()
+    wavs = [load_audio(u.path, start=u.start, end=u.end) for u in corpus]
+    ext(wavs[:1])  # warm-up: first-call allocations are not what we measure
+    t = time.perf_counter()
+    for batch in _batches([w.size for w in wavs], args.batch_size, ext.can_pad_batch):
+        ext([wavs[i] for i in batch])
+    bare = time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=args.batch_size, progress=False)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        warm_store = EmbeddingStore.build(build_extractor(args.model), corpus, cache_dir=cache, progress=False)
+        warm = time.perf_counter() - t
+    print(f"audio: {len(corpus)} utterances, {audio_s:.1f} s")
+    print(f"bare model forward : {bare:7.2f} s  = {bare / audio_s:.4f} s per audio-second")
+    print(f"pipeline, cold     : {cold:7.2f} s  = {cold / audio_s:.4f} s per audio-second "
+          f"(overhead {100 * (cold - bare) / bare:+.1f}% vs bare; target < 15%)")
+    print(f"pipeline, warm     : {warm:7.3f} s  = {warm / audio_s:.5f} s per audio-second "
+          f"(cache hit: {warm_store.stats.cache_hit}; {cold / max(warm, 1e-9):.0f}x faster than cold)")
+    one = child_peak_rss(args.model, args.corpus, args.n, 1, args.batch_size)
+    four = child_peak_rss(args.model, args.corpus, args.n, 4, args.batch_size)
+    growth = 100 * (four["rss_mib"] - one["rss_mib"]) / one["rss_mib"]
+    print(f"peak RSS 1x ({one['audio_s']:.0f} s audio): {one['rss_mib']:.0f} MiB; "
+          f"4x ({four['audio_s']:.0f} s audio): {four['rss_mib']:.0f} MiB; growth {growth:+.1f}% (target within 10%)")
+
+
+if __name__ == "__main__":
+    main()

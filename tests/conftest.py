@@ -1,0 +1,61 @@
+"""Shared fixtures: generated audio corpora (no external data) and the shared-data location."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_corpus(name: str) -> Path:
+    """Path of a ../shared/data corpus, skipping the test when it is absent."""
+    path = SHARED_DATA / name
+    if not (path / "manifest.csv").is_file():
+        pytest.skip(f"shared data {path} not present")
+    return path
+
+
+def voice(f0: float, formant: float, seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
+    """A crude voiced sound: harmonics of ``f0`` shaped by one resonance, with jitter and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f = f0 * (1 + 0.03 * np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    wav = sum(np.sin(k * phase) / k * np.exp(-((k * f0 - formant) / 600.0) ** 2) for k in range(1, 30))
+    wav = wav + 0.02 * rng.standard_normal(t.size)
+    return (0.5 * wav / np.max(np.abs(wav))).astype(np.float32)
+
+
+def write_tone_corpus(root: Path, *, n_speakers: int = 4, n_utts: int = 6, seconds: float = 1.0) -> Path:
+    """A manifest corpus of ``n_speakers`` distinct synthetic voices, ``n_utts`` clips each."""
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(n_speakers):
+        for u in range(n_utts):
+            rel = f"audio/spk{s}_{u}.wav"
+            wav = voice(90 + 35 * s, 500 + 400 * s, seconds + 0.1 * u, seed=100 * s + u)
+            sf.write(root / rel, wav, 16000, subtype="PCM_16")
+            rows.append({"path": rel, "speaker": f"spk{s}", "transcript": "HELLO WORLD",
+                         "duration_s": f"{wav.size / 16000:.3f}", "gender": "F" if s % 2 else "M"})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def tone_corpus(tmp_path: Path) -> Path:
+    """Folder of a small generated manifest corpus (4 speakers x 6 clips)."""
+    return write_tone_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep every test's store and synthetic corpus out of the user's cache."""
+    monkeypatch.setenv("SPEECH_AUDIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

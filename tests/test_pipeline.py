@@ -1,0 +1,86 @@
+"""End-to-end audit on a generated corpus, config validation and the CLI's error handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from audit.cli import main
+from audit.config import config_from_dict, load_config
+from audit.errors import ConfigError
+from audit.pipeline import AuditPipeline
+from tests.conftest import write_tone_corpus
+
+
+def test_run_writes_results_and_summary(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=4, n_utts=8)
+    out = tmp_path / "report"
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(out),
+                            "cache_dir": str(tmp_path / "store"), "progress": False,
+                            "speaker_id": {"attackers": ["logreg"], "n_boot": 200}})
+    results = AuditPipeline(cfg).run()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["schema_version"] == results["schema_version"]
+    assert saved["model"]["spec"] == "tiny-random-wav2vec2" and saved["corpus"]["n_speakers"] == 4
+    assert len(saved["layers"]) == 3
+    for layer in saved["layers"]:
+        sid = layer["attacks"]["speaker_id"]
+        assert {"top1", "ci95", "chance", "n_speakers", "n_test"} <= set(sid)
+        assert sid["ci95"][0] <= sid["top1"] <= sid["ci95"][1] and sid["chance"] == 0.25
+        assert layer["dim"] == 32
+    # distinct synthetic voices are identified far above chance by some layer
+    assert max(la["attacks"]["speaker_id"]["top1"] for la in saved["layers"]) > 0.6
+    summary = (out / "summary.md").read_text()
+    assert "| layer |" in summary and "Threat model" in summary and "chance" in summary
+    assert (out / "speaker_id_by_layer.png").stat().st_size > 1000
+    assert "weakened" in saved and saved["weakened"]  # logreg-only is a weakening setting
+
+
+def test_quick_is_warned_and_reported(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=5)
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
+                            "cache_dir": str(tmp_path / "s"), "quick": True, "layers": [1], "progress": False})
+    with pytest.warns(UserWarning, match="weakened audit"):
+        results = AuditPipeline(cfg).run()
+    assert [la["index"] for la in results["layers"]] == [1]
+    assert any("--quick" in w for w in results["weakened"])
+    assert "Weakened audit" in (tmp_path / "r" / "summary.md").read_text()
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "audit.toml"
+    path.write_text('model = "ge2e"\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        load_config(path)
+    path.write_text('model = "ge2e"\n[speaker_id]\ntest_fraction = 1.5\n')
+    with pytest.raises(ConfigError, match=r"speaker_id.test_fraction=1.5"):
+        load_config(path)
+    path.write_text('seed = "zero"\n')
+    with pytest.raises(ConfigError, match="seed: expected int"):
+        load_config(path)
+    path.write_text('layers = "0,x"\n')
+    with pytest.raises(ConfigError, match="layers="):
+        load_config(path)
+    path.write_text('[speaker_id]\nattackers = ["svm"]\n')
+    with pytest.raises(ConfigError, match="unknown attacker 'svm'"):
+        load_config(path)
+    path.write_text('corpus = "synthetic"\nwhere = ["subset=test-other"]\nlayers = [0, 2]\nsegment = 3\n')
+    cfg = load_config(path)
+    assert cfg.layers == [0, 2] and cfg.segment == 3.0
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    code = main(["run", "--model", "no-such-model", "--corpus", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("speech-audit: error:") and err.count("\n") == 1
+
+
+def test_cli_flags_override_config(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=4)
+    cfg_path = tmp_path / "a.toml"
+    cfg_path.write_text(f'model = "tiny-random-wav2vec2"\ncorpus = "{corpus}"\nlayers = [0]\n'
+                        f'cache_dir = "{tmp_path / "s"}"\n[speaker_id]\nattackers = ["logreg"]\nn_boot = 200\n')
+    assert main(["run", "--config", str(cfg_path), "--layers", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [la["index"] for la in saved["layers"]] == [2] and saved["config"]["layers"] == [2]
