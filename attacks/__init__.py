@@ -1,12 +1,14 @@
 """Attacks on speech embeddings, one family per module, registered by name.
 
-A new attacker is one file with a class following the estimator contract
-(``fit(train: EmbeddingSet) -> self``, ``evaluate(test: EmbeddingSet) -> AttackResult``)
-plus one line in the matching registry below.
+Each family module holds its attackers (estimator contract: ``fit(train: EmbeddingSet) -> self``,
+``evaluate(test: EmbeddingSet) -> AttackResult``), a settings dataclass (its TOML section) and a
+``run_<family>(view, settings, *, seed, frame_rate) -> dict`` that attacks one layer. Adding a
+family means one new file plus one line in :data:`LAYER_ATTACKS` and a settings field in
+``audit/config.py``.
 """
 
-from attacks.speaker_id import LogisticSpeakerID, MLPSpeakerID
+from attacks.speaker_id import LogisticSpeakerID, MLPSpeakerID, run_speaker_id
 
-SPEAKER_ID_ATTACKERS = {"logreg": LogisticSpeakerID, "mlp": MLPSpeakerID}
+LAYER_ATTACKS = {"speaker_id": run_speaker_id}
 
-__all__ = ["SPEAKER_ID_ATTACKERS", "LogisticSpeakerID", "MLPSpeakerID"]
+__all__ = ["LAYER_ATTACKS", "LogisticSpeakerID", "MLPSpeakerID"]

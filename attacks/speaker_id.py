@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -23,7 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from audit.embeddings import EmbeddingSet
-from audit.errors import CorpusError
+from audit.errors import ConfigError, CorpusError
 from audit.metrics import accuracy_ci, chance_topk, topk_accuracy
 from audit.results import AttackResult
 from audit.splits import utterance_split
@@ -106,6 +107,7 @@ class _PooledSpeakerID(ABC):
             self.best_ = grid[int(np.argmax([self.val_scores_[str(v)] for v in grid]))]
         else:
             self.best_ = grid[0]
+        self.validation_score_ = max(self.val_scores_.values()) if self.val_scores_ else 0.0
         self.model_, self.converged_ = self._fit_one(X, y, self.best_)
         self.train_ = train
         self.fit_seconds_ = time.perf_counter() - t0
@@ -159,13 +161,13 @@ class LogisticSpeakerID(_PooledSpeakerID):
 
 
 class MLPSpeakerID(_PooledSpeakerID):
-    """One-hidden-layer MLP (Adam, early stopping) on standardised pooled embeddings."""
+    """One-hidden-layer MLP (Adam; early stopping on 10% of its training data) on standardised pooled embeddings."""
 
     attacker = "mlp"
     grid_name = "alpha"
 
     def __init__(self, *, hidden: int = 256, alpha_grid: tuple[float, ...] = (1e-4, 1e-2, 1.0),
-                 max_iter: int = 500, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
+                 max_iter: int = 300, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
         super().__init__(val_fraction=val_fraction, seed=seed, n_boot=n_boot)
         self.hidden = hidden
         self.alpha_grid = alpha_grid
@@ -176,8 +178,84 @@ class MLPSpeakerID(_PooledSpeakerID):
 
     def _make(self, value):
         return MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=value, max_iter=self.max_iter,
-                             random_state=self.seed)
+                             early_stopping=True, n_iter_no_change=10, random_state=self.seed)
 
     def _budget(self) -> dict:
         mlp = self.model_[-1]
         return {**super()._budget(), "hidden": self.hidden, "max_iter": self.max_iter, "epochs": int(mlp.n_iter_)}
+
+
+POOLED_ATTACKERS = {"logreg": LogisticSpeakerID, "mlp": MLPSpeakerID}
+ATTACKER_NAMES = ("logreg", "mlp", "frame")
+
+
+@dataclass
+class SpeakerIDSettings:
+    """Closed-set speaker identification settings (TOML section ``[speaker_id]``).
+
+    ``attackers``: any of ``logreg``, ``mlp`` (pooled embeddings) and ``frame`` (an ECAPA-TDNN
+    trained from scratch on the frame-level sequence); ``frame_max_epochs`` bounds its budget.
+    """
+
+    attackers: list[str] = field(default_factory=lambda: list(ATTACKER_NAMES))
+    test_fraction: float = 0.3
+    n_boot: int = 1000
+    frame_max_epochs: int = 40
+
+    def validate(self, prefix: str = "speaker_id.") -> None:
+        """Raise :class:`ConfigError` naming the bad key."""
+        for name in self.attackers:
+            if name not in ATTACKER_NAMES:
+                raise ConfigError(f"{prefix}attackers: unknown attacker {name!r} (known: {', '.join(ATTACKER_NAMES)})")
+        if not self.attackers:
+            raise ConfigError(f"{prefix}attackers: must name at least one attacker")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"{prefix}test_fraction={self.test_fraction!r}: must be in (0, 1)")
+        if self.n_boot < 100:
+            raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
+        if self.frame_max_epochs < 1:
+            raise ConfigError(f"{prefix}frame_max_epochs={self.frame_max_epochs!r}: must be >= 1")
+
+    def weakening(self) -> list[str]:
+        """Settings that make this attack family weaker than the full suite."""
+        weak = []
+        if "frame" not in self.attackers:
+            weak.append("speaker_id: no frame-level attacker (pooled attackers only)")
+        if self.attackers == ["logreg"]:
+            weak.append("speaker_id: logistic regression only (no non-linear attacker)")
+        if self.frame_max_epochs < 10 and "frame" in self.attackers:
+            weak.append(f"speaker_id.frame_max_epochs={self.frame_max_epochs}: tiny frame-attacker budget")
+        return weak
+
+
+def _frame_attacker(settings: SpeakerIDSettings, seed: int, frame_rate: float):
+    from attacks.frame_speaker_id import FrameSpeakerID
+
+    return FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, seed=seed,
+                          n_boot=settings.n_boot)
+
+
+def run_speaker_id(view: EmbeddingSet, settings: SpeakerIDSettings, *, seed: int, frame_rate: float) -> dict:
+    """All configured closed-set attackers on one layer; the headline is the strongest by validation.
+
+    The split is utterance-level (same speakers, held-out utterances), deterministic from ``seed``.
+    """
+    split = utterance_split(view.speakers, test_fraction=settings.test_fraction, seed=seed)
+    train, test = view.subset(split.train), view.subset(split.test)
+    fitted, results = {}, {}
+    for name in settings.attackers:
+        if name == "frame":
+            if view.frame_source is None:
+                results[name] = AttackResult.skip("speaker_id", "frame", "pooled-only layer: no frames").to_dict()
+                continue
+            attacker = _frame_attacker(settings, seed, frame_rate)
+        else:
+            attacker = POOLED_ATTACKERS[name](seed=seed, n_boot=settings.n_boot)
+        fitted[name] = attacker.fit(train)
+        results[name] = attacker.evaluate(test).to_dict()
+    strongest = max(fitted, key=lambda n: fitted[n].validation_score_)
+    headline = dict(results[strongest])
+    headline["strongest_by"] = "validation top-1 (never the test split)"
+    headline["attackers"] = results
+    headline["split"] = split.describe()
+    return headline

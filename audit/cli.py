@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``speech-audit`` command; returns the exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"speech-audit: warning: {message}\n"
     args = build_parser().parse_args(argv)
     handlers = {"run": _run, "extract": _extract, "corpus": _synth}
     try:

@@ -9,7 +9,7 @@ A TOML file holds the same settings as the CLI flags::
     out = "reports/ls-whisper"
 
     [speaker_id]
-    attackers = ["logreg", "mlp"]
+    attackers = ["logreg", "mlp", "frame"]
     test_fraction = 0.3
 
 Unknown keys and wrongly typed values raise :class:`ConfigError` naming the key.
@@ -26,30 +26,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from attacks.speaker_id import SpeakerIDSettings
 from audit.errors import ConfigError
-
-SPEAKER_ID_ATTACKERS = ("logreg", "mlp")
-
-
-@dataclass
-class SpeakerIDConfig:
-    """Closed-set speaker identification settings."""
-
-    attackers: list[str] = field(default_factory=lambda: list(SPEAKER_ID_ATTACKERS))
-    test_fraction: float = 0.3
-    n_boot: int = 1000
-
-    def validate(self, prefix: str) -> None:
-        for name in self.attackers:
-            if name not in SPEAKER_ID_ATTACKERS:
-                raise ConfigError(f"{prefix}attackers: unknown attacker {name!r} (known: {', '.join(SPEAKER_ID_ATTACKERS)})")
-        if not self.attackers:
-            raise ConfigError(f"{prefix}attackers: must name at least one attacker")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"{prefix}test_fraction={self.test_fraction!r}: must be in (0, 1)")
-        if self.n_boot < 100:
-            raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
-
 
 @dataclass
 class AuditConfig:
@@ -66,7 +44,7 @@ class AuditConfig:
     cache_dir: str | None = None
     batch_size: int = 8
     progress: bool = True
-    speaker_id: SpeakerIDConfig = field(default_factory=SpeakerIDConfig)
+    speaker_id: SpeakerIDSettings = field(default_factory=SpeakerIDSettings)
 
     def validate(self) -> "AuditConfig":
         """Check values; return self. Raises :class:`ConfigError` naming the key."""
@@ -81,17 +59,15 @@ class AuditConfig:
             raise ConfigError(f"segment={self.segment!r}: must be a positive number of seconds")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r}: must be >= 1")
-        self.speaker_id.validate("speaker_id.")
+        self.speaker_id.validate()
         return self
 
     def weakening_settings(self) -> list[str]:
         """Settings that make this audit weaker than a full one (warned about and reported)."""
         weak = []
         if self.quick:
-            weak.append("--quick: reduced attacker budget (logistic regression only, 200 bootstrap resamples)")
-        if self.speaker_id.attackers == ["logreg"] and not self.quick:
-            weak.append("speaker_id.attackers = ['logreg']: no non-linear attacker")
-        return weak
+            weak.append("--quick: reduced attacker budgets (pooled logistic regression only, 200 bootstrap resamples)")
+        return weak + self.speaker_id.weakening()
 
     def effective(self) -> "AuditConfig":
         """The config with --quick applied (smaller attacker budgets), warning loudly about it."""

@@ -50,7 +50,7 @@ def summary_markdown(results: dict) -> str:
                   f"The least leaky layer ({s['least_leaky_layer']}) still gives {_pct(s['least_leaky_top1'])}. "
                   "Any layer whose CI lies above chance identifies speakers: treat its embeddings as personal data.",
                   ""]
-    split = results["splits"]["speaker_id"]
+    split = results["layers"][0]["attacks"]["speaker_id"]["split"]
     lines += ["## Settings", "",
               f"- model: `{model['spec']}` ({model['num_layers']} layers, fingerprint `{model['fingerprint'][:16]}`)",
               f"- corpus: {corpus['description']}",

@@ -188,16 +188,15 @@ class EmbeddingStore:
         bounds = shard_bounds([u.duration for u in corpus], max_utts=max_shard_utts, max_seconds=max_shard_seconds)
         stats = ExtractionStats(shards_total=len(bounds))
         todo = [k for k in range(len(bounds)) if not (shard_dir / f"{k:05d}.npz").is_file()]
-        todo_seconds = sum(u.duration for k in todo for u in corpus.utterances[bounds[k][0]:bounds[k][1]])
-        with tqdm(total=round(todo_seconds, 1), unit="s", desc=f"extract {extractor.spec}",
-                  disable=not progress or not todo, leave=False) as bar:
+        n_todo = sum(bounds[k][1] - bounds[k][0] for k in todo)
+        with tqdm(total=n_todo, unit="utt", desc=f"extract {extractor.spec}", disable=not progress or not todo) as bar:
             for k in todo:
                 utts = corpus.utterances[bounds[k][0]:bounds[k][1]]
                 t_model = _extract_shard(extractor, utts, shard_dir / f"{k:05d}.npz", batch_size)
                 stats.shards_computed += 1
                 stats.model_seconds += t_model
                 stats.audio_seconds += sum(u.duration for u in utts)
-                bar.update(round(sum(u.duration for u in utts), 1))
+                bar.update(len(utts))
         _consolidate(root, shard_dir, len(bounds), extractor, corpus)
         store = cls(root)
         stats.wall_seconds = time.perf_counter() - t0

@@ -1,0 +1,132 @@
+"""Plots a reviewer looks at: metric-vs-layer curves with CI bands, embedding maps, score histograms.
+
+Every function takes plain numbers (from ``results.json`` or arrays) and writes one PNG; none
+recomputes a metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def layer_curves(path: Path, layers: Sequence[int], names: Sequence[str], series: dict[str, dict],
+                 *, ylabel: str, title: str, chance: float | None = None, ylim: tuple | None = None) -> Path:
+    """Metric vs layer, one line per series with an optional CI band.
+
+    ``series`` maps a label to ``{"values": [...], "lo": [...] | None, "hi": [...] | None}``;
+    None values (skipped layers) leave gaps.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    x = np.asarray(layers, dtype=float)
+    for label, s in series.items():
+        y = np.array([np.nan if v is None else v for v in s["values"]], dtype=float)
+        line, = ax.plot(x, y, "o-", label=label, ms=4)
+        if s.get("lo") is not None and s.get("hi") is not None:
+            lo = np.array([np.nan if v is None else v for v in s["lo"]], dtype=float)
+            hi = np.array([np.nan if v is None else v for v in s["hi"]], dtype=float)
+            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, [f"{i}\n{n}" for i, n in zip(layers, names)], fontsize=7)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def embedding_map(path: Path, X: np.ndarray, colour_by: dict[str, np.ndarray], *, title: str,
+                  method: str = "tsne", seed: int = 0) -> Path:
+    """2-D map of pooled embeddings (PCA to 50 dims, then t-SNE or PCA), one panel per colouring."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from sklearn.preprocessing import StandardScaler
+
+    plt = _pyplot()
+    Z = StandardScaler().fit_transform(X)
+    Z = PCA(n_components=min(50, Z.shape[1], Z.shape[0] - 1), random_state=seed).fit_transform(Z)
+    if method == "tsne" and Z.shape[0] > 10:
+        Z = TSNE(n_components=2, perplexity=min(30.0, (Z.shape[0] - 1) / 3), init="pca",
+                 random_state=seed).fit_transform(Z)
+    else:
+        Z = Z[:, :2]
+    fig, axes = plt.subplots(1, len(colour_by), figsize=(4.2 * len(colour_by), 3.8), dpi=110, squeeze=False)
+    for ax, (name, labels) in zip(axes[0], colour_by.items()):
+        labels = np.asarray(labels, dtype=object)
+        known = np.array([v is not None for v in labels])
+        if known.any() and all(isinstance(v, (int, float)) for v in labels[known]):
+            sc = ax.scatter(Z[known, 0], Z[known, 1], c=labels[known].astype(float), s=8, cmap="viridis")
+            fig.colorbar(sc, ax=ax, fraction=0.046)
+        else:
+            cats = sorted({str(v) for v in labels[known]})
+            cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
+            for k, c in enumerate(cats):
+                m = np.array([str(v) == c for v in labels])
+                ax.scatter(Z[m, 0], Z[m, 1], s=8, color=cmap(k % cmap.N), label=c if len(cats) <= 12 else None)
+            if len(cats) <= 12:
+                ax.legend(fontsize=6, markerscale=1.5, loc="best")
+        ax.set_title(f"coloured by {name}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def score_histogram(path: Path, hist: dict, *, title: str) -> Path:
+    """Target vs non-target score histograms (``edges``, ``target``, ``nontarget`` counts)."""
+    plt = _pyplot()
+    edges = np.asarray(hist["edges"], dtype=float)
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for key, colour in (("nontarget", "tab:red"), ("target", "tab:green")):
+        counts = np.asarray(hist[key], dtype=float)
+        density = counts / max(counts.sum(), 1) / width
+        ax.bar(centres, density, width=width, alpha=0.5, color=colour, label=key)
+    ax.set_xlabel("score")
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def learning_curves(path: Path, curves: dict[str, list[dict]], *, metric: str, title: str) -> Path:
+    """Metric vs training fraction, one line per attacker/layer label."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for label, rows in curves.items():
+        if rows:
+            ax.plot([r["fraction"] for r in rows], [r[metric] for r in rows], "o-", ms=3, label=label)
+    ax.set_xlabel("fraction of training data")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
