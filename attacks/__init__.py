@@ -7,8 +7,10 @@ family means one new file plus one line in :data:`LAYER_ATTACKS` and a settings 
 ``audit/config.py``.
 """
 
-from attacks.speaker_id import LogisticSpeakerID, MLPSpeakerID, run_speaker_id
+from attacks.attributes import run_attributes
+from attacks.speaker_id import run_speaker_id
+from attacks.verification import run_verification
 
-LAYER_ATTACKS = {"speaker_id": run_speaker_id}
+LAYER_ATTACKS = {"speaker_id": run_speaker_id, "verification": run_verification, "attributes": run_attributes}
 
-__all__ = ["LAYER_ATTACKS", "LogisticSpeakerID", "MLPSpeakerID"]
+__all__ = ["LAYER_ATTACKS"]

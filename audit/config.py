@@ -12,6 +12,13 @@ A TOML file holds the same settings as the CLI flags::
     attackers = ["logreg", "mlp", "frame"]
     test_fraction = 0.3
 
+    [verification]
+    scorers = ["lda", "plda", "frame"]
+
+    [attributes]
+    categorical = ["gender"]
+    numeric = ["speech_rate"]
+
 Unknown keys and wrongly typed values raise :class:`ConfigError` naming the key.
 """
 
@@ -26,8 +33,14 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from attacks import LAYER_ATTACKS
+from attacks.attributes import AttributeSettings
 from attacks.speaker_id import SpeakerIDSettings
+from attacks.verification import VerificationSettings
 from audit.errors import ConfigError
+
+ATTACK_SECTIONS = tuple(LAYER_ATTACKS)
+
 
 @dataclass
 class AuditConfig:
@@ -44,7 +57,10 @@ class AuditConfig:
     cache_dir: str | None = None
     batch_size: int = 8
     progress: bool = True
+    attacks: list[str] = field(default_factory=lambda: list(ATTACK_SECTIONS))
     speaker_id: SpeakerIDSettings = field(default_factory=SpeakerIDSettings)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
+    attributes: AttributeSettings = field(default_factory=AttributeSettings)
 
     def validate(self) -> "AuditConfig":
         """Check values; return self. Raises :class:`ConfigError` naming the key."""
@@ -59,15 +75,23 @@ class AuditConfig:
             raise ConfigError(f"segment={self.segment!r}: must be a positive number of seconds")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r}: must be >= 1")
-        self.speaker_id.validate()
+        for name in self.attacks:
+            if name not in ATTACK_SECTIONS:
+                raise ConfigError(f"attacks: unknown attack family {name!r} (known: {', '.join(ATTACK_SECTIONS)})")
+        if "speaker_id" not in self.attacks:
+            raise ConfigError("attacks: 'speaker_id' is the audit's headline and cannot be left out")
+        for section in ATTACK_SECTIONS:
+            getattr(self, section).validate()
         return self
 
     def weakening_settings(self) -> list[str]:
         """Settings that make this audit weaker than a full one (warned about and reported)."""
         weak = []
         if self.quick:
-            weak.append("--quick: reduced attacker budgets (pooled logistic regression only, 200 bootstrap resamples)")
-        return weak + self.speaker_id.weakening()
+            weak.append("--quick: reduced attacker budgets (speaker ID by logistic regression only, verification by "
+                        "LDA only, 200 bootstrap resamples)")
+        weak += [f"attack family {name!r} not run" for name in ATTACK_SECTIONS if name not in self.attacks]
+        return weak + [w for name in self.attacks for w in getattr(self, name).weakening()]
 
     def effective(self) -> "AuditConfig":
         """The config with --quick applied (smaller attacker budgets), warning loudly about it."""
@@ -75,7 +99,9 @@ class AuditConfig:
             warnings.warn(f"weakened audit: {line}", stacklevel=2)
         if self.quick:
             self.speaker_id.attackers = ["logreg"]
-            self.speaker_id.n_boot = 200
+            self.verification.scorers = ["lda"]
+            for section in ATTACK_SECTIONS:
+                getattr(self, section).n_boot = 200
         return self
 
     def run_name(self) -> str:

@@ -172,7 +172,9 @@ def _speechbrain_source(model: str) -> str:
     """Local folder or hub id speechbrain should load ``model`` from; fails fast offline."""
     if os.path.isdir(model):
         if not (Path(model) / "hyperparams.yaml").is_file():
-            raise ModelLoadError(f"speaker judge folder {model}: no hyperparams.yaml (expected a speechbrain model folder)")
+            raise ModelLoadError(
+                f"speaker judge folder {model}: no hyperparams.yaml (expected a speechbrain model folder)"
+            )
         return model
     if model.count("/") != 1:
         raise ModelLoadError(

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from attacks import LAYER_ATTACKS
+from audit import plots
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
 from audit.embeddings import layer_set
@@ -28,10 +29,14 @@ from audit.results import SCHEMA_VERSION
 from audit.store import EmbeddingStore, default_cache_dir
 
 THREAT_MODEL = (
-    "The attacker holds the audited layer's embeddings (pooled per utterance) of some utterances, "
-    "plus a labelled side set of other utterances by the same speakers, and trains a classifier "
-    "to name the speaker (closed-set identification). Leakage above chance means the embeddings "
-    "identify people; they are not anonymous."
+    "The attacker holds the audited layer's embeddings (frame-level sequences or per-utterance "
+    "averages) and a labelled side corpus of its own, and trains on it; every attacker is evaluated on "
+    "held-out data. (1) Closed-set identification: the side corpus has other utterances of the same "
+    "people; the attacker names the speaker of a new utterance. (2) Open-set verification/linkage: the "
+    "attacker learns from other people and decides whether two utterances of unseen people come from "
+    "the same person (EER, minDCF, linkability). (3) Attribute inference: from other people's labelled "
+    "embeddings the attacker infers gender and speaking rate of unseen people. Leakage above chance "
+    "means the embeddings identify or describe people; they are not anonymous."
 )
 
 
@@ -88,6 +93,8 @@ class AuditPipeline:
             "layers": layer_results,
         }
         results["summary"] = _summary(layer_results)
+        out.mkdir(parents=True, exist_ok=True)
+        results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, layer_results, out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
         write_report(results, out)
         results["out"] = str(out)
@@ -115,9 +122,31 @@ class AuditPipeline:
     def _attack_layer(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, layer: int) -> dict:
         view = layer_set(store, corpus, layer)
         rate = store.frame_rates[layer]
-        attacks = {name: run(view, getattr(cfg, name), seed=cfg.seed, frame_rate=rate)
-                   for name, run in LAYER_ATTACKS.items()}
+        attacks = {name: LAYER_ATTACKS[name](view, getattr(cfg, name), seed=cfg.seed, frame_rate=rate)
+                   for name in cfg.attacks}
         return {**store.layer_info(layer), "attacks": attacks}
+
+
+    @staticmethod
+    def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, layers: list[dict], out: Path) -> list[str]:
+        """t-SNE maps of pooled embeddings of the most and least leaky layers, by speaker and attribute."""
+        summary = _summary(layers)
+        if not summary:
+            return []
+        written = []
+        for tag, layer in (("most", summary["leakiest_layer"]), ("least", summary["least_leaky_layer"])):
+            view = layer_set(store, corpus, layer, pooling="mean")
+            rows = np.random.default_rng(cfg.seed).permutation(len(view))[:1500]
+            colours = {"speaker": view.speakers[rows]}
+            for name in cfg.attributes.categorical + cfg.attributes.numeric:
+                values = view.attributes.get(name)
+                if values is not None and any(v is not None for v in values[rows]):
+                    colours[name] = values[rows]
+            name = f"map_{tag}_leaky_layer{layer}.png"
+            plots.embedding_map(out / name, view.pooled[rows], colours, seed=cfg.seed,
+                                title=f"{cfg.model} layer {layer} ({tag} leaky): t-SNE of mean-pooled embeddings")
+            written.append(name)
+        return written
 
 
 def _summary(layers: list[dict]) -> dict:

@@ -95,9 +95,9 @@ def embedding_map(path: Path, X: np.ndarray, colour_by: dict[str, np.ndarray], *
 
 
 def score_histogram(path: Path, hist: dict, *, title: str) -> Path:
-    """Target vs non-target score histograms (``edges``, ``target``, ``nontarget`` counts)."""
+    """Target vs non-target score histograms (``bin_edges``, ``target``, ``nontarget`` counts)."""
     plt = _pyplot()
-    edges = np.asarray(hist["edges"], dtype=float)
+    edges = np.asarray(hist["bin_edges"], dtype=float)
     centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     for key, colour in (("nontarget", "tab:red"), ("target", "tab:green")):

@@ -1,38 +1,128 @@
-"""Render a run's results: ``results.json``, a readable ``summary.md`` and per-layer plots."""
+"""Render a run's results: ``results.json``, a readable ``summary.md`` and per-layer plots.
+
+Everything here reads the results dict; no metric is recomputed.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
+from audit import plots
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _ci(ci: list | None) -> str:
-    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+def _ci(ci: list | None, scale: float = 100.0, fmt: str = ".1f") -> str:
+    return "" if not ci or ci[0] is None else f"[{scale * ci[0]:{fmt}}, {scale * ci[1]:{fmt}}]"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else f"{x:{fmt}}"
+
+
+def _attack(layer: dict, *path: str) -> dict | None:
+    node = layer.get("attacks", {})
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _ok(result: dict | None) -> bool:
+    return bool(result) and not result.get("skipped")
+
+
+def _skip_cell(result: dict | None) -> str:
+    return "not run" if not result else f"skipped: {result['skipped']}"
 
 
 def speaker_id_table(results: dict) -> list[str]:
     """Markdown rows: one per layer with the strongest closed-set attacker's top-1 and CI."""
-    rows = ["| layer | name | dim | top-1 (95% CI) | top-5 | chance | macro-F1 | strongest attacker |",
-            "|---:|---|---:|---|---:|---:|---:|---|"]
+    rows = ["| layer | name | dim | top-1 (95% CI) | top-5 | chance | macro-F1 | strongest attacker | all attackers (top-1) |",
+            "|---:|---|---:|---|---:|---:|---:|---|---|"]
     for la in results["layers"]:
-        sid = la["attacks"]["speaker_id"]
-        if sid.get("skipped"):
-            rows.append(f"| {la['index']} | {la['name']} | {la['dim']} | skipped: {sid['skipped']} | | | | |")
+        sid = _attack(la, "speaker_id")
+        if not _ok(sid):
+            rows.append(f"| {la['index']} | {la['name']} | {la['dim']} | {_skip_cell(sid)} | | | | | |")
             continue
+        others = ", ".join(f"{n} {_pct(r.get('top1'))}" if not r.get("skipped") else f"{n} skipped"
+                           for n, r in sid.get("attackers", {}).items())
         rows.append(f"| {la['index']} | {la['name']} | {la['dim']} | {_pct(sid['top1'])} {_ci(sid['ci95'])} | "
-                    f"{_pct(sid['top5'])} | {_pct(sid['chance'])} | {sid['macro_f1']:.3f} | {sid['attacker']} |")
+                    f"{_pct(sid['top5'])} | {_pct(sid['chance'])} | {sid['macro_f1']:.3f} | {sid['attacker']} | {others} |")
     return rows
+
+
+def verification_table(results: dict) -> list[str]:
+    """Markdown rows: EER with CI, minDCF and linkability of the headline scorer, plus the frame scorer."""
+    rows = ["| layer | name | EER (95% CI) | minDCF (p=0.01) | D_sys | scorer | frame-ECAPA scorer EER |",
+            "|---:|---|---|---:|---:|---|---|"]
+    for la in results["layers"]:
+        ver = _attack(la, "verification")
+        if not _ok(ver):
+            rows.append(f"| {la['index']} | {la['name']} | {_skip_cell(ver)} | | | | |")
+            continue
+        frame = ver.get("scorers", {}).get("frame")
+        frame_cell = (f"{_pct(frame['eer'])} {_ci(frame['ci95'])}" if _ok(frame)
+                      else ("not run" if not frame else "skipped"))
+        rows.append(f"| {la['index']} | {la['name']} | {_pct(ver['eer'])} {_ci(ver['ci95'])} | "
+                    f"{_num(ver.get('min_dcf_norm'))} | {_num(ver.get('linkability'))} | {ver['attacker']} | {frame_cell} |")
+    return rows
+
+
+def attribute_table(results: dict) -> list[str]:
+    """Markdown rows: per attribute, the inference metric with CI and the CCA."""
+    names = []
+    for la in results["layers"]:
+        for key in (la.get("attacks", {}).get("attributes") or {}):
+            if not key.endswith("_cca") and key not in names:
+                names.append(key)
+    if not names:
+        return []
+    head = "| layer | name | " + " | ".join(f"{n}: metric (95% CI) | {n}: CCA" for n in names) + " |"
+    rows = [head, "|---:|---|" + "---|---:|" * len(names)]
+    for la in results["layers"]:
+        cells = []
+        for n in names:
+            res = _attack(la, "attributes", n)
+            cca = _attack(la, "attributes", f"{n}_cca")
+            if not _ok(res):
+                cells.append(_skip_cell(res))
+            elif "roc_auc" in res:
+                cells.append(f"AUC {_num(res['roc_auc'])} {_ci(res.get('auc_ci95'), 1, '.2f')}, "
+                             f"acc {_pct(res['accuracy'])} (chance {_pct(res['chance'])})")
+            else:
+                cells.append(f"R² {_num(res['r2'])} {_ci(res.get('ci95'), 1, '.2f')}, MAE {_num(res['mae'], '.2f')}")
+            cells.append(_num(cca["cca"]) if _ok(cca) else "n/a")
+        rows.append(f"| {la['index']} | {la['name']} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def leakiest(results: dict) -> dict:
+    """Leakiest layer per measure: speaker-ID top-1, verification EER, and each attribute."""
+    out = {}
+    measures = {"identity (speaker-ID top-1)": (("speaker_id",), "top1", max),
+                "identity (verification EER)": (("verification",), "eer", min)}
+    for la in results["layers"]:
+        for key, res in (la.get("attacks", {}).get("attributes") or {}).items():
+            if _ok(res) and not key.endswith("_cca"):
+                metric = "roc_auc" if "roc_auc" in res else "r2"
+                measures[f"{key} ({'AUC' if metric == 'roc_auc' else 'R²'})"] = (("attributes", key), metric, max)
+    for label, (path, metric, pick) in measures.items():
+        scored = [(r[metric], la) for la in results["layers"]
+                  if _ok(r := _attack(la, *path)) and r.get(metric) is not None]
+        if scored:
+            value, la = pick(scored, key=lambda t: t[0])
+            res = _attack(la, *path)
+            out[label] = {"layer": la["index"], "name": la["name"], "metric": metric, "value": value,
+                          "ci95": res.get("auc_ci95") if metric == "roc_auc" else res.get("ci95"),
+                          "chance": res.get("chance")}
+    return out
 
 
 def summary_markdown(results: dict) -> str:
     """The human-readable report a reviewer reads first."""
-    s = results.get("summary", {})
     corpus, model = results["corpus"], results["model"]
     lines = [f"# speech-audit report: {model['spec']} on {corpus['spec']}", ""]
     if results.get("weakened"):
@@ -40,8 +130,17 @@ def summary_markdown(results: dict) -> str:
                   "leakage may be underestimated:"]
         lines += [f"> - {w}" for w in results["weakened"]] + [""]
     lines += ["## Threat model", "", results["threat_model"], ""]
-    lines += ["## Speaker identification per layer (closed set)", ""]
-    lines += speaker_id_table(results) + [""]
+    leaks = results.get("leakiest", {})
+    if leaks:
+        lines += ["## Leakiest layers", ""]
+        for label, v in leaks.items():
+            is_rate = v["metric"] in ("top1", "eer")
+            value = _pct(v["value"]) if is_rate else _num(v["value"])
+            ci = _ci(v["ci95"]) if is_rate else _ci(v["ci95"], 1, ".2f")
+            chance = f", chance {_pct(v['chance']) if is_rate else _num(v['chance'], '.2f')}" if v.get("chance") is not None else ""
+            lines.append(f"- **{label}**: layer {v['layer']} ({v['name']}): {value} {ci}{chance}")
+        lines.append("")
+    s = results.get("summary", {})
     if s:
         ratio = s["leakiest_top1"] / s["chance"] if s["chance"] else float("nan")
         lines += [f"**What it means:** an attacker with a few labelled utterances per speaker names the speaker of "
@@ -50,57 +149,125 @@ def summary_markdown(results: dict) -> str:
                   f"The least leaky layer ({s['least_leaky_layer']}) still gives {_pct(s['least_leaky_top1'])}. "
                   "Any layer whose CI lies above chance identifies speakers: treat its embeddings as personal data.",
                   ""]
-    split = results["layers"][0]["attacks"]["speaker_id"]["split"]
-    lines += ["## Settings", "",
-              f"- model: `{model['spec']}` ({model['num_layers']} layers, fingerprint `{model['fingerprint'][:16]}`)",
-              f"- corpus: {corpus['description']}",
-              f"- split: {split['kind']}-level, seed {split['seed']}: {split['n_train']} train / {split['n_test']} test "
-              f"utterances" + (f"; speakers dropped (too few utterances): {len(split['dropped_speakers'])}"
-                               if split["dropped_speakers"] else ""),
-              "- metric: top-1/top-5 accuracy, 95% percentile bootstrap CI over test utterances; chance = 1/N speakers;"
-              " the strongest attacker per layer is chosen by validation accuracy, never on the test split",
+    lines += ["## Speaker identification per layer (closed set)", ""] + speaker_id_table(results) + [""]
+    if any(_attack(la, "verification") for la in results["layers"]):
+        lines += ["## Speaker verification per layer (open set, unseen speakers)", ""]
+        lines += verification_table(results) + [""]
+        lines += ["EER as in speechbrain (threshold sweep over scores and midpoints); minDCF normalised, "
+                  "p_target = 0.01, C_miss = C_fa = 1; D_sys = global linkability (Gomez-Barrero et al.), "
+                  "0 = unlinkable, 1 = fully linkable. CIs resample test speakers.", ""]
+    attr = attribute_table(results)
+    if attr:
+        lines += ["## Attribute inference per layer (unseen speakers)", ""] + attr + [""]
+        lines += ["Gender: logistic regression, accuracy and ROC AUC; speech rate = alphanumeric characters of the "
+                  "transcript / duration, regressed by an MLP, R² against predicting the training mean; CCA = "
+                  "test-set canonical correlation of a linear projection (PCA-reduced layer) with the attribute.",
+                  ""]
+    lines += _settings_lines(results)
+    files = sorted(p for p in results.get("files", []))
+    if files:
+        lines += ["## Files", ""] + [f"- `{f}`" for f in files] + [""]
+    return "\n".join(lines)
+
+
+def _settings_lines(results: dict) -> list[str]:
+    model, corpus = results["model"], results["corpus"]
+    split = (_attack(results["layers"][0], "speaker_id") or {}).get("split", {})
+    lines = ["## Settings (to reproduce)", "",
+             f"- model: `{model['spec']}` ({model['num_layers']} layers, fingerprint `{model['fingerprint'][:16]}`)",
+             f"- corpus: {corpus['description']}"]
+    if split:
+        lines.append(f"- speaker-ID split: {split['kind']}-level, seed {split['seed']}: {split['n_train']} train / "
+                     f"{split['n_test']} test utterances" +
+                     (f"; speakers dropped (too few utterances): {len(split['dropped_speakers'])}"
+                      if split.get("dropped_speakers") else ""))
+    lines += ["- top-1/top-5 accuracy with a 95% percentile bootstrap CI over test utterances; chance = 1/N speakers;"
+              " the strongest attacker per layer is chosen on validation data, never on the test split",
+              "- every attacker's training budget, learning curve (25/50/100% of its training data) and convergence "
+              "are in `results.json`",
               f"- embeddings store: `{results['store']['path']}` (cache hit: {results['store']['cache_hit']})",
               f"- environment: torch {results['environment']['torch']}, transformers "
               f"{results['environment']['transformers']}, python {results['environment']['python']}",
               f"- wall time: {results.get('wall_seconds', 0):.1f} s", ""]
-    lines += ["Files: `results.json` (all numbers, schema " + results["schema_version"] + "), "
-              "`speaker_id_by_layer.png` (top-1 per layer with CI band).", ""]
-    return "\n".join(lines)
+    return lines
 
 
-def plot_speaker_id(results: dict, path: Path) -> None:
-    """Top-1 accuracy per layer with its 95% CI band and the chance line."""
-    import matplotlib
+def _series(results: dict, path: tuple, metric: str, ci_key: str = "ci95") -> dict:
+    vals, lo, hi = [], [], []
+    for la in results["layers"]:
+        r = _attack(la, *path)
+        good = _ok(r) and r.get(metric) is not None
+        vals.append(r[metric] if good else None)
+        ci = r.get(ci_key) if good else None
+        lo.append(ci[0] if ci else None)
+        hi.append(ci[1] if ci else None)
+    return {"values": vals, "lo": lo, "hi": hi}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = [la for la in results["layers"] if not la["attacks"]["speaker_id"].get("skipped")]
-    if not rows:
-        return
-    x = np.array([la["index"] for la in rows])
-    sid = [la["attacks"]["speaker_id"] for la in rows]
-    top1 = np.array([r["top1"] for r in sid])
-    lo = np.array([r["ci95"][0] for r in sid])
-    hi = np.array([r["ci95"][1] for r in sid])
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.fill_between(x, lo, hi, alpha=0.25, label="95% CI")
-    ax.plot(x, top1, "o-", label="top-1 (strongest attacker)")
-    ax.axhline(sid[0]["chance"], color="gray", ls="--", label="chance")
-    ax.set_xticks(x, [f"{la['index']}\n{la['name']}" for la in rows], fontsize=7)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("speaker-ID top-1 accuracy")
-    ax.set_title(f"{results['model']['spec']}: speaker identity per layer", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def write_plots(results: dict, out: Path) -> list[str]:
+    """Metric-vs-layer curves, learning curves and score histograms; returns the file names."""
+    layers = [la["index"] for la in results["layers"]]
+    names = [la["name"] for la in results["layers"]]
+    spec = results["model"]["spec"]
+    written = []
+
+    def has(series: dict) -> bool:
+        return any(v is not None for v in series["values"])
+
+    sid = _series(results, ("speaker_id",), "top1")
+    if has(sid):
+        chance = next(_attack(la, "speaker_id")["chance"] for la in results["layers"] if _ok(_attack(la, "speaker_id")))
+        per_attacker = {f"{n}": _series(results, ("speaker_id", "attackers", n), "top1")
+                        for n in (_attack(results["layers"][0], "speaker_id") or {}).get("attackers", {})}
+        per_attacker = {k: {**v, "lo": None, "hi": None} for k, v in per_attacker.items() if has(v)}
+        plots.layer_curves(out / "speaker_id_by_layer.png", layers, names, {"strongest": sid, **per_attacker},
+                           ylabel="speaker-ID top-1", title=f"{spec}: closed-set speaker identification",
+                           chance=chance, ylim=(0, 1.02))
+        written.append("speaker_id_by_layer.png")
+    ver = _series(results, ("verification",), "eer")
+    if has(ver):
+        frame = _series(results, ("verification", "scorers", "frame"), "eer")
+        series = {"projection scorer": ver, **({"frame-ECAPA scorer": frame} if has(frame) else {})}
+        plots.layer_curves(out / "verification_eer_by_layer.png", layers, names, series, ylabel="EER",
+                           title=f"{spec}: open-set verification (lower = leakier)", chance=0.5, ylim=(0, 0.55))
+        written.append("verification_eer_by_layer.png")
+        best = min((la for la in results["layers"] if _ok(_attack(la, "verification"))),
+                   key=lambda la: _attack(la, "verification")["eer"])
+        hist = _attack(best, "verification").get("histogram")
+        if hist:
+            plots.score_histogram(out / "verification_scores_leakiest.png", hist,
+                                  title=f"layer {best['index']} ({best['name']}): target vs non-target scores")
+            written.append("verification_scores_leakiest.png")
+    attr_series = {}
+    for la in results["layers"]:
+        for key, res in (la.get("attacks", {}).get("attributes") or {}).items():
+            if _ok(res) and not key.endswith("_cca"):
+                metric, ci = ("roc_auc", "auc_ci95") if "roc_auc" in res else ("r2", "ci95")
+                attr_series.setdefault(f"{key} {'AUC' if metric == 'roc_auc' else 'R²'}",
+                                       _series(results, ("attributes", key), metric, ci))
+                attr_series.setdefault(f"{key} CCA", {**_series(results, ("attributes", f"{key}_cca"), "cca"),
+                                                      "lo": None, "hi": None})
+    attr_series = {k: v for k, v in attr_series.items() if has(v)}
+    if attr_series:
+        plots.layer_curves(out / "attributes_by_layer.png", layers, names, attr_series, ylabel="AUC / R² / CCA",
+                           title=f"{spec}: attribute inference on unseen speakers")
+        written.append("attributes_by_layer.png")
+    curves = {}
+    for la in results["layers"]:
+        for n, r in ((_attack(la, "speaker_id") or {}).get("attackers") or {}).items():
+            if _ok(r) and r.get("learning_curve"):
+                curves[f"L{la['index']} {n}"] = r["learning_curve"]
+    if curves:
+        plots.learning_curves(out / "speaker_id_learning_curves.png", curves, metric="top1",
+                              title="speaker-ID attackers: top-1 vs training data (flat = converged)")
+        written.append("speaker_id_learning_curves.png")
+    return written
 
 
 def write_report(results: dict, out: Path) -> None:
     """Write ``results.json``, ``summary.md`` and plots into ``out`` (created if needed)."""
     out.mkdir(parents=True, exist_ok=True)
+    results["leakiest"] = leakiest(results)
+    results["files"] = sorted(set(results.get("files", [])) | set(write_plots(results, out)))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "summary.md").write_text(summary_markdown(results))
-    plot_speaker_id(results, out / "speaker_id_by_layer.png")

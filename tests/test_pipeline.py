@@ -8,7 +8,7 @@ import pytest
 
 from audit.cli import main
 from audit.config import config_from_dict, load_config
-from audit.errors import ConfigError
+from audit.errors import ConfigError, CorpusError
 from audit.pipeline import AuditPipeline
 from tests.conftest import write_tone_corpus
 
@@ -40,12 +40,22 @@ def test_run_writes_results_and_summary(tmp_path):
 def test_quick_is_warned_and_reported(tmp_path):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=5)
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
-                            "cache_dir": str(tmp_path / "s"), "quick": True, "layers": [1], "progress": False})
+                            "cache_dir": str(tmp_path / "s"), "quick": True, "layers": [1], "progress": False,
+                            "attacks": ["speaker_id", "attributes"]})
     with pytest.warns(UserWarning, match="weakened audit"):
         results = AuditPipeline(cfg).run()
     assert [la["index"] for la in results["layers"]] == [1]
     assert any("--quick" in w for w in results["weakened"])
+    assert any("'verification' not run" in w for w in results["weakened"])
     assert "Weakened audit" in (tmp_path / "r" / "summary.md").read_text()
+
+
+def test_impossible_verification_fails_naming_the_setting(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=4)
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
+                            "cache_dir": str(tmp_path / "s"), "quick": True, "progress": False})
+    with pytest.raises(CorpusError, match="verification needs >= 4 speakers.*--segment"):
+        AuditPipeline(cfg).run()
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -80,7 +90,7 @@ def test_cli_flags_override_config(tmp_path):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=4)
     cfg_path = tmp_path / "a.toml"
     cfg_path.write_text(f'model = "tiny-random-wav2vec2"\ncorpus = "{corpus}"\nlayers = [0]\n'
-                        f'cache_dir = "{tmp_path / "s"}"\n[speaker_id]\nattackers = ["logreg"]\nn_boot = 200\n')
+                        f'cache_dir = "{tmp_path / "s"}"\nattacks = ["speaker_id"]\n[speaker_id]\nattackers = ["logreg"]\nn_boot = 200\n')
     assert main(["run", "--config", str(cfg_path), "--layers", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [la["index"] for la in saved["layers"]] == [2] and saved["config"]["layers"] == [2]

@@ -1,0 +1,661 @@
+"""Attribute inference on unseen speakers: gender, speech rate, and a linear CCA probe.
+
+Threat: the attacker holds embeddings labelled with an attribute (gender, speaking rate) for
+speakers of its own and infers the attribute for other people. Evaluation is therefore
+speaker-disjoint (:func:`attribute_split`): on an utterance-level split an attacker could
+just recognise the speaker and recall the speaker's attribute, which measures speaker
+leakage, not attribute leakage.
+
+Attackers (standardised pooled embeddings, hyper-parameters chosen on validation speakers
+split off the training speakers, never on test):
+
+* :class:`GenderInference`: logistic regression; accuracy and ROC AUC;
+* :class:`SpeechRateRegression`: one-hidden-layer MLP on a standardised target; MSE, MAE, R²
+  next to the train-mean baseline;
+* :class:`CCAProbe`: linear CCA between the layer (PCA-reduced) and a scalar attribute
+  (:func:`cca_correlation`).
+
+Confidence intervals resample test speakers (:func:`attacks.verification.speaker_bootstrap_ci`),
+stratified by class for categorical attributes, because utterances of one speaker share the
+attribute and are not independent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from attacks.verification import CI_METHOD, speaker_bootstrap_ci
+from audit.embeddings import EmbeddingSet
+from audit.errors import ConfigError, CorpusError
+from audit.metrics import regression_scores, roc_auc
+from audit.results import AttackResult
+from audit.splits import Split, speaker_disjoint_split
+
+CURVE_FRACTIONS = (0.25, 0.5, 1.0)
+MIN_NUMERIC_ROWS = 10
+
+
+def is_numeric_attribute(values: np.ndarray) -> bool:
+    """True when every known (non-None) value is a real number (not a string or bool)."""
+    known = [v for v in values if v is not None]
+    return bool(known) and all(isinstance(v, (int, float, np.integer, np.floating))
+                               and not isinstance(v, (bool, np.bool_)) for v in known)
+
+
+def speaker_values(speakers: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+    """Each speaker's most frequent known value (None when all of its values are unknown)."""
+    out: dict[str, Any] = {}
+    for spk in np.unique(speakers):
+        known = [v for v in values[speakers == spk] if v is not None]
+        out[str(spk)] = Counter(map(str, known)).most_common(1)[0][0] if known else None
+    return out
+
+
+def attribute_split(speakers: np.ndarray, values: np.ndarray, *, test_fraction: float = 0.3,
+                    val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Speaker-disjoint split stratified by a categorical per-speaker attribute.
+
+    Speakers are grouped by their most frequent known value (:func:`speaker_values`; unknown
+    is a group of its own). Within each group of ``n`` speakers, shuffled with
+    ``np.random.default_rng(seed)``, ``round(test_fraction * n)`` go to test and
+    ``round(val_fraction * n)`` to validation, with at least one test speaker when ``n >= 2``,
+    at least one validation speaker when ``val_fraction > 0`` and ``n >= 3``, and at least one
+    training speaker always; so every class with two or more speakers appears in train and
+    test. Numeric attributes are not stratified: the split is
+    :func:`audit.splits.speaker_disjoint_split`.
+
+    Raises :class:`CorpusError` when the split leaves no test speaker or fewer than two
+    training speakers.
+    """
+    speakers = np.asarray(speakers).astype(str)
+    values = np.asarray(values, dtype=object)
+    if not 0 < test_fraction < 1:
+        raise CorpusError(f"attribute split test_fraction={test_fraction!r} must be in (0, 1)")
+    if not 0 <= val_fraction < 1 - test_fraction:
+        raise CorpusError(f"attribute split val_fraction={val_fraction!r} must be in [0, 1 - test_fraction)")
+    if is_numeric_attribute(values):
+        return speaker_disjoint_split(speakers, test_fraction=test_fraction, val_fraction=val_fraction,
+                                      seed=seed, min_test_speakers=1)
+    per_speaker = speaker_values(speakers, values)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for value in sorted({v for v in per_speaker.values() if v is not None}) + [None]:
+        group = np.array(sorted(s for s, v in per_speaker.items() if v == value))
+        group = group[rng.permutation(group.size)]
+        n = group.size
+        n_test = min(n - 1, max(1, round(test_fraction * n))) if n >= 2 else 0
+        n_val = min(n - n_test - 1, round(val_fraction * n))
+        if val_fraction > 0 and n >= 3:
+            n_val = max(1, n_val)
+        parts["test"] += group[:n_test].tolist()
+        parts["val"] += group[n_test:n_test + n_val].tolist()
+        parts["train"] += group[n_test + n_val:].tolist()
+    if not parts["test"] or len(parts["train"]) < 2:
+        raise CorpusError(
+            f"attribute split impossible: {len(per_speaker)} speakers give {len(parts['test'])} test and "
+            f"{len(parts['train'])} training speakers (test_fraction={test_fraction}, val_fraction={val_fraction}); "
+            "need >= 1 test and >= 2 training speakers"
+        )
+    rows = {k: np.flatnonzero(np.isin(speakers, v)) for k, v in parts.items()}
+    return Split(rows["train"], rows["val"], rows["test"], "speaker-disjoint-stratified", seed)
+
+
+def _speaker_counts_stat(speaker_idx: np.ndarray, stat: Any) -> Any:
+    """Adapt ``stat(row_index)`` to :func:`speaker_bootstrap_ci`'s ``stat(counts)``."""
+    rows = np.arange(speaker_idx.size)
+    return lambda counts: stat(np.repeat(rows, counts[speaker_idx]))
+
+
+def _bootstrap(stat: Any, speakers: np.ndarray, labels: np.ndarray | None, *, n_boot: int,
+               seed: int) -> tuple[float, float]:
+    """Speaker-level CI of ``stat(rows)``, stratified by each speaker's label when given."""
+    names, speaker_idx = np.unique(speakers, return_inverse=True)
+    strata = None
+    if labels is not None:
+        per = speaker_values(speakers, labels.astype(object))
+        strata = np.array([per[str(s)] for s in names])
+    min_distinct = 1 if names.size < 2 else 2
+    return speaker_bootstrap_ci(_speaker_counts_stat(speaker_idx, stat), names.size, strata=strata,
+                                n_boot=n_boot, seed=seed, min_distinct=min_distinct)
+
+
+def _fit_quiet(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, bool]:
+    """Fit ``model``; return it and whether it converged (no ConvergenceWarning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X, y)
+    return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+class _AttributeAttack(ABC):
+    """Shared fit/evaluate: known-value rows, validation speakers, refit, learning curve."""
+
+    attack = ""
+    attacker = ""
+    grid_name = ""
+    curve_metric = ""
+
+    def __init__(self, *, attribute: str, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
+        self.attribute = attribute
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.n_boot = n_boot
+
+    @abstractmethod
+    def _grid(self) -> tuple:
+        """Hyper-parameter values tried on the validation speakers."""
+
+    @abstractmethod
+    def _default(self) -> Any:
+        """Hyper-parameter used when no validation split is possible."""
+
+    @abstractmethod
+    def _make(self, value: Any) -> Any:
+        """A fresh estimator for one hyper-parameter value."""
+
+    @abstractmethod
+    def _targets(self, values: np.ndarray, *, training: bool) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """Usable rows, their targets, and a skip reason (None when usable)."""
+
+    @abstractmethod
+    def _val_score(self, model: Any, X: np.ndarray, y: np.ndarray) -> float:
+        """Validation score, higher is better."""
+
+    @abstractmethod
+    def _metrics(self, X: np.ndarray, y: np.ndarray, speakers: np.ndarray) -> dict:
+        """Test metrics of the fitted model."""
+
+    @abstractmethod
+    def _curve_value(self, model: Any, X: np.ndarray, y: np.ndarray) -> float:
+        """The learning-curve metric of a model on the test rows."""
+
+    def _chance(self, y: np.ndarray) -> float | None:
+        return None
+
+    def _labels(self, y: np.ndarray) -> np.ndarray | None:
+        """Per-row class labels used to stratify speaker resampling (None: unstratified)."""
+        return None
+
+    def _values(self, data: EmbeddingSet) -> np.ndarray:
+        values = data.attributes.get(self.attribute)
+        return np.full(len(data), None, dtype=object) if values is None else np.asarray(values, dtype=object)
+
+    def _unknown_reason(self, data: EmbeddingSet, split: str) -> str:
+        known = sorted(k for k, v in data.attributes.items() if any(x is not None for x in v))
+        hint = "; speech_rate needs transcripts" if self.attribute == "speech_rate" else ""
+        return (f"no known values of attribute {self.attribute!r} in the {split} split "
+                f"(known attributes: {known}{hint})")
+
+    def fit(self, train: EmbeddingSet) -> "_AttributeAttack":
+        """Choose the hyper-parameter on validation speakers of ``train``, refit on all of it.
+
+        An unusable training split (no known values, one class, too few rows) does not raise:
+        the reason is kept in ``skip_reason_`` and :meth:`evaluate` returns a skipped result.
+        """
+        t0 = time.perf_counter()
+        values = self._values(train)
+        rows, y, reason = self._targets(values, training=True)
+        self.skip_reason_ = self._unknown_reason(train, "training") if rows.size == 0 else reason
+        self.val_scores_: dict[str, float] = {}
+        if self.skip_reason_ is not None:
+            return self
+        self.X_ = train.pooled[rows].astype(np.float64)
+        self.y_ = y
+        self.speakers_ = train.speakers[rows]
+        self.best_, self.selection_ = self._select(self.X_, y, self.speakers_, values[rows])
+        self.model_, self.converged_ = _fit_quiet(self._make(self.best_), self.X_, y)
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _select(self, X: np.ndarray, y: np.ndarray, speakers: np.ndarray, values: np.ndarray) -> tuple[Any, str]:
+        grid = self._grid()
+        try:
+            inner = attribute_split(speakers, values, test_fraction=self.val_fraction, val_fraction=0.0,
+                                    seed=self.seed + 1)
+        except CorpusError as err:
+            return self._default(), f"default (no validation split possible: {err})"
+        reason = self._targets(values[inner.train], training=True)[2]
+        if reason is not None:
+            return self._default(), f"default (validation split unusable: {reason})"
+        for value in grid:
+            model, _ = _fit_quiet(self._make(value), X[inner.train], y[inner.train])
+            self.val_scores_[str(value)] = self._val_score(model, X[inner.test], y[inner.test])
+        best = grid[int(np.argmax([self.val_scores_[str(v)] for v in grid]))]
+        return best, f"validation speakers ({np.unique(speakers[inner.test]).size} of {np.unique(speakers).size})"
+
+    def _curve_rows(self, fraction: float) -> np.ndarray:
+        """Training rows of a seeded ``fraction`` of the training speakers, stratified like the split."""
+        labels = self._labels(self.y_)
+        per = speaker_values(self.speakers_, (labels if labels is not None else np.zeros(self.y_.size)).astype(object))
+        rng = np.random.default_rng(self.seed)
+        keep: list[str] = []
+        for value in sorted(set(per.values())):
+            group = np.array(sorted(s for s, v in per.items() if v == value))
+            group = group[rng.permutation(group.size)]
+            keep += group[: max(1, int(round(fraction * group.size)))].tolist()
+        return np.flatnonzero(np.isin(self.speakers_, keep))
+
+    def evaluate(self, test: EmbeddingSet) -> AttackResult:
+        """Metrics on the (unseen) test speakers, or a skipped result naming the problem."""
+        if not hasattr(self, "skip_reason_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        if self.skip_reason_ is not None:
+            return AttackResult.skip(self.attack, self.attacker, self.skip_reason_)
+        rows, y, reason = self._targets(self._values(test), training=False)
+        if rows.size == 0:
+            reason = self._unknown_reason(test, "test")
+        if reason is not None:
+            return AttackResult.skip(self.attack, self.attacker, reason)
+        X, speakers = test.pooled[rows].astype(np.float64), test.speakers[rows]
+        metrics = self._metrics(X, y, speakers)
+        curve = []
+        for frac in CURVE_FRACTIONS:
+            if frac == 1.0:
+                model = self.model_
+            else:
+                sub = self._curve_rows(frac)
+                model, _ = _fit_quiet(self._make(self.best_), self.X_[sub], self.y_[sub])
+            curve.append({"fraction": frac, self.curve_metric: self._curve_value(model, X, y)})
+        return AttackResult(self.attack, self.attacker, metrics, chance=self._chance(y), budget=self._budget(),
+                            learning_curve=curve, converged=self.converged_)
+
+    def _budget(self) -> dict:
+        return {"n_train": int(self.y_.size), "n_train_speakers": int(np.unique(self.speakers_).size),
+                "n_features": int(self.X_.shape[1]), "attribute": self.attribute, self.grid_name: self.best_,
+                "selection": self.selection_, "validation_scores": self.val_scores_,
+                "fit_seconds": round(self.fit_seconds_, 3)}
+
+
+class GenderInference(_AttributeAttack):
+    """Logistic regression of a categorical attribute (default ``gender``) on unseen speakers.
+
+    Parameters
+    ----------
+    attribute : str, default="gender"
+        Attribute name in ``EmbeddingSet.attributes``; rows with an unknown value are dropped.
+    C_grid : tuple of float, default=(0.01, 0.1, 1, 10)
+        Inverse regularisation strengths tried; chosen by validation log-loss on validation
+        speakers split off the training speakers.
+    max_iter : int, default=2000
+    val_fraction : float, default=0.25
+        Fraction of training speakers (per class) held out for validation.
+    seed : int, default=0
+    n_boot : int, default=1000
+    """
+
+    attack = "attribute"
+    attacker = "logreg"
+    grid_name = "C"
+    curve_metric = "accuracy"
+
+    def __init__(self, *, attribute: str = "gender", C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
+                 max_iter: int = 2000, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
+        super().__init__(attribute=attribute, val_fraction=val_fraction, seed=seed, n_boot=n_boot)
+        self.C_grid = C_grid
+        self.max_iter = max_iter
+
+    def _grid(self) -> tuple:
+        return tuple(self.C_grid)
+
+    def _default(self) -> float:
+        return 1.0 if 1.0 in self.C_grid else self.C_grid[len(self.C_grid) // 2]
+
+    def _make(self, value: float) -> Any:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=self.max_iter,
+                                                                  random_state=self.seed))
+
+    def _targets(self, values: np.ndarray, *, training: bool) -> tuple[np.ndarray, np.ndarray, str | None]:
+        rows = np.flatnonzero([v is not None for v in values])
+        y = np.array([str(v) for v in values[rows]], dtype=object)
+        split = "training" if training else "test"
+        classes = sorted(set(y.tolist()))
+        if not classes:
+            return rows, y, None
+        if len(classes) < 2:
+            return rows, y, f"one-class attribute {self.attribute!r} in the {split} split (only {classes[0]!r})"
+        if not training:
+            unseen = sorted(set(classes) - set(self.model_.classes_.tolist()))
+            if unseen:
+                return rows, y, (f"attribute {self.attribute!r} values {unseen} in the test split never seen in "
+                                 "training")
+        return rows, y, None
+
+    def _labels(self, y: np.ndarray) -> np.ndarray:
+        return y
+
+    def _chance(self, y: np.ndarray) -> float:
+        return max(Counter(y.tolist()).values()) / y.size
+
+    def _val_score(self, model: Any, X: np.ndarray, y: np.ndarray) -> float:
+        return -float(log_loss(y, model.predict_proba(X), labels=model.classes_))
+
+    def _auc(self, proba: np.ndarray, y: np.ndarray) -> float:
+        """Binary AUC of the second class, or macro one-vs-rest AUC over classes present in ``y``."""
+        classes = self.model_.classes_
+        if classes.size == 2:
+            return roc_auc(proba[:, 1], y == classes[1])
+        present = [k for k, c in enumerate(classes) if 0 < np.sum(y == c) < y.size]
+        return float(np.mean([roc_auc(proba[:, k], y == classes[k]) for k in present])) if present else math.nan
+
+    def _metrics(self, X: np.ndarray, y: np.ndarray, speakers: np.ndarray) -> dict:
+        """Accuracy and ROC AUC with speaker-level bootstrap CIs (stratified by class).
+
+        ``accuracy`` = share of test rows whose most probable class is the true one;
+        ``roc_auc`` = Mann-Whitney AUC (:func:`audit.metrics.roc_auc`) of the probability of
+        ``positive_class`` (the second class in sorted order); with more than two classes the
+        mean of one-vs-rest AUCs.
+        """
+        proba = self.model_.predict_proba(X)
+        correct = self.model_.classes_[np.argmax(proba, axis=1)] == y
+        ci_acc = _bootstrap(lambda r: float(np.mean(correct[r])), speakers, y, n_boot=self.n_boot, seed=self.seed)
+        ci_auc = _bootstrap(lambda r: self._auc(proba[r], y[r]), speakers, y, n_boot=self.n_boot, seed=self.seed)
+        counts = Counter(y.tolist())
+        return {"attribute": self.attribute, "accuracy": float(np.mean(correct)), "ci95": list(ci_acc), "roc_auc": self._auc(proba, y),
+                "auc_ci95": list(ci_auc), "positive_class": str(self.model_.classes_[-1]),
+                "n_test": int(y.size), "n_test_speakers": int(np.unique(speakers).size),
+                "class_counts": {str(k): int(counts[k]) for k in sorted(counts)}, "ci_method": CI_METHOD}
+
+    def _curve_value(self, model: Any, X: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean(model.predict(X) == y))
+
+    def _budget(self) -> dict:
+        return {**super()._budget(), "max_iter": self.max_iter, "n_iter": int(self.model_[-1].n_iter_.max())}
+
+
+class SpeechRateRegression(_AttributeAttack):
+    """MLP regression of a numeric attribute (default ``speech_rate``, chars/s) on unseen speakers.
+
+    Inputs and target are standardised on the training rows (the target through
+    ``TransformedTargetRegressor``); the MLP (Adam, early stopping on a 10% row split of the
+    fitting data, at most ``max_iter`` epochs) has one hidden layer. ``alpha`` (L2) is chosen
+    by validation MSE on validation speakers. Rows with an unknown value (no transcript) are
+    dropped; fewer than 10 usable rows in a split skips the attack.
+
+    Parameters
+    ----------
+    attribute : str, default="speech_rate"
+    hidden : int, default=128
+    alpha_grid : tuple of float, default=(1e-3, 1e-1, 10.0)
+    max_iter : int, default=200
+    val_fraction : float, default=0.25
+    seed : int, default=0
+    n_boot : int, default=1000
+    """
+
+    attack = "attribute"
+    attacker = "mlp"
+    grid_name = "alpha"
+    curve_metric = "r2"
+
+    def __init__(self, *, attribute: str = "speech_rate", hidden: int = 128,
+                 alpha_grid: tuple[float, ...] = (1e-3, 1e-1, 10.0), max_iter: int = 200,
+                 val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
+        super().__init__(attribute=attribute, val_fraction=val_fraction, seed=seed, n_boot=n_boot)
+        self.hidden = hidden
+        self.alpha_grid = alpha_grid
+        self.max_iter = max_iter
+
+    def _grid(self) -> tuple:
+        return tuple(self.alpha_grid)
+
+    def _default(self) -> float:
+        return self.alpha_grid[len(self.alpha_grid) // 2]
+
+    def _make(self, value: float) -> Any:
+        mlp = MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=value, max_iter=self.max_iter,
+                           early_stopping=True, random_state=self.seed)
+        return TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), mlp), transformer=StandardScaler())
+
+    def _targets(self, values: np.ndarray, *, training: bool) -> tuple[np.ndarray, np.ndarray, str | None]:
+        split = "training" if training else "test"
+        rows = np.flatnonzero([v is not None for v in values])
+        if rows.size and not is_numeric_attribute(values[rows]):
+            return rows, np.zeros(0), f"attribute {self.attribute!r} is not numeric in the {split} split"
+        y = values[rows].astype(np.float64)
+        if rows.size < MIN_NUMERIC_ROWS:
+            return rows, y, (f"attribute {self.attribute!r} known for only {rows.size} {split} utterances "
+                             f"(< {MIN_NUMERIC_ROWS}; speech_rate needs transcripts and durations)")
+        return rows, y, None
+
+    def _val_score(self, model: Any, X: np.ndarray, y: np.ndarray) -> float:
+        return -float(np.mean((model.predict(X) - y) ** 2))
+
+    def _metrics(self, X: np.ndarray, y: np.ndarray, speakers: np.ndarray) -> dict:
+        """MSE, MAE, R² and the train-mean baseline MSE (:func:`audit.metrics.regression_scores`).
+
+        ``r2`` uses the test mean; ``baseline_mse`` predicts the training mean for every row.
+        The CI of R² resamples test speakers. Chance is R² = 0 (predicting the mean).
+        """
+        pred = self.model_.predict(X)
+        scores = regression_scores(y, pred, train_mean=float(self.y_.mean()))
+        ci = _bootstrap(lambda r: regression_scores(y[r], pred[r], train_mean=float(self.y_.mean()))["r2"],
+                        speakers, None, n_boot=self.n_boot, seed=self.seed)
+        return {"attribute": self.attribute, **scores, "ci95": list(ci), "n_test": int(y.size), "n_test_speakers": int(np.unique(speakers).size),
+                "unit": "characters per second" if self.attribute == "speech_rate" else None, "ci_method": CI_METHOD}
+
+    def _curve_value(self, model: Any, X: np.ndarray, y: np.ndarray) -> float:
+        return regression_scores(y, model.predict(X), train_mean=float(self.y_.mean()))["r2"]
+
+    def _chance(self, y: np.ndarray) -> float:
+        return 0.0
+
+    def _budget(self) -> dict:
+        mlp = self.model_.regressor_[-1]
+        return {**super()._budget(), "hidden": self.hidden, "max_iter": self.max_iter, "epochs": int(mlp.n_iter_),
+                "early_stopping": True}
+
+
+def _fit_cca(X: np.ndarray, y: np.ndarray, max_dims: int | None,
+             seed: int) -> tuple[StandardScaler, PCA, np.ndarray, float]:
+    """Standardise + PCA on ``X`` and the least-squares direction ``w``; returns ``(scaler, pca, w, y_mean)``."""
+    n, d = X.shape
+    k = min(max_dims or 32, n // 4, d)
+    if k < 1:
+        raise ValueError(f"CCA needs >= 4 training rows, got {n}")
+    scaler = StandardScaler().fit(X)
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(scaler.transform(X))
+    Z = pca.transform(scaler.transform(X))
+    keep = pca.explained_variance_ > 1e-10 * max(pca.explained_variance_[0], 1e-300)
+    w = np.zeros(k)
+    w[keep] = np.linalg.lstsq(Z[:, keep], y - y.mean(), rcond=None)[0]
+    return scaler, pca, w, float(y.mean())
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; NaN when either side is constant."""
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / denom if denom > 0 else math.nan
+
+
+def cca_correlation(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray, test_y: np.ndarray, *,
+                    max_dims: int | None = None, seed: int = 0) -> float:
+    """Held-out linear CCA correlation between a layer and a scalar attribute.
+
+    ``X`` is standardised and reduced by PCA fit on the training rows to
+    ``k = min(max_dims or 32, n_train // 4, D)`` dimensions (randomized SVD seeded by ``seed``;
+    components with zero variance are ignored). With a one-dimensional target the first canonical direction of ``X`` is the
+    least-squares regression direction ``w = argmin ||Z w - (y - mean y)||``, and the target's
+    direction is the target itself. Returned: the Pearson correlation of ``Z_test w`` and
+    ``y_test`` on the TEST rows (signed; near 0 when the layer carries no linear information).
+
+    Parameters
+    ----------
+    train_X, test_X : ndarray of shape (n, D)
+    train_y, test_y : ndarray of shape (n,)
+        Numeric targets (categorical ones encoded 0/1).
+    max_dims : int or None, default=None
+    seed : int, default=0
+
+    Returns
+    -------
+    float
+        NaN when the test target or projection is constant.
+    """
+    scaler, pca, w, _ = _fit_cca(np.asarray(train_X, dtype=np.float64), np.asarray(train_y, dtype=np.float64),
+                                 max_dims, seed)
+    proj = pca.transform(scaler.transform(np.asarray(test_X, dtype=np.float64))) @ w
+    return _correlation(proj, np.asarray(test_y, dtype=np.float64))
+
+
+class CCAProbe:
+    """Linear CCA probe of one attribute (:func:`cca_correlation`) with a speaker-bootstrap CI.
+
+    Numeric attributes are used as they are; binary categorical ones are encoded 0/1 (sorted
+    values of the training split); other attributes are skipped.
+
+    Parameters
+    ----------
+    attribute : str
+    max_dims : int or None, default=None
+    seed : int, default=0
+    n_boot : int, default=1000
+    """
+
+    attack = "cca"
+    attacker = "linear-cca"
+
+    def __init__(self, *, attribute: str, max_dims: int | None = None, seed: int = 0, n_boot: int = 1000) -> None:
+        self.attribute = attribute
+        self.max_dims = max_dims
+        self.seed = seed
+        self.n_boot = n_boot
+
+    def _encode(self, data: EmbeddingSet, split: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+        values = data.attributes.get(self.attribute)
+        values = np.full(len(data), None, dtype=object) if values is None else np.asarray(values, dtype=object)
+        rows = np.flatnonzero([v is not None for v in values])
+        if rows.size < MIN_NUMERIC_ROWS:
+            return rows, np.zeros(0), (f"attribute {self.attribute!r} known for only {rows.size} {split} "
+                                       f"utterances (< {MIN_NUMERIC_ROWS})")
+        if is_numeric_attribute(values[rows]):
+            return rows, values[rows].astype(np.float64), None
+        labels = np.array([str(v) for v in values[rows]])
+        if split == "test" and self.classes_ is None:
+            return rows, np.zeros(0), f"attribute {self.attribute!r} is numeric in training but not in the test split"
+        if split == "training":
+            self.classes_ = sorted(set(labels.tolist()))
+            if len(self.classes_) != 2:
+                return rows, np.zeros(0), (f"CCA needs a numeric or two-valued attribute; {self.attribute!r} has "
+                                           f"{len(self.classes_)} value(s) in the training split")
+        unseen = sorted(set(labels.tolist()) - set(self.classes_))
+        if unseen:
+            return rows, np.zeros(0), (f"attribute {self.attribute!r} values {unseen} in the {split} split "
+                                       "never seen in training")
+        if np.unique(labels).size < 2:
+            return rows, np.zeros(0), f"one-class attribute {self.attribute!r} in the {split} split"
+        return rows, (labels == self.classes_[1]).astype(np.float64), None
+
+    def fit(self, train: EmbeddingSet) -> "CCAProbe":
+        """Fit the standardisation, PCA and least-squares direction on the training rows."""
+        self.classes_ = None
+        rows, y, self.skip_reason_ = self._encode(train, "training")
+        if self.skip_reason_ is not None:
+            return self
+        X = train.pooled[rows].astype(np.float64)
+        self.scaler_, self.pca_, self.w_, _ = _fit_cca(X, y, self.max_dims, self.seed)
+        self.train_cca_ = _correlation(self.pca_.transform(self.scaler_.transform(X)) @ self.w_, y)
+        self.n_train_ = int(rows.size)
+        return self
+
+    def evaluate(self, test: EmbeddingSet) -> AttackResult:
+        """Test-row canonical correlation ``cca`` with ``ci95`` over test speakers; chance 0."""
+        if not hasattr(self, "skip_reason_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        if self.skip_reason_ is not None:
+            return AttackResult.skip(self.attack, self.attacker, self.skip_reason_)
+        rows, y, reason = self._encode(test, "test")
+        if reason is not None:
+            return AttackResult.skip(self.attack, self.attacker, reason)
+        proj = self.pca_.transform(self.scaler_.transform(test.pooled[rows].astype(np.float64))) @ self.w_
+        r = _correlation(proj, y)
+        if not math.isfinite(r):
+            return AttackResult.skip(self.attack, self.attacker,
+                                     f"attribute {self.attribute!r} or its projection is constant on the test rows")
+        speakers = test.speakers[rows]
+        labels = y.astype(object) if self.classes_ is not None else None
+        ci = _bootstrap(lambda i: _correlation(proj[i], y[i]), speakers, labels, n_boot=self.n_boot, seed=self.seed)
+        metrics = {"cca": r, "ci95": list(ci), "train_cca": self.train_cca_, "n_test": int(y.size),
+                   "n_test_speakers": int(np.unique(speakers).size), "ci_method": CI_METHOD,
+                   "encoding": None if self.classes_ is None else {self.classes_[0]: 0, self.classes_[1]: 1}}
+        budget = {"n_train": self.n_train_, "dims": int(self.pca_.n_components_), "max_dims": self.max_dims,
+                  "attribute": self.attribute}
+        return AttackResult(self.attack, self.attacker, metrics, chance=0.0, budget=budget, converged=True)
+
+
+@dataclass
+class AttributeSettings:
+    """Attribute-inference settings (TOML section ``[attributes]``).
+
+    ``categorical`` attributes get a classifier (accuracy, ROC AUC) and ``numeric`` ones a
+    regressor (MSE, MAE, R²); every one of them also gets the linear CCA probe. An attribute
+    the corpus lacks, or that has one class, is skipped with the reason recorded.
+    """
+
+    categorical: list[str] = field(default_factory=lambda: ["gender"])
+    numeric: list[str] = field(default_factory=lambda: ["speech_rate"])
+    test_fraction: float = 0.3
+    n_boot: int = 1000
+
+    def validate(self, prefix: str = "attributes.") -> None:
+        """Raise :class:`ConfigError` naming the bad key."""
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"{prefix}test_fraction={self.test_fraction!r}: must be in (0, 1)")
+        if self.n_boot < 100:
+            raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
+        both = set(self.categorical) & set(self.numeric)
+        if both:
+            raise ConfigError(f"{prefix}: {sorted(both)} listed as both categorical and numeric")
+
+    def weakening(self) -> list[str]:
+        """Attribute inference has no budget-reducing settings."""
+        return []
+
+
+def run_attributes(view: EmbeddingSet, settings: AttributeSettings, *, seed: int, frame_rate: float) -> dict:
+    """Every configured attribute on one layer: classifier/regressor plus the CCA probe.
+
+    Splits are speaker-disjoint (stratified by the attribute when categorical); a split that
+    cannot be made is recorded as a skip, and the run goes on.
+    """
+    del frame_rate  # pooled attackers only
+    out: dict[str, Any] = {}
+    jobs = [(name, GenderInference(attribute=name, seed=seed, n_boot=settings.n_boot)) for name in settings.categorical]
+    jobs += [(name, SpeechRateRegression(attribute=name, seed=seed, n_boot=settings.n_boot)) for name in settings.numeric]
+    for name, attacker in jobs:
+        values = view.attributes.get(name)
+        if values is None or all(v is None for v in values):
+            known = sorted(k for k, v in view.attributes.items() if any(x is not None for x in v))
+            reason = f"attribute {name!r} not in the corpus (known: {', '.join(known) or 'none'})"
+            out[name] = AttackResult.skip(attacker.attack, attacker.attacker, reason).to_dict()
+            out[f"{name}_cca"] = AttackResult.skip("cca", "linear-cca", reason).to_dict()
+            continue
+        try:
+            split = attribute_split(view.speakers, values, test_fraction=settings.test_fraction, seed=seed)
+        except CorpusError as err:
+            out[name] = AttackResult.skip(attacker.attack, attacker.attacker, str(err)).to_dict()
+            out[f"{name}_cca"] = AttackResult.skip("cca", "linear-cca", str(err)).to_dict()
+            continue
+        train, test = view.subset(split.train), view.subset(split.test)
+        result = attacker.fit(train).evaluate(test).to_dict()
+        result["split"] = split.describe()
+        out[name] = result
+        probe = CCAProbe(attribute=name, seed=seed, n_boot=settings.n_boot)
+        out[f"{name}_cca"] = probe.fit(train).evaluate(test).to_dict()
+    return out

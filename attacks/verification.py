@@ -1,0 +1,605 @@
+"""Open-set speaker verification on speaker-disjoint splits.
+
+Threat: the attacker trains a projection on a labelled side corpus of its own speakers, then
+links utterances of speakers it has never seen ("are these two recordings the same person?").
+The test speakers' utterances are split into enrolment and trial utterances; every trial is
+scored against every test speaker's enrolment model (target trial when the speakers match,
+non-target otherwise).
+
+Backends (all on standardised pooled embeddings):
+
+* ``"cosine"``: length normalisation only, cosine scoring (for embeddings that already come
+  from a trained speaker encoder);
+* ``"lda"``: shrinkage LDA (:func:`shrinkage_lda`) trained on the attacker's speakers, its
+  dimension chosen on validation speakers, length normalisation, cosine scoring;
+* ``"plda"``: the LDA projection, length normalisation, then a two-covariance PLDA
+  (:class:`TwoCovariancePLDA`) scored with the exact log-likelihood ratio.
+
+Reported: EER (speechbrain definition, :func:`audit.metrics.eer`) with a speaker-level
+bootstrap 95% CI (:func:`speaker_bootstrap_ci`), minDCF with its prior and costs, linkability
+``D_sys``, score histograms, the training budget and a learning curve over 25/50/100% of the
+training speakers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.linalg import cholesky, solve_triangular
+from sklearn.covariance import ledoit_wolf_shrinkage
+from sklearn.preprocessing import StandardScaler
+
+from audit.embeddings import EmbeddingSet
+from audit.errors import ConfigError, CorpusError
+from audit.metrics import eer, linkability, min_dcf
+from audit.results import AttackResult
+from audit.splits import speaker_disjoint_split
+
+CURVE_FRACTIONS = (0.25, 0.5, 1.0)
+BACKENDS = ("lda", "plda", "cosine")
+HISTOGRAM_BINS = 40
+CI_METHOD = ("percentile bootstrap over test speakers: speakers drawn with replacement (within "
+             "strata when given), every row of a drawn speaker kept, resamples where the statistic "
+             "is undefined redrawn")
+
+
+def speaker_bootstrap_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *,
+                         strata: np.ndarray | None = None, n_boot: int = 1000, alpha: float = 0.05,
+                         seed: int = 0, min_distinct: int = 2) -> tuple[float, float]:
+    """Percentile bootstrap CI of a statistic, resampling speakers rather than rows.
+
+    Utterances of one speaker are correlated, so the resampling unit is the speaker: each
+    resample draws ``n_speakers`` speakers with replacement (with ``strata``, as many speakers
+    from each stratum as it holds, so e.g. both genders stay present) and calls
+    ``stat(counts)`` with ``counts[s]`` the multiplicity of speaker ``s``; the statistic
+    weights speaker ``s``'s rows by ``counts[s]``. Resamples with fewer than ``min_distinct``
+    distinct speakers, or where ``stat`` returns a non-finite value (undefined, e.g. a single
+    class), are redrawn. The interval is ``(q(alpha/2), q(1 - alpha/2))`` of the ``n_boot``
+    values with ``np.quantile`` (linear interpolation).
+
+    Parameters
+    ----------
+    stat : callable
+        ``stat(counts: ndarray of int, shape (n_speakers,)) -> float``.
+    n_speakers : int
+        Number of speakers (``>= min_distinct``).
+    strata : ndarray of shape (n_speakers,), default=None
+        Stratum label of each speaker.
+    n_boot : int, default=1000
+    alpha : float, default=0.05
+        Two-sided level; 0.05 gives a 95% interval.
+    seed : int, default=0
+    min_distinct : int, default=2
+
+    Returns
+    -------
+    (low, high) : tuple of float
+    """
+    if n_speakers < min_distinct:
+        raise ValueError(f"speaker bootstrap needs >= {min_distinct} speakers, got n_speakers={n_speakers}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got alpha={alpha!r}")
+    groups = [np.arange(n_speakers)] if strata is None else \
+        [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    rng = np.random.default_rng(seed)
+    values: list[float] = []
+    attempts = 0
+    while len(values) < n_boot:
+        attempts += 1
+        if attempts > 20 * n_boot:
+            raise ValueError(f"speaker bootstrap: statistic undefined on {attempts - 1 - len(values)} of "
+                             f"{attempts - 1} resamples of {n_speakers} speakers")
+        drawn = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
+        counts = np.bincount(drawn, minlength=n_speakers)
+        if np.count_nonzero(counts) < min_distinct:
+            continue
+        value = float(stat(counts))
+        if np.isfinite(value):
+            values.append(value)
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def trial_scores(scores: np.ndarray, trial_model: np.ndarray,
+                 counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Target and non-target scores of an all-trials-against-all-models score matrix.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_trials, n_models)
+        Score of trial utterance ``i`` against enrolment model ``j``.
+    trial_model : ndarray of int, shape (n_trials,)
+        Index of the model of trial ``i``'s own speaker: ``(i, trial_model[i])`` is the target
+        trial, every other ``(i, j)`` a non-target trial.
+    counts : ndarray of int, shape (n_models,), default=None
+        Speaker multiplicities of a bootstrap resample: target trials of speaker ``a`` are
+        repeated ``counts[a]`` times, non-target trials (``a`` against ``b``) ``counts[a] *
+        counts[b]`` times, i.e. the trials among the drawn speakers, copies of one speaker
+        never scored against each other.
+
+    Returns
+    -------
+    target, nontarget : ndarray
+    """
+    n_trials, n_models = scores.shape
+    is_target = np.zeros(scores.shape, dtype=bool)
+    is_target[np.arange(n_trials), trial_model] = True
+    if counts is None:
+        return scores[is_target], scores[~is_target]
+    weight = counts[trial_model][:, None] * counts[None, :]
+    target = np.repeat(scores[is_target], counts[trial_model])
+    return target, np.repeat(scores[~is_target], weight[~is_target])
+
+
+def length_normalise(X: np.ndarray) -> np.ndarray:
+    """Rows of ``X`` divided by their Euclidean norm (zero rows stay zero)."""
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norm > 0, norm, 1.0)
+
+
+class TwoCovariancePLDA:
+    """Two-covariance PLDA: ``x = mu + y_spk + e`` with ``y_spk ~ N(0, B)``, ``e ~ N(0, W)``.
+
+    ``mu`` is the training mean. ``B`` (between-speaker) and ``W`` (within-speaker) start from
+    the moment estimates (covariance of the speaker means; pooled covariance around them),
+    both plus ``reg_ = max(reg * trace(W) / d, 1e-6)`` times ``I`` (kept through EM so a
+    degenerate projection cannot make them singular), and are refined by ``n_iter`` EM steps (Sizov et al.,
+    2014): the E-step gives each training speaker's posterior ``N(m_k, C_k)`` with
+    ``C_k = (B^-1 + n_k W^-1)^-1`` and ``m_k = C_k W^-1 f_k`` (``f_k`` the sum of its centred
+    vectors); the M-step sets ``B = mean_k (m_k m_k' + C_k)`` and
+    ``W = mean_i ((x_i - m_k)(x_i - m_k)' + C_k)``.
+
+    Scoring an enrolment set of ``n`` vectors with centred sum ``F`` against a centred trial
+    vector ``t``: the speaker posterior is ``N(m, C)``, ``C = (B^-1 + n W^-1)^-1``,
+    ``m = C W^-1 F``, and ``LLR(t) = log N(t; m, W + C) - log N(t; 0, B + W)``.
+    """
+
+    def __init__(self, *, n_iter: int = 10, reg: float = 1e-3) -> None:
+        self.n_iter = n_iter
+        self.reg = reg
+
+    def fit(self, X: np.ndarray, labels: np.ndarray) -> "TwoCovariancePLDA":
+        """Estimate ``mu_``, ``B_``, ``W_`` from ``(N, d)`` vectors and their speaker labels."""
+        _, y = np.unique(labels, return_inverse=True)
+        n_k = np.bincount(y).astype(float)
+        self.mu_ = X.mean(axis=0)
+        Xc = X - self.mu_
+        d = X.shape[1]
+        F = np.zeros((n_k.size, d))
+        np.add.at(F, y, Xc)
+        means = F / n_k[:, None]
+        B = means.T @ means / n_k.size
+        resid = Xc - means[y]
+        W = resid.T @ resid / X.shape[0]
+        self.reg_ = max(self.reg * float(np.trace(W)) / d, 1e-6)
+        B += self.reg_ * np.eye(d)
+        W += self.reg_ * np.eye(d)
+        S = Xc.T @ Xc
+        self.delta_ = 0.0
+        for _ in range(self.n_iter):
+            m, C = self._posterior(F, n_k, B, W)
+            nC = (n_k[:, None, None] * C).sum(axis=0)
+            B_new = (m.T @ m + C.sum(axis=0)) / n_k.size
+            cross = F.T @ m
+            W_new = (S - cross - cross.T + (n_k[:, None] * m).T @ m + nC) / X.shape[0]
+            B_new = (B_new + B_new.T) / 2 + self.reg_ * np.eye(d)
+            W_new = (W_new + W_new.T) / 2 + self.reg_ * np.eye(d)
+            self.delta_ = float(np.linalg.norm(B_new - B) + np.linalg.norm(W_new - W)) / \
+                float(np.linalg.norm(B) + np.linalg.norm(W))
+            B, W = B_new, W_new
+        self.B_, self.W_ = B, W
+        return self
+
+    @staticmethod
+    def _posterior(F: np.ndarray, n: np.ndarray, B: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means ``(K, d)`` and covariances ``(K, d, d)`` of K speaker variables."""
+        Binv, Winv = np.linalg.inv(B), np.linalg.inv(W)
+        C = np.linalg.inv(Binv[None] + n[:, None, None] * Winv[None])
+        m = np.einsum("kij,kj->ki", C, F @ Winv)
+        return m, C
+
+    def score(self, enrol: list[np.ndarray], trials: np.ndarray) -> np.ndarray:
+        """LLR ``(n_trials, n_models)`` of trials ``(n_trials, d)`` against enrolment sets."""
+        T = trials - self.mu_
+        F = np.stack([(E - self.mu_).sum(axis=0) for E in enrol])
+        n = np.array([E.shape[0] for E in enrol], dtype=float)
+        m, C = self._posterior(F, n, self.B_, self.W_)
+        sigma0 = self.B_ + self.W_
+        _, logdet0 = np.linalg.slogdet(sigma0)
+        q0 = np.einsum("ij,ij->i", T @ np.linalg.inv(sigma0), T)
+        out = np.empty((T.shape[0], len(enrol)))
+        for j in range(len(enrol)):
+            sigma1 = self.W_ + C[j]
+            _, logdet1 = np.linalg.slogdet(sigma1)
+            diff = T - m[j]
+            q1 = np.einsum("ij,ij->i", diff @ np.linalg.inv(sigma1), diff)
+            out[:, j] = -0.5 * (q1 + logdet1) + 0.5 * (q0 + logdet0)
+        return out
+
+
+@dataclass(frozen=True)
+class TrialDesign:
+    """Enrolment/trial rows of the usable test speakers (indices into the test set)."""
+
+    speakers: np.ndarray
+    enrol: list[np.ndarray]
+    trial_rows: np.ndarray
+    trial_model: np.ndarray
+    left_out: tuple[str, ...]
+
+
+def trial_design(speakers: np.ndarray, *, enroll_fraction: float = 0.5, seed: int = 0) -> TrialDesign:
+    """Split each test speaker's utterances into enrolment and trial utterances.
+
+    Per speaker (sorted by name) a ``np.random.default_rng(seed)`` permutation of its rows puts
+    ``clip(round(enroll_fraction * n), 1, n - 1)`` rows into enrolment and the rest into
+    trials. Speakers with fewer than 2 utterances are left out (named in ``left_out``).
+    Raises :class:`CorpusError` when fewer than 2 speakers remain.
+    """
+    rng = np.random.default_rng(seed)
+    names, enrol, trials, model, left_out = [], [], [], [], []
+    for spk in np.unique(speakers):
+        idx = np.flatnonzero(speakers == spk)
+        if idx.size < 2:
+            left_out.append(str(spk))
+            continue
+        idx = rng.permutation(idx)
+        n_enrol = int(min(idx.size - 1, max(1, round(enroll_fraction * idx.size))))
+        enrol.append(np.sort(idx[:n_enrol]))
+        trials.append(np.sort(idx[n_enrol:]))
+        model.append(np.full(idx.size - n_enrol, len(names)))
+        names.append(spk)
+    if len(names) < 2:
+        raise CorpusError(
+            f"verification needs >= 2 test speakers with >= 2 utterances each, got {len(names)} "
+            f"(of {len(names) + len(left_out)} test speakers); use --segment SECONDS to cut long "
+            "recordings into several segments, or a corpus with more speakers"
+        )
+    return TrialDesign(np.array(names), enrol, np.concatenate(trials), np.concatenate(model), tuple(left_out))
+
+
+def shrinkage_lda(Z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fisher LDA with a Ledoit-Wolf shrunk within-class covariance.
+
+    ``S_w`` is the covariance of the rows around their class means, shrunk towards its
+    diagonal: ``(1 - lam) S_w + lam * diag(S_w)``, with ``lam`` the Ledoit-Wolf shrinkage of
+    the residuals scaled to unit variance (the pooled-class analogue of sklearn's
+    ``LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto")``);
+    ``S_b = sum_k (n_k / N) (m_k - m)(m_k - m)'``. The directions solve
+    ``S_b w = lambda S_w w`` (normalised to ``w' S_w w = 1``), computed through a Cholesky
+    whitening of ``S_w`` and an SVD of the whitened class means, in decreasing ``lambda``.
+
+    Parameters
+    ----------
+    Z : ndarray of shape (N, D)
+    labels : ndarray of shape (N,)
+
+    Returns
+    -------
+    scalings : ndarray of shape (D, r)
+        ``r = min(n_classes - 1, D)`` projection directions.
+    eigenvalues : ndarray of shape (r,)
+    shrinkage : float
+    """
+    _, y = np.unique(labels, return_inverse=True)
+    n_k = np.bincount(y).astype(float)
+    means = np.zeros((n_k.size, Z.shape[1]))
+    np.add.at(means, y, Z)
+    means /= n_k[:, None]
+    resid = Z - means[y]
+    scale = np.sqrt(np.mean(resid**2, axis=0))
+    scale = np.where(scale > 0, scale, 1.0)
+    lam = float(ledoit_wolf_shrinkage(resid / scale, assume_centered=True))
+    Sw = (1 - lam) * (resid.T @ resid) / Z.shape[0]
+    Sw[np.diag_indices_from(Sw)] += lam * scale**2
+    L = cholesky(Sw, lower=True)
+    M = np.sqrt(n_k / Z.shape[0])[:, None] * (means - Z.mean(axis=0))
+    U, s, _ = np.linalg.svd(solve_triangular(L, M.T, lower=True), full_matrices=False)
+    r = min(n_k.size - 1, Z.shape[1])
+    return solve_triangular(L.T, U[:, :r], lower=False), s[:r] ** 2, lam
+
+
+def score_trials(Z: np.ndarray, design: TrialDesign, plda: TwoCovariancePLDA | None = None) -> np.ndarray:
+    """Scores ``(n_trials, n_models)`` of projected rows ``Z``.
+
+    Without ``plda``: cosine between each trial vector and the length-normalised mean of the
+    model's (length-normalised) enrolment vectors. With ``plda``: its log-likelihood ratio.
+    """
+    trials = Z[design.trial_rows]
+    if plda is not None:
+        return plda.score([Z[rows] for rows in design.enrol], trials)
+    models = length_normalise(np.stack([Z[rows].mean(axis=0) for rows in design.enrol]))
+    return trials @ models.T
+
+
+class SpeakerVerification:
+    """Open-set speaker verification attacker (train speakers disjoint from test speakers).
+
+    Parameters
+    ----------
+    backend : {"lda", "plda", "cosine"}, default="lda"
+        Projection and scoring (see the module docstring).
+    n_components : int or None, default=None
+        LDA dimensions, capped at ``min(n_train_speakers - 1, D)``. None chooses them on
+        validation speakers held out of the training speakers: the candidates are the cap
+        divided by 1, 2, 4, 8 (at least 2), the one with the lowest validation EER wins (ties
+        go to more dimensions); with too few speakers to validate, the cap.
+    enroll_fraction : float, default=0.5
+        Fraction of each test speaker's utterances used for enrolment (at least one, and at
+        least one left for trials).
+    p_target, c_miss, c_fa : float, default=0.01, 1.0, 1.0
+        Prior and costs of minDCF.
+    plda_iter : int, default=10
+        EM iterations of the PLDA backend.
+    plda_reg : float, default=1e-3
+        PLDA covariance regularisation, relative to ``trace(W) / d``.
+    val_fraction : float, default=0.25
+        Fraction of the training speakers held out to choose ``n_components``.
+    seed : int, default=0
+        Seeds the enrolment/trial split, the validation split, the learning-curve subsets and
+        the bootstrap.
+    n_boot : int, default=1000
+        Bootstrap resamples of the EER CI.
+    """
+
+    attack = "verification"
+
+    def __init__(self, *, backend: str = "lda", n_components: int | None = None, enroll_fraction: float = 0.5,
+                 p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0, plda_iter: int = 10,
+                 plda_reg: float = 1e-3, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
+        self.backend = backend
+        self.n_components = n_components
+        self.enroll_fraction = enroll_fraction
+        self.p_target = p_target
+        self.c_miss = c_miss
+        self.c_fa = c_fa
+        self.plda_iter = plda_iter
+        self.plda_reg = plda_reg
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.n_boot = n_boot
+
+    def get_params(self) -> dict:
+        """Constructor settings (for refitting on learning-curve subsets)."""
+        return {k: getattr(self, k) for k in ("backend", "n_components", "enroll_fraction", "p_target", "c_miss",
+                                              "c_fa", "plda_iter", "plda_reg", "val_fraction", "seed", "n_boot")}
+
+    def _validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"verification backend={self.backend!r} must be one of {BACKENDS}")
+        if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components < 1):
+            raise ConfigError(f"verification n_components={self.n_components!r} must be None or an int >= 1")
+        if not 0 < self.enroll_fraction < 1:
+            raise ConfigError(f"verification enroll_fraction={self.enroll_fraction!r} must be in (0, 1)")
+        if not 0 < self.p_target < 1:
+            raise ConfigError(f"verification p_target={self.p_target!r} must be in (0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"verification val_fraction={self.val_fraction!r} must be in (0, 1)")
+
+    def fit(self, train: EmbeddingSet) -> "SpeakerVerification":
+        """Learn the standardisation, the LDA (with its dimension) and the PLDA on training speakers."""
+        t0 = time.perf_counter()
+        self._validate()
+        if train.n_speakers < 2:
+            raise CorpusError(f"verification needs >= 2 training speakers, got {train.n_speakers}")
+        self.scaler_ = StandardScaler().fit(train.pooled.astype(np.float64))
+        Z = self.scaler_.transform(train.pooled.astype(np.float64))
+        self.scalings_, self.shrinkage_, self.plda_ = None, None, None
+        self.val_scores_: dict[str, float] = {}
+        self.dims_selection_ = "none (cosine backend)"
+        if self.backend != "cosine":
+            self.scalings_, _, self.shrinkage_ = shrinkage_lda(Z, train.speakers)
+            cap = self.scalings_.shape[1]
+            if self.n_components is not None:
+                self.dims_, self.dims_selection_ = min(self.n_components, cap), "fixed n_components"
+            else:
+                self.dims_, self.dims_selection_ = self._select_dims(Z, train.speakers, cap)
+            self.scalings_ = self.scalings_[:, :self.dims_]
+            Z = Z @ self.scalings_
+        Z = length_normalise(Z)
+        if self.backend == "plda":
+            self.plda_ = TwoCovariancePLDA(n_iter=self.plda_iter, reg=self.plda_reg).fit(Z, train.speakers)
+        self.dims_ = int(Z.shape[1])
+        self.train_ = train
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _select_dims(self, Z: np.ndarray, speakers: np.ndarray, cap: int) -> tuple[int, str]:
+        """LDA dimension with the lowest EER on validation speakers held out of ``speakers``."""
+        grid = sorted({max(2, cap // k) for k in (1, 2, 4, 8)} | {cap}, reverse=True)
+        grid = [d for d in grid if d <= cap]
+        if len(grid) == 1:
+            return cap, "n_train_speakers - 1 (no smaller candidate)"
+        try:
+            inner = speaker_disjoint_split(speakers, test_fraction=self.val_fraction, seed=self.seed + 1)
+            design = trial_design(speakers[inner.test], enroll_fraction=self.enroll_fraction, seed=self.seed)
+        except CorpusError as err:
+            return cap, f"n_train_speakers - 1 (no validation split: {err})"
+        scalings, _, _ = shrinkage_lda(Z[inner.train], speakers[inner.train])
+        for d in grid:
+            P = length_normalise(Z @ scalings[:, :min(d, scalings.shape[1])])
+            plda = None
+            if self.backend == "plda":
+                plda = TwoCovariancePLDA(n_iter=self.plda_iter, reg=self.plda_reg).fit(P[inner.train],
+                                                                                       speakers[inner.train])
+            S = score_trials(P[inner.test], design, plda)
+            self.val_scores_[str(d)] = eer(*trial_scores(S, design.trial_model))[0]
+        best = grid[int(np.argmin([self.val_scores_[str(d)] for d in grid]))]
+        n_val = np.unique(speakers[inner.test]).size
+        return best, f"validation EER on {n_val} held-out training speakers"
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Project ``(N, D)`` pooled embeddings to the scoring space ``(N, dims_)``."""
+        if not hasattr(self, "scaler_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        Z = self.scaler_.transform(np.asarray(X, dtype=np.float64))
+        if self.scalings_ is not None:
+            Z = Z @ self.scalings_
+        return length_normalise(Z)
+
+    def score_matrix(self, test: EmbeddingSet, design: TrialDesign) -> np.ndarray:
+        """Scores ``(n_trials, n_models)`` of a trial design on ``test`` (see :func:`score_trials`)."""
+        return score_trials(self.transform(test.pooled), design, self.plda_)
+
+    def _curve_subset(self, fraction: float) -> np.ndarray:
+        """Rows of a seeded ``fraction`` of the training speakers (at least 2; nested)."""
+        names = np.unique(self.train_.speakers)
+        names = names[np.random.default_rng(self.seed).permutation(names.size)]
+        keep = names[: max(2, int(round(fraction * names.size)))]
+        return np.flatnonzero(np.isin(self.train_.speakers, keep))
+
+    def evaluate(self, test: EmbeddingSet) -> AttackResult:
+        """EER, minDCF and linkability of trials among the (unseen) test speakers.
+
+        Metrics: ``eer`` (speechbrain's definition, :func:`audit.metrics.eer`) with ``ci95``
+        from :func:`speaker_bootstrap_ci` over test speakers; ``min_dcf`` (unnormalised,
+        speechbrain) with ``p_target``/``c_miss``/``c_fa`` and ``min_dcf_norm`` = ``min_dcf /
+        min(c_miss * p_target, c_fa * (1 - p_target))``; ``linkability`` ``D_sys`` (default
+        bins, None with fewer than 10 target trials); trial counts; a 40-bin ``histogram`` of
+        target and non-target scores on common edges. Chance is 0.5, the EER of a random
+        scorer. The learning curve refits on 25/50% of the training speakers with the chosen
+        dimension; ``converged`` means doubling the speakers from 50% to 100% lowered the EER
+        by at most 0.02.
+        """
+        if not hasattr(self, "scaler_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        design = trial_design(test.speakers, enroll_fraction=self.enroll_fraction, seed=self.seed)
+        S = self.score_matrix(test, design)
+        target, nontarget = trial_scores(S, design.trial_model)
+        value, threshold = eer(target, nontarget)
+        ci = speaker_bootstrap_ci(lambda c: eer(*trial_scores(S, design.trial_model, c))[0],
+                                  design.speakers.size, n_boot=self.n_boot, seed=self.seed)
+        dcf, dcf_threshold = min_dcf(target, nontarget, p_target=self.p_target, c_miss=self.c_miss, c_fa=self.c_fa)
+        d_sys = linkability(target, nontarget)[0] if target.size >= 10 else None
+        edges = np.histogram_bin_edges(np.concatenate([target, nontarget]), bins=HISTOGRAM_BINS)
+        metrics = {
+            "eer": value, "ci95": list(ci), "ci_method": CI_METHOD, "eer_threshold": threshold,
+            "min_dcf": dcf, "min_dcf_norm": dcf / min(self.c_miss * self.p_target, self.c_fa * (1 - self.p_target)),
+            "min_dcf_threshold": dcf_threshold, "p_target": self.p_target, "c_miss": self.c_miss, "c_fa": self.c_fa,
+            "linkability": d_sys, "n_target": int(target.size), "n_nontarget": int(nontarget.size),
+            "n_test_speakers": int(design.speakers.size), "n_speakers_left_out": len(design.left_out),
+            "histogram": {"bin_edges": edges.tolist(),
+                          "target": np.histogram(target, bins=edges)[0].tolist(),
+                          "nontarget": np.histogram(nontarget, bins=edges)[0].tolist()},
+        }
+        curve = []
+        for frac in CURVE_FRACTIONS:
+            if frac == 1.0:
+                value_f = value
+            else:
+                params = {**self.get_params(), "n_components": self.dims_ if self.scalings_ is not None else None}
+                sub = type(self)(**params).fit(self.train_.subset(self._curve_subset(frac)))
+                value_f = eer(*trial_scores(sub.score_matrix(test, design), design.trial_model))[0]
+            curve.append({"fraction": frac, "eer": value_f})
+        converged = curve[1]["eer"] - curve[2]["eer"] <= 0.02
+        return AttackResult(self.attack, self.backend, metrics, chance=0.5, budget=self._budget(design),
+                            learning_curve=curve, converged=bool(converged))
+
+    def _budget(self, design: TrialDesign) -> dict:
+        budget = {"n_train": len(self.train_), "n_train_speakers": self.train_.n_speakers, "backend": self.backend,
+                  "n_features": int(self.train_.pooled.shape[1]), "dims": self.dims_,
+                  "n_components": self.n_components, "dims_selection": self.dims_selection_,
+                  "validation_eer": self.val_scores_, "enroll_fraction": self.enroll_fraction,
+                  "n_enrol": int(sum(rows.size for rows in design.enrol)), "n_trial_utts": int(design.trial_rows.size),
+                  "fit_seconds": round(self.fit_seconds_, 3)}
+        if self.scalings_ is not None:
+            budget["lda_shrinkage"] = self.shrinkage_
+        if self.plda_ is not None:
+            budget.update({"plda_iter": self.plda_iter, "plda_reg": self.plda_reg,
+                           "plda_last_rel_change": self.plda_.delta_})
+        return budget
+
+
+SCORERS = ("lda", "plda", "cosine", "frame")
+
+
+@dataclass
+class VerificationSettings:
+    """Open-set verification settings (TOML section ``[verification]``).
+
+    ``scorers``: projections learned on the training speakers (``lda``, ``plda``, ``cosine``)
+    and ``frame``, the cosine of a frame-level ECAPA attacker's embedding trained on the
+    training speakers. The headline is the projection scorer with the lowest validation EER;
+    the frame scorer is reported beside it.
+    """
+
+    scorers: list[str] = field(default_factory=lambda: ["lda", "plda", "frame"])
+    test_fraction: float = 0.5
+    enroll_fraction: float = 0.5
+    p_target: float = 0.01
+    n_boot: int = 1000
+    frame_max_epochs: int = 40
+
+    def validate(self, prefix: str = "verification.") -> None:
+        """Raise :class:`ConfigError` naming the bad key."""
+        for name in self.scorers:
+            if name not in SCORERS:
+                raise ConfigError(f"{prefix}scorers: unknown scorer {name!r} (known: {', '.join(SCORERS)})")
+        if not [s for s in self.scorers if s != "frame"]:
+            raise ConfigError(f"{prefix}scorers: name at least one of lda, plda, cosine")
+        for key in ("test_fraction", "enroll_fraction", "p_target"):
+            value = getattr(self, key)
+            if not 0 < value < 1:
+                raise ConfigError(f"{prefix}{key}={value!r}: must be in (0, 1)")
+        if self.n_boot < 100:
+            raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
+
+    def weakening(self) -> list[str]:
+        """Settings that make verification weaker than the full suite."""
+        return [] if "frame" in self.scorers else ["verification: no frame-level (ECAPA) scorer"]
+
+
+def run_verification(view: EmbeddingSet, settings: VerificationSettings, *, seed: int, frame_rate: float) -> dict:
+    """All configured verification scorers on one layer, on a speaker-disjoint split.
+
+    Raises :class:`CorpusError` (naming ``verification.test_fraction`` / ``--segment``) when the
+    corpus cannot give two test speakers with two utterances each.
+    """
+    usable = [s for s, n in zip(*np.unique(view.speakers, return_counts=True)) if n >= 2]
+    if len(usable) < 4:
+        raise CorpusError(
+            f"verification needs >= 4 speakers with >= 2 utterances each (2 to train, 2 to test), "
+            f"found {len(usable)}; use --segment SECONDS to cut long recordings, or drop "
+            "'verification' from the audit"
+        )
+    split = speaker_disjoint_split(view.speakers, test_fraction=settings.test_fraction, seed=seed)
+    train, test = view.subset(split.train), view.subset(split.test)
+    common = dict(enroll_fraction=settings.enroll_fraction, p_target=settings.p_target, seed=seed,
+                  n_boot=settings.n_boot)
+    fitted, results = {}, {}
+    for name in settings.scorers:
+        if name == "frame":
+            continue
+        fitted[name] = SpeakerVerification(backend=name, **common).fit(train)
+        results[name] = fitted[name].evaluate(test).to_dict()
+    if "frame" in settings.scorers:
+        results["frame"] = _frame_scorer(train, test, settings, common, seed=seed, frame_rate=frame_rate)
+    best = min(fitted, key=lambda n: min(fitted[n].val_scores_.values()) if fitted[n].val_scores_ else 1.0)
+    headline = dict(results[best])
+    headline["strongest_by"] = "validation EER on held-out training speakers (never the test split)"
+    headline["scorers"] = results
+    headline["split"] = split.describe()
+    return headline
+
+
+def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings, common: dict, *,
+                  seed: int, frame_rate: float) -> dict:
+    """Cosine verification on the embedding of a frame-level attacker trained on the training speakers."""
+    from attacks.frame_speaker_id import FrameSpeakerID
+
+    if train.frame_source is None:
+        return AttackResult.skip("verification", "frame-ecapa", "pooled-only layer: no frames").to_dict()
+    encoder = FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, seed=seed,
+                             learning_curve=False).fit(train)
+
+    def as_set(data: EmbeddingSet) -> EmbeddingSet:
+        return EmbeddingSet(encoder.transform(data), data.speakers, data.utt_ids)
+
+    result = SpeakerVerification(backend="cosine", **common).fit(as_set(train)).evaluate(as_set(test))
+    result.attacker = "frame-ecapa+cosine"
+    result.budget["encoder"] = {"epochs": len(encoder.history_), "converged": encoder.converged_,
+                                "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2)}
+    return result.to_dict()
