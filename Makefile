@@ -13,7 +13,7 @@ venv: $(STAMP)
 # The stamp depends on the pinned lock and the project metadata: editing either rebuilds.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip "setuptools==80.10.2" "wheel==0.48.0"
 	$(VENV)/bin/python -m pip install --quiet -r requirements.lock
 	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(VENV)/bin/python -c "import torch, torchaudio; assert torch.__version__.split('+')[0] == torchaudio.__version__.split('+')[0], (torch.__version__, torchaudio.__version__)"

@@ -549,7 +549,11 @@ class VerificationSettings:
 
     def weakening(self) -> list[str]:
         """Settings that make verification weaker than the full suite."""
-        return [] if "frame" in self.scorers else ["verification: no frame-level (ECAPA) scorer"]
+        if "frame" not in self.scorers:
+            return ["verification: no frame-level (ECAPA) scorer"]
+        if self.frame_max_epochs < 10:
+            return [f"verification.frame_max_epochs={self.frame_max_epochs}: tiny frame-scorer budget"]
+        return []
 
 
 def run_verification(view: EmbeddingSet, settings: VerificationSettings, *, seed: int, frame_rate: float) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audit.audio import load_audio
 from audit.corpus import Corpus, speech_rate
 from audit.errors import StoreError
 from audit.store import EmbeddingStore
@@ -23,7 +24,9 @@ class EmbeddingSet:
 
     ``frame_source(i)`` returns the ``(T, D)`` frames of row ``i`` (None for pooled-only sets);
     ``attributes`` maps a name (``gender``, ``speech_rate``, ...) to an object array with None
-    where the value is unknown.
+    where the value is unknown; ``transcripts`` holds the reference text (None where unknown);
+    ``audio_source(i)`` decodes row ``i``'s 16 kHz audio, used only by the inversion attack's
+    targets and judges.
     """
 
     pooled: np.ndarray
@@ -32,6 +35,8 @@ class EmbeddingSet:
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
     frame_source: Callable[[int], np.ndarray] | None = None
     layer: int | None = None
+    transcripts: np.ndarray | None = None
+    audio_source: Callable[[int], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.pooled.shape[0])
@@ -47,15 +52,26 @@ class EmbeddingSet:
             raise StoreError("this embedding set is pooled-only: no frame-level states")
         return self.frame_source(i)
 
+    def audio(self, i: int) -> np.ndarray:
+        """16 kHz mono audio of row ``i``."""
+        if self.audio_source is None:
+            raise StoreError("this embedding set has no audio attached")
+        return self.audio_source(i)
+
     def subset(self, index: Sequence[int] | np.ndarray) -> "EmbeddingSet":
-        """Rows ``index`` as a new set (frames stay lazy)."""
+        """Rows ``index`` as a new set (frames and audio stay lazy)."""
         index = np.asarray(index, dtype=int)
-        source = None
-        if self.frame_source is not None:
-            parent = self.frame_source
-            source = lambda i: parent(int(index[i]))  # noqa: E731
         return EmbeddingSet(self.pooled[index], self.speakers[index], [self.utt_ids[i] for i in index],
-                            {k: v[index] for k, v in self.attributes.items()}, source, self.layer)
+                            {k: v[index] for k, v in self.attributes.items()}, _reindexed(self.frame_source, index),
+                            self.layer, None if self.transcripts is None else self.transcripts[index],
+                            _reindexed(self.audio_source, index))
+
+
+def _reindexed(source: Callable[[int], np.ndarray] | None, index: np.ndarray) -> Callable[[int], np.ndarray] | None:
+    """``source`` seen through a row selection (None stays None)."""
+    if source is None:
+        return None
+    return lambda i: source(int(index[i]))
 
 
 def corpus_attributes(corpus: Corpus) -> dict[str, np.ndarray]:
@@ -70,5 +86,8 @@ def layer_set(store: EmbeddingStore, corpus: Corpus, layer: int, *, pooling: str
     """The labelled :class:`EmbeddingSet` of one layer of a store built from ``corpus``."""
     if store.utt_ids != [u.utt_id for u in corpus]:
         raise StoreError(f"{store.root}: store utterances do not match corpus {corpus.name}")
+    utts = corpus.utterances
     return EmbeddingSet(store.pooled(layer, pooling), np.array(corpus.speakers), list(store.utt_ids),
-                        corpus_attributes(corpus), lambda i: store.frames(layer, i), layer)
+                        corpus_attributes(corpus), lambda i: store.frames(layer, i), layer,
+                        np.array([u.transcript for u in utts], dtype=object),
+                        lambda i: load_audio(utts[i].path, start=utts[i].start, end=utts[i].end))

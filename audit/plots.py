@@ -130,3 +130,19 @@ def learning_curves(path: Path, curves: dict[str, list[dict]], *, metric: str, t
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def mel_comparison(path: Path, true_mel: np.ndarray, pred_mel: np.ndarray, *, title: str) -> Path:
+    """Original and reconstructed log-mel spectrograms (``(T, n_mels)``) one above the other."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(7, 4.2), dpi=110, sharex=True)
+    lo, hi = float(np.percentile(true_mel, 1)), float(true_mel.max())
+    for ax, mel, label in ((axes[0], true_mel, "original"), (axes[1], pred_mel, "reconstruction")):
+        im = ax.imshow(mel.T, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma")
+        ax.set_ylabel(f"{label}\nmel bin", fontsize=8)
+    axes[1].set_xlabel("frame")
+    fig.colorbar(im, ax=axes, fraction=0.03, label="ln mel")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -18,7 +18,8 @@ def test_run_writes_results_and_summary(tmp_path):
     out = tmp_path / "report"
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(out),
                             "cache_dir": str(tmp_path / "store"), "progress": False,
-                            "speaker_id": {"attackers": ["logreg"], "n_boot": 200}})
+                            "speaker_id": {"attackers": ["logreg"], "n_boot": 200},
+                            "verification": {"frame_max_epochs": 3, "n_boot": 200}})
     results = AuditPipeline(cfg).run()
     saved = json.loads((out / "results.json").read_text())
     assert saved["schema_version"] == results["schema_version"]
@@ -29,11 +30,20 @@ def test_run_writes_results_and_summary(tmp_path):
         assert {"top1", "ci95", "chance", "n_speakers", "n_test"} <= set(sid)
         assert sid["ci95"][0] <= sid["top1"] <= sid["ci95"][1] and sid["chance"] == 0.25
         assert layer["dim"] == 32
+        ver = layer["attacks"]["verification"]
+        assert 0 <= ver["eer"] <= 1 and ver["ci95"][0] <= ver["eer"] <= ver["ci95"][1]
+        assert {"lda", "plda", "frame"} <= set(ver["scorers"]) and ver["split"]["kind"] == "speaker-disjoint"
+        attrs = layer["attacks"]["attributes"]
+        assert {"gender", "gender_cca", "speech_rate", "speech_rate_cca"} <= set(attrs)
+        assert all(r.get("skipped") or r.get("budget") for r in attrs.values())
     # distinct synthetic voices are identified far above chance by some layer
     assert max(la["attacks"]["speaker_id"]["top1"] for la in saved["layers"]) > 0.6
     summary = (out / "summary.md").read_text()
     assert "| layer |" in summary and "Threat model" in summary and "chance" in summary
-    assert (out / "speaker_id_by_layer.png").stat().st_size > 1000
+    for name in ("speaker_id_by_layer.png", "verification_eer_by_layer.png", "speaker_id_learning_curves.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert any(f.startswith("map_most_leaky_layer") for f in saved["files"])
+    assert "Speaker verification per layer" in summary and "Leakiest layers" in summary
     assert "weakened" in saved and saved["weakened"]  # logreg-only is a weakening setting
 
 
