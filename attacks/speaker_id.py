@@ -194,13 +194,17 @@ class SpeakerIDSettings:
     """Closed-set speaker identification settings (TOML section ``[speaker_id]``).
 
     ``attackers``: any of ``logreg``, ``mlp`` (pooled embeddings) and ``frame`` (an ECAPA-TDNN
-    trained from scratch on the frame-level sequence); ``frame_max_epochs`` bounds its budget.
+    trained from scratch on the frame-level sequence); ``frame_max_epochs``, ``frame_channels``
+    (TDNN width) and ``frame_max_train_frames`` (frames cached for training) bound its budget,
+    sized so a layer trains in minutes on 2 CPU cores.
     """
 
     attackers: list[str] = field(default_factory=lambda: list(ATTACKER_NAMES))
     test_fraction: float = 0.3
     n_boot: int = 1000
-    frame_max_epochs: int = 40
+    frame_max_epochs: int = 20
+    frame_channels: int = 128
+    frame_max_train_frames: int = 200_000
 
     def validate(self, prefix: str = "speaker_id.") -> None:
         """Raise :class:`ConfigError` naming the bad key."""
@@ -215,6 +219,10 @@ class SpeakerIDSettings:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
         if self.frame_max_epochs < 1:
             raise ConfigError(f"{prefix}frame_max_epochs={self.frame_max_epochs!r}: must be >= 1")
+        if self.frame_channels < 8 or self.frame_channels % 8:
+            raise ConfigError(f"{prefix}frame_channels={self.frame_channels!r}: must be a positive multiple of 8")
+        if self.frame_max_train_frames < 1000:
+            raise ConfigError(f"{prefix}frame_max_train_frames={self.frame_max_train_frames!r}: must be >= 1000")
 
     def weakening(self) -> list[str]:
         """Settings that make this attack family weaker than the full suite."""
@@ -232,6 +240,7 @@ def _frame_attacker(settings: SpeakerIDSettings, seed: int, frame_rate: float):
     from attacks.frame_speaker_id import FrameSpeakerID
 
     return FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, seed=seed,
+                          channels=settings.frame_channels, max_train_frames=settings.frame_max_train_frames,
                           n_boot=settings.n_boot)
 
 

@@ -531,7 +531,9 @@ class VerificationSettings:
     enroll_fraction: float = 0.5
     p_target: float = 0.01
     n_boot: int = 1000
-    frame_max_epochs: int = 40
+    frame_max_epochs: int = 20
+    frame_channels: int = 128
+    frame_max_train_frames: int = 200_000
 
     def validate(self, prefix: str = "verification.") -> None:
         """Raise :class:`ConfigError` naming the bad key."""
@@ -546,6 +548,10 @@ class VerificationSettings:
                 raise ConfigError(f"{prefix}{key}={value!r}: must be in (0, 1)")
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
+        if self.frame_max_epochs < 1:
+            raise ConfigError(f"{prefix}frame_max_epochs={self.frame_max_epochs!r}: must be >= 1")
+        if self.frame_channels < 8 or self.frame_channels % 8:
+            raise ConfigError(f"{prefix}frame_channels={self.frame_channels!r}: must be a positive multiple of 8")
 
     def weakening(self) -> list[str]:
         """Settings that make verification weaker than the full suite."""
@@ -597,6 +603,7 @@ def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: Verificatio
     if train.frame_source is None:
         return AttackResult.skip("verification", "frame-ecapa", "pooled-only layer: no frames").to_dict()
     encoder = FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, seed=seed,
+                             channels=settings.frame_channels, max_train_frames=settings.frame_max_train_frames,
                              learning_curve=False).fit(train)
 
     def as_set(data: EmbeddingSet) -> EmbeddingSet:

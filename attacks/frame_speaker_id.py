@@ -1,0 +1,510 @@
+"""Closed-set speaker identification from frame-level hidden states (the strongest attacker).
+
+Threat: as in :mod:`attacks.speaker_id`, the attacker holds labelled utterances of the same
+speakers and asks "who is speaking?" for new ones, but here it holds the whole ``T x D``
+frame sequence of the audited layer rather than its pooled mean/std, and trains a speaker
+embedding network on it from scratch: ECAPA-TDNN (speechbrain, reduced width for CPU) or an
+x-vector TDNN. Temporal patterns and cross-dimension correlations that pooling averages away
+are then within reach, so a layer that looks private to a pooled probe can still leak who spoke.
+
+Recipe (everything is fitted on the training split; the test split is only scored):
+
+* inputs are standardised per dimension with the mean/std of the training frames
+  (``mean_``, ``std_``);
+* each step sees random crops of ``crop_seconds * frame_rate`` frames (utterances shorter than
+  a crop are tiled by repetition); one epoch is one pass over the training frames in
+  expectation; Adam;
+* head: cosine classifier trained with additive angular margin (AAM-softmax, ``margin``,
+  ``scale``), the usual ECAPA recipe; it makes the embeddings cosine-comparable, so
+  :meth:`FrameSpeakerID.transform` feeds the open-set verification attack directly. Test-time
+  class probabilities are ``softmax(scale * cosine)`` (no margin);
+* validation: a per-speaker, utterance-level part of the TRAINING split, scored on full
+  utterances after every epoch by top-1 accuracy (ties broken by the lower cross-entropy);
+  training stops after ``patience`` epochs without improvement and the best weights are kept.
+  ``converged`` is True when that early stop happened before ``max_epochs``.
+
+Sequences shorter than the network's receptive field (e.g. GE2E's partial-embedding layer at
+~1.3 frames/s) are tiled by repetition to that length, so every layer of the store can be
+attacked; very long utterances are embedded in chunks whose embeddings are averaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+from speechbrain.lobes.models.Xvector import Xvector
+from speechbrain.nnet.losses import AdditiveAngularMargin
+from torch import nn
+from torch.nn import functional as F
+
+from attacks.speaker_id import CURVE_FRACTIONS, closed_set_metrics, stratified_fraction
+from audit.embeddings import EmbeddingSet
+from audit.errors import ConfigError, CorpusError, StoreError
+from audit.results import AttackResult
+from audit.splits import utterance_split
+
+ARCHS = ("ecapa", "xvector")
+
+# Kernel sizes and dilations of the two encoders (speechbrain's defaults).
+_LAYOUT = {"ecapa": ((5, 3, 3, 3, 1), (1, 2, 3, 4, 1)), "xvector": ((5, 3, 3, 1, 1), (1, 2, 3, 1, 1))}
+
+# Longest sequence embedded in one forward pass; longer utterances are chunked.
+_MAX_FORWARD_FRAMES = 3000
+
+# Batches of training crops used to re-estimate BatchNorm statistics before each validation.
+_BN_REFRESH_BATCHES = 8
+
+
+def receptive_field(arch: str) -> int:
+    """Frames seen by one output frame of the ``arch`` encoder (the shortest useful input)."""
+    kernels, dilations = _LAYOUT[arch]
+    return 1 + sum((k - 1) * d for k, d in zip(kernels, dilations))
+
+
+def tile_frames(x: np.ndarray, length: int) -> np.ndarray:
+    """``x`` ``(T, D)`` repeated along time to at least ``length`` frames (unchanged if longer)."""
+    if x.shape[0] >= length:
+        return x
+    return np.tile(x, (math.ceil(length / x.shape[0]), 1))[:length]
+
+
+def _build_encoder(arch: str, input_size: int, channels: int, emb_dim: int) -> nn.Module:
+    """The speechbrain encoder ``(B, T, D) -> (B, 1, emb_dim)`` at width ``channels``."""
+    kernels, dilations = _LAYOUT[arch]
+    widths = [channels] * 4 + [3 * channels]
+    if arch == "ecapa":
+        return ECAPA_TDNN(input_size, lin_neurons=emb_dim, channels=widths, kernel_sizes=list(kernels),
+                          dilations=list(dilations), attention_channels=64,
+                          se_channels=max(8, channels // 4))
+    return Xvector(in_channels=input_size, tdnn_channels=widths, tdnn_kernel_sizes=list(kernels),
+                   tdnn_dilations=list(dilations), lin_neurons=emb_dim)
+
+
+class _SpeakerNet(nn.Module):
+    """Standardisation buffers, a TDNN encoder and a cosine classifier head."""
+
+    def __init__(self, arch: str, mean: np.ndarray, std: np.ndarray, channels: int, emb_dim: int,
+                 n_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.encoder = _build_encoder(arch, mean.size, channels, emb_dim)
+        self.weight = nn.Parameter(torch.empty(n_classes, emb_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Speaker embeddings ``(B, emb_dim)`` of raw frames ``(B, T, D)``."""
+        return self.encoder((x - self.mean) / self.std).squeeze(1)
+
+    def cosine(self, emb: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity ``(B, n_classes)`` of embeddings to the class weights."""
+        return F.linear(F.normalize(emb), F.normalize(self.weight))
+
+
+def _frame_moments(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std ``(D,)`` over all frames of ``seqs`` (float64 running sums).
+
+    Dimensions with (near-)zero spread get std 1 so standardising never divides by zero.
+    """
+    n, total, squares = 0, 0.0, 0.0
+    for x in seqs:
+        x = x.astype(np.float64)
+        n += x.shape[0]
+        total = total + x.sum(0)
+        squares = squares + np.square(x).sum(0)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+    std[std <= 1e-6 * max(float(std.max()), 1e-30)] = 1.0
+    return mean, std
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run torch code under ``seed`` without disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class FrameSpeakerID:
+    """ECAPA-TDNN / x-vector speaker classifier trained from scratch on frame sequences.
+
+    Parameters
+    ----------
+    arch : {"ecapa", "xvector"}, default="ecapa"
+        Encoder: speechbrain's ``ECAPA_TDNN`` (channels ``[C, C, C, C, 3C]``, attentive
+        statistics pooling with 64 attention channels) or ``Xvector`` (same widths, plain
+        statistics pooling).
+    channels : int, default=256
+        Width ``C`` of the TDNN layers; a positive multiple of 8 (Res2Net scale).
+    emb_dim : int, default=128
+        Size of the speaker embedding (:meth:`transform`'s output).
+    crop_seconds : float, default=2.0
+        Length of the random training crops, in seconds.
+    frame_rate : float, default=50.0
+        Frames per second of the layer (50 for Whisper/wav2vec2, 100 for GE2E's LSTM layers,
+        ~1.3 for GE2E's partial-embedding layer). A crop is
+        ``max(receptive_field(arch), round(crop_seconds * frame_rate))`` frames.
+    max_epochs : int, default=40
+    patience : int, default=6
+        Epochs without validation improvement before training stops.
+    batch_size : int, default=32
+    lr : float, default=1e-3
+        Adam learning rate.
+    weight_decay : float, default=2e-6
+        Adam L2 penalty (speechbrain's ECAPA recipe value).
+    margin, scale : float, default=0.2, 30.0
+        AAM-softmax angular margin (radians) and logit scale.
+    val_fraction : float, default=0.2
+        Per-speaker fraction of the training utterances held out for early stopping.
+    max_train_frames : int or None, default=None
+        Cap on the training frames cached in memory (float16): every utterance keeps a random
+        window of its proportional share, but at least one crop.
+    learning_curve : bool, default=True
+        Retrain on 25% and 50% of the training data in :meth:`evaluate` (same budget).
+    seed : int, default=0
+    n_boot : int, default=1000
+        Bootstrap resamples of the accuracy CIs.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_speakers,)
+        Sorted speaker labels; the columns of :meth:`predict_proba`.
+    mean_, std_ : ndarray of shape (D,)
+        Input standardisation, from the frames of the training (not validation) utterances.
+    net_ : torch.nn.Module
+        The trained encoder and cosine head (best validation epoch).
+    history_ : list of dict
+        Per epoch: ``train_loss``, ``val_top1``, ``val_loss``.
+    converged_ : bool
+        Early stopping fired before ``max_epochs``.
+    validation_score_ : float
+        Best validation top-1 (compared across attackers to pick the strongest, never on test).
+    n_params_, total_train_frames_, fit_seconds_ : int, int, float
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> seqs = [rng.standard_normal((60, 8)).astype(np.float32) for _ in range(8)]
+    >>> data = EmbeddingSet(np.zeros((8, 16)), np.repeat(["a", "b"], 4), [str(i) for i in range(8)],
+    ...                     frame_source=seqs.__getitem__)
+    >>> attacker = FrameSpeakerID(channels=16, emb_dim=8, max_epochs=2, learning_curve=False).fit(data)
+    >>> attacker.transform(data).shape
+    (8, 8)
+    """
+
+    def __init__(self, *, arch: str = "ecapa", channels: int = 256, emb_dim: int = 128,
+                 crop_seconds: float = 2.0, frame_rate: float = 50.0, max_epochs: int = 40,
+                 patience: int = 6, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 2e-6,
+                 margin: float = 0.2, scale: float = 30.0, val_fraction: float = 0.2,
+                 max_train_frames: int | None = None, learning_curve: bool = True, seed: int = 0,
+                 n_boot: int = 1000) -> None:
+        self.arch = arch
+        self.channels = channels
+        self.emb_dim = emb_dim
+        self.crop_seconds = crop_seconds
+        self.frame_rate = frame_rate
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.margin = margin
+        self.scale = scale
+        self.val_fraction = val_fraction
+        self.max_train_frames = max_train_frames
+        self.learning_curve = learning_curve
+        self.seed = seed
+        self.n_boot = n_boot
+
+    # ------------------------------------------------------------------ checks
+
+    def _validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        def positive_int(name: str, low: int = 1) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"FrameSpeakerID: {name}={value!r} must be an int >= {low}")
+
+        def positive_float(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"FrameSpeakerID: {name}={value!r} must be a finite number > 0")
+
+        if self.arch not in ARCHS:
+            raise ConfigError(f"FrameSpeakerID: arch={self.arch!r} must be one of {ARCHS}")
+        for name in ("channels", "emb_dim", "max_epochs", "patience", "n_boot"):
+            positive_int(name)
+        positive_int("batch_size", 2)
+        if self.channels % 8:
+            raise ConfigError(f"FrameSpeakerID: channels={self.channels!r} must be a multiple of 8")
+        for name in ("crop_seconds", "frame_rate", "lr", "scale"):
+            positive_float(name)
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"FrameSpeakerID: weight_decay={self.weight_decay!r} must be >= 0")
+        if not 0 <= self.margin < math.pi / 2:
+            raise ConfigError(f"FrameSpeakerID: margin={self.margin!r} must be in [0, pi/2)")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"FrameSpeakerID: val_fraction={self.val_fraction!r} must be in (0, 1)")
+        if self.max_train_frames is not None:
+            positive_int("max_train_frames")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+
+    # ------------------------------------------------------------------ data
+
+    @property
+    def crop_frames(self) -> int:
+        """Frames per training crop (never below the encoder's receptive field)."""
+        return max(receptive_field(self.arch), int(round(self.crop_seconds * self.frame_rate)))
+
+    def _cache_frames(self, train: EmbeddingSet, rng: np.random.Generator) -> tuple[list[np.ndarray], int]:
+        """Training frames read once (float16 unless out of its range), capped by ``max_train_frames``.
+
+        With a cap, the lengths are read in a first pass and every utterance keeps a random
+        window of ``max_train_frames / total`` of its frames, but at least one crop. Returns the
+        cached sequences and the total number of frames before the cap.
+        """
+        dim = self._check_frames(train, 0).shape[1]
+        share = 1.0
+        if self.max_train_frames is not None:
+            total = sum(self._check_frames(train, i, dim).shape[0] for i in range(len(train)))
+            share = min(1.0, self.max_train_frames / total)
+        cache, total = [], 0
+        for i in range(len(train)):
+            x = self._check_frames(train, i, dim)
+            total += x.shape[0]
+            if share < 1.0:
+                keep = min(x.shape[0], max(self.crop_frames, int(x.shape[0] * share)))
+                start = int(rng.integers(0, x.shape[0] - keep + 1))
+                x = x[start:start + keep]
+            x16 = x.astype(np.float16)
+            cache.append(x16 if np.isfinite(x16).all() else x)
+        return cache, total
+
+    @staticmethod
+    def _check_frames(data: EmbeddingSet, i: int, dim: int | None = None) -> np.ndarray:
+        """Frames of row ``i`` as float32, checked: 2-D, non-empty, finite, ``dim`` wide."""
+        x = np.asarray(data.frames(i), dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise StoreError(f"frames of {data.utt_ids[i]!r} have shape {x.shape}, expected (T>0, D)")
+        if dim is not None and x.shape[1] != dim:
+            raise StoreError(f"frames of {data.utt_ids[i]!r} have D={x.shape[1]}, the attacker uses D={dim}")
+        if not np.isfinite(x).all():
+            raise StoreError(f"frames of {data.utt_ids[i]!r} contain non-finite values")
+        return x
+
+    def _embed(self, net: _SpeakerNet, n: int, frames: Callable[[int], np.ndarray]) -> np.ndarray:
+        """Embeddings ``(n, emb_dim)`` of full sequences, one at a time, long ones in chunks."""
+        minimum = receptive_field(self.arch)
+        out = np.empty((n, self.emb_dim), dtype=np.float32)
+        net.eval()
+        with torch.no_grad(), _seeded(self.seed):
+            for i in range(n):
+                x = np.asarray(frames(i), dtype=np.float32)
+                pieces = np.array_split(x, math.ceil(x.shape[0] / _MAX_FORWARD_FRAMES))
+                emb = [net.embed(torch.from_numpy(tile_frames(p, minimum))[None]) for p in pieces]
+                out[i] = torch.cat(emb).mean(0).numpy()
+        return out
+
+    def _scores(self, net: _SpeakerNet, emb: np.ndarray) -> torch.Tensor:
+        """Test-time logits ``scale * cosine`` (no margin)."""
+        with torch.no_grad():
+            return self.scale * net.cosine(torch.from_numpy(emb))
+
+    # ------------------------------------------------------------------ training
+
+    def _batches(self, order: np.ndarray) -> list[np.ndarray]:
+        """Mini-batches of ``order``; a trailing batch of one joins the previous (BatchNorm)."""
+        batches = [order[i:i + self.batch_size] for i in range(0, order.size, self.batch_size)]
+        if len(batches) > 1 and batches[-1].size == 1:
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches
+
+    def _train(self, cache: list[np.ndarray], y: np.ndarray, speakers: np.ndarray, n_classes: int,
+               seed: int) -> tuple[_SpeakerNet, dict]:
+        """Train one network on ``cache`` (labels ``y``) with early stopping; return it and its record.
+
+        The validation utterances are a per-speaker part of ``cache`` (speakers with a single
+        utterance stay in training); without any, all ``max_epochs`` run and the last weights
+        are kept.
+        """
+        rng = np.random.default_rng(seed)
+        try:
+            val = utterance_split(speakers, test_fraction=self.val_fraction, seed=seed + 1).test
+        except CorpusError:
+            val = np.zeros(0, dtype=int)
+        fit_idx = np.setdiff1d(np.arange(len(cache)), val)
+        mean, std = _frame_moments([cache[i] for i in fit_idx])
+        lengths = np.array([cache[i].shape[0] for i in fit_idx])
+        crop = self.crop_frames
+        epoch_items = np.repeat(fit_idx, np.maximum(1, np.round(lengths / crop).astype(int)))
+        history, best, best_state, best_epoch, steps, stopped = [], (-1.0, math.inf), None, 0, 0, False
+        with _seeded(seed):
+            net = _SpeakerNet(self.arch, mean, std, self.channels, self.emb_dim, n_classes)
+            opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            aam = AdditiveAngularMargin(margin=self.margin, scale=self.scale)
+            for epoch in range(1, self.max_epochs + 1):
+                losses = self._train_epoch(net, opt, aam, cache, y, epoch_items, rng)
+                steps += len(losses)
+                row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+                if val.size:
+                    self._refresh_batchnorm(net, cache, epoch_items, rng)
+                    logits = self._scores(net, self._embed(net, val.size, lambda j: cache[val[j]]))
+                    target = torch.from_numpy(y[val])
+                    row["val_top1"] = float((logits.argmax(1) == target).float().mean())
+                    row["val_loss"] = float(F.cross_entropy(logits, target))
+                history.append(row)
+                score = (row.get("val_top1", 0.0), row.get("val_loss", 0.0))
+                if not val.size or score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
+                    best, best_epoch = score, epoch
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                elif epoch - best_epoch >= self.patience:
+                    stopped = True
+                    break
+            net.load_state_dict(best_state)
+        record = {"epochs": len(history), "best_epoch": best_epoch, "steps": steps,
+                  "n_train": int(fit_idx.size), "n_val": int(val.size),
+                  "train_frames": int(lengths.sum()), "val_top1": best[0] if val.size else None,
+                  "converged": stopped, "history": history}
+        return net, record
+
+    def _train_epoch(self, net: _SpeakerNet, opt: torch.optim.Optimizer, aam: AdditiveAngularMargin,
+                     cache: list[np.ndarray], y: np.ndarray, items: np.ndarray,
+                     rng: np.random.Generator) -> list[float]:
+        """One pass of AAM-softmax steps over random crops of ``items``; the per-step losses."""
+        net.train()
+        n_classes = net.weight.shape[0]
+        losses = []
+        for batch in self._batches(rng.permutation(items)):
+            target = torch.from_numpy(y[batch])
+            cos = net.cosine(net.embed(self._crop_batch(cache, batch, rng)))
+            loss = F.cross_entropy(aam(cos, F.one_hot(target, n_classes).float()), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return losses
+
+    def _refresh_batchnorm(self, net: _SpeakerNet, cache: list[np.ndarray], items: np.ndarray,
+                           rng: np.random.Generator) -> None:
+        """Re-estimate BatchNorm running statistics with the current weights (no gradient).
+
+        With few steps per epoch the exponential running averages lag behind the weights and
+        the eval-mode network scores far below its training-mode self; a forward pass over
+        up to ``_BN_REFRESH_BATCHES`` batches of fresh training crops fixes the averages.
+        """
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        net.train()
+        with torch.no_grad():
+            for batch in self._batches(rng.permutation(items))[:_BN_REFRESH_BATCHES]:
+                net.embed(self._crop_batch(cache, batch, rng))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+    def _crop_batch(self, cache: list[np.ndarray], batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """Random ``crop_frames`` windows of the ``batch`` rows (short ones tiled), ``(B, crop, D)``."""
+        crop, out = self.crop_frames, []
+        for i in batch:
+            x = cache[i]
+            if x.shape[0] <= crop:
+                out.append(tile_frames(x, crop))
+            else:
+                start = int(rng.integers(0, x.shape[0] - crop + 1))
+                out.append(x[start:start + crop])
+        return torch.from_numpy(np.stack(out).astype(np.float32))
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(self, train: EmbeddingSet) -> "FrameSpeakerID":
+        """Train the encoder and head on ``train``'s frame sequences (validation inside ``train``).
+
+        Parameters
+        ----------
+        train : EmbeddingSet
+            Labelled utterances with frame-level access; at least two speakers.
+
+        Returns
+        -------
+        self
+        """
+        t0 = time.perf_counter()
+        self._validate()
+        if train.n_speakers < 2:
+            raise CorpusError(f"speaker ID needs >= 2 training speakers, got {train.n_speakers}")
+        self.classes_ = np.unique(train.speakers)
+        self._y = np.searchsorted(self.classes_, train.speakers).astype(np.int64)
+        self._speakers = np.asarray(train.speakers)
+        self._cache, self.total_train_frames_ = self._cache_frames(train, np.random.default_rng(self.seed))
+        self.net_, self.record_ = self._train(self._cache, self._y, self._speakers, len(self.classes_), self.seed)
+        self.mean_ = self.net_.mean.numpy().copy()
+        self.std_ = self.net_.std.numpy().copy()
+        self.history_ = self.record_["history"]
+        self.converged_ = self.record_["converged"]
+        self.validation_score_ = max((h["val_top1"] for h in self.history_ if h.get("val_top1") is not None),
+                                     default=0.0)
+        self.n_params_ = int(sum(p.numel() for p in self.net_.parameters()))
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def transform(self, data: EmbeddingSet) -> np.ndarray:
+        """Speaker embeddings (before the classifier head) of every utterance of ``data``.
+
+        Returns
+        -------
+        ndarray of shape (N, emb_dim), float32
+            Unnormalised; score them with cosine similarity.
+        """
+        self._check_fitted()
+        return self._embed(self.net_, len(data), lambda i: self._check_frames(data, i, self.mean_.size))
+
+    def predict_proba(self, data: EmbeddingSet) -> np.ndarray:
+        """Class probabilities ``(N, n_speakers)`` (columns ordered as ``classes_``)."""
+        self._check_fitted()
+        return torch.softmax(self._scores(self.net_, self.transform(data)), 1).numpy().astype(np.float64)
+
+    def evaluate(self, test: EmbeddingSet) -> AttackResult:
+        """Score the fitted attacker on held-out utterances of the training speakers."""
+        self._check_fitted()
+        metrics = closed_set_metrics(self.predict_proba(test), self.classes_, test.speakers,
+                                     n_boot=self.n_boot, seed=self.seed)
+        curve = []
+        if self.learning_curve:
+            for frac in CURVE_FRACTIONS:
+                if frac == 1.0:
+                    acc = metrics["top1"]
+                else:
+                    sub = stratified_fraction(self._speakers, frac, self.seed)
+                    net, _ = self._train([self._cache[i] for i in sub], self._y[sub], self._speakers[sub],
+                                         len(self.classes_), self.seed)
+                    emb = self._embed(net, len(test), lambda i: self._check_frames(test, i, self.mean_.size))
+                    pred = self.classes_[self._scores(net, emb).argmax(1).numpy()]
+                    acc = float(np.mean(pred == test.speakers))
+                curve.append({"fraction": frac, "top1": acc})
+        return AttackResult("speaker_id", f"frame-{self.arch}", metrics, chance=1.0 / len(self.classes_),
+                            budget=self._budget(), learning_curve=curve, converged=self.converged_)
+
+    def _budget(self) -> dict:
+        rec = self.record_
+        return {"arch": self.arch, "channels": self.channels, "emb_dim": self.emb_dim,
+                "n_params": self.n_params_, "n_train": rec["n_train"], "n_val": rec["n_val"],
+                "n_speakers": int(len(self.classes_)), "n_features": int(self.mean_.size),
+                "train_frames": rec["train_frames"], "train_frames_total": self.total_train_frames_,
+                "crop_frames": self.crop_frames, "crop_seconds": self.crop_seconds,
+                "frame_rate": self.frame_rate, "batch_size": self.batch_size, "lr": self.lr,
+                "head": f"AAM-softmax (margin={self.margin}, scale={self.scale})",
+                "max_epochs": self.max_epochs, "patience": self.patience, "epochs": rec["epochs"],
+                "best_epoch": rec["best_epoch"], "steps": rec["steps"], "val_top1": rec["val_top1"],
+                "fit_seconds": round(self.fit_seconds_, 3)}
