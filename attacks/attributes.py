@@ -30,6 +30,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.decomposition import PCA
@@ -49,6 +51,8 @@ from audit.splits import Split, speaker_disjoint_split
 
 CURVE_FRACTIONS = (0.25, 0.5, 1.0)
 MIN_NUMERIC_ROWS = 10
+# sklearn's early stopping holds out 10%: below this many rows that slice is too small to use.
+MIN_EARLY_STOPPING_ROWS = 50
 
 
 def is_numeric_attribute(values: np.ndarray) -> bool:
@@ -166,7 +170,7 @@ class _AttributeAttack(ABC):
         """Hyper-parameter used when no validation split is possible."""
 
     @abstractmethod
-    def _make(self, value: Any) -> Any:
+    def _make(self, value: Any, n_rows: int) -> Any:
         """A fresh estimator for one hyper-parameter value."""
 
     @abstractmethod
@@ -219,7 +223,7 @@ class _AttributeAttack(ABC):
         self.y_ = y
         self.speakers_ = train.speakers[rows]
         self.best_, self.selection_ = self._select(self.X_, y, self.speakers_, values[rows])
-        self.model_, self.converged_ = _fit_quiet(self._make(self.best_), self.X_, y)
+        self.model_, self.converged_ = _fit_quiet(self._make(self.best_, len(y)), self.X_, y)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
@@ -234,7 +238,7 @@ class _AttributeAttack(ABC):
         if reason is not None:
             return self._default(), f"default (validation split unusable: {reason})"
         for value in grid:
-            model, _ = _fit_quiet(self._make(value), X[inner.train], y[inner.train])
+            model, _ = _fit_quiet(self._make(value, inner.train.size), X[inner.train], y[inner.train])
             self.val_scores_[str(value)] = self._val_score(model, X[inner.test], y[inner.test])
         best = grid[int(np.argmax([self.val_scores_[str(v)] for v in grid]))]
         return best, f"validation speakers ({np.unique(speakers[inner.test]).size} of {np.unique(speakers).size})"
@@ -270,7 +274,7 @@ class _AttributeAttack(ABC):
                 model = self.model_
             else:
                 sub = self._curve_rows(frac)
-                model, _ = _fit_quiet(self._make(self.best_), self.X_[sub], self.y_[sub])
+                model, _ = _fit_quiet(self._make(self.best_, sub.size), self.X_[sub], self.y_[sub])
             curve.append({"fraction": frac, self.curve_metric: self._curve_value(model, X, y)})
         return AttackResult(self.attack, self.attacker, metrics, chance=self._chance(y), budget=self._budget(),
                             learning_curve=curve, converged=self.converged_)
@@ -316,7 +320,7 @@ class GenderInference(_AttributeAttack):
     def _default(self) -> float:
         return 1.0 if 1.0 in self.C_grid else self.C_grid[len(self.C_grid) // 2]
 
-    def _make(self, value: float) -> Any:
+    def _make(self, value: float, n_rows: int) -> Any:
         return make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=self.max_iter,
                                                                   random_state=self.seed))
 
@@ -417,9 +421,9 @@ class SpeechRateRegression(_AttributeAttack):
     def _default(self) -> float:
         return self.alpha_grid[len(self.alpha_grid) // 2]
 
-    def _make(self, value: float) -> Any:
+    def _make(self, value: float, n_rows: int) -> Any:
         mlp = MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=value, max_iter=self.max_iter,
-                           early_stopping=True, random_state=self.seed)
+                           early_stopping=n_rows >= MIN_EARLY_STOPPING_ROWS, random_state=self.seed)
         return TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), mlp), transformer=StandardScaler())
 
     def _targets(self, values: np.ndarray, *, training: bool) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -628,13 +632,14 @@ class AttributeSettings:
         return []
 
 
-def run_attributes(view: EmbeddingSet, settings: AttributeSettings, *, seed: int, frame_rate: float) -> dict:
+def run_attributes(view: EmbeddingSet, settings: AttributeSettings, *, seed: int, frame_rate: float,
+                   out_dir: Path | None = None) -> dict:
     """Every configured attribute on one layer: classifier/regressor plus the CCA probe.
 
     Splits are speaker-disjoint (stratified by the attribute when categorical); a split that
     cannot be made is recorded as a skip, and the run goes on.
     """
-    del frame_rate  # pooled attackers only
+    del frame_rate, out_dir  # pooled attackers only, nothing to save
     out: dict[str, Any] = {}
     jobs = [(name, GenderInference(attribute=name, seed=seed, n_boot=settings.n_boot)) for name in settings.categorical]
     jobs += [(name, SpeechRateRegression(attribute=name, seed=seed, n_boot=settings.n_boot)) for name in settings.numeric]

@@ -15,6 +15,8 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -30,6 +32,8 @@ from audit.results import AttackResult
 from audit.splits import utterance_split
 
 CURVE_FRACTIONS = (0.25, 0.5, 1.0)
+# sklearn's early stopping holds out 10%: below this many rows that slice is too small to use.
+MIN_EARLY_STOPPING_ROWS = 50
 
 
 def stratified_fraction(speakers: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -72,8 +76,8 @@ class _PooledSpeakerID(ABC):
         self.n_boot = n_boot
 
     @abstractmethod
-    def _make(self, value):
-        """A fresh sklearn estimator for one hyper-parameter value."""
+    def _make(self, value, n_rows: int):
+        """A fresh sklearn estimator for one hyper-parameter value and ``n_rows`` training rows."""
 
     @abstractmethod
     def _grid(self) -> tuple:
@@ -82,7 +86,7 @@ class _PooledSpeakerID(ABC):
     def _fit_one(self, X: np.ndarray, y: np.ndarray, value):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            model = make_pipeline(StandardScaler(), self._make(value)).fit(X, y)
+            model = make_pipeline(StandardScaler(), self._make(value, len(y))).fit(X, y)
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         return model, converged
 
@@ -153,7 +157,7 @@ class LogisticSpeakerID(_PooledSpeakerID):
     def _grid(self) -> tuple:
         return tuple(self.C_grid)
 
-    def _make(self, value):
+    def _make(self, value, n_rows: int):
         return LogisticRegression(C=value, max_iter=self.max_iter, random_state=self.seed)
 
     def _budget(self) -> dict:
@@ -176,9 +180,10 @@ class MLPSpeakerID(_PooledSpeakerID):
     def _grid(self) -> tuple:
         return tuple(self.alpha_grid)
 
-    def _make(self, value):
+    def _make(self, value, n_rows: int):
         return MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=value, max_iter=self.max_iter,
-                             early_stopping=True, n_iter_no_change=10, random_state=self.seed)
+                             early_stopping=n_rows >= MIN_EARLY_STOPPING_ROWS, n_iter_no_change=10,
+                             random_state=self.seed)
 
     def _budget(self) -> dict:
         mlp = self.model_[-1]
@@ -244,7 +249,8 @@ def _frame_attacker(settings: SpeakerIDSettings, seed: int, frame_rate: float):
                           n_boot=settings.n_boot)
 
 
-def run_speaker_id(view: EmbeddingSet, settings: SpeakerIDSettings, *, seed: int, frame_rate: float) -> dict:
+def run_speaker_id(view: EmbeddingSet, settings: SpeakerIDSettings, *, seed: int, frame_rate: float,
+                   out_dir: Path | None = None) -> dict:
     """All configured closed-set attackers on one layer; the headline is the strongest by validation.
 
     The split is utterance-level (same speakers, held-out utterances), deterministic from ``seed``.

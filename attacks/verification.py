@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 from sklearn.covariance import ledoit_wolf_shrinkage
@@ -562,7 +564,8 @@ class VerificationSettings:
         return []
 
 
-def run_verification(view: EmbeddingSet, settings: VerificationSettings, *, seed: int, frame_rate: float) -> dict:
+def run_verification(view: EmbeddingSet, settings: VerificationSettings, *, seed: int, frame_rate: float,
+                     out_dir: Path | None = None) -> dict:
     """All configured verification scorers on one layer, on a speaker-disjoint split.
 
     Raises :class:`CorpusError` (naming ``verification.test_fraction`` / ``--segment``) when the

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from attacks import LAYER_ATTACKS
+from attacks import DEFAULT_ATTACKS, LAYER_ATTACKS
 from attacks.attributes import AttributeSettings
+from attacks.inversion import InversionSettings
 from attacks.speaker_id import SpeakerIDSettings
 from attacks.verification import VerificationSettings
 from audit.errors import ConfigError
@@ -57,10 +58,11 @@ class AuditConfig:
     cache_dir: str | None = None
     batch_size: int = 8
     progress: bool = True
-    attacks: list[str] = field(default_factory=lambda: list(ATTACK_SECTIONS))
+    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
     speaker_id: SpeakerIDSettings = field(default_factory=SpeakerIDSettings)
     verification: VerificationSettings = field(default_factory=VerificationSettings)
     attributes: AttributeSettings = field(default_factory=AttributeSettings)
+    inversion: InversionSettings = field(default_factory=InversionSettings)
 
     def validate(self) -> "AuditConfig":
         """Check values; return self. Raises :class:`ConfigError` naming the key."""

@@ -65,12 +65,13 @@ class AuditPipeline:
         corpus = self._prepare_corpus(cfg)
         extractor = build_extractor(cfg.model)
         layers = self._prepare_layers(cfg, extractor)
+        out.mkdir(parents=True, exist_ok=True)
         store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                                      progress=cfg.progress)
         # Small dense problems: multi-threaded BLAS only adds synchronisation cost (measured 20x slower
         # logistic regression with 2 threads on a busy 2-core machine), so attackers run on one BLAS thread.
         with threadpool_limits(limits=1, user_api="blas"):
-            layer_results = [self._attack_layer(cfg, store, corpus, layer)
+            layer_results = [self._attack_layer(cfg, store, corpus, layer, out)
                              for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
         results = {
             "schema_version": SCHEMA_VERSION,
@@ -93,7 +94,6 @@ class AuditPipeline:
             "layers": layer_results,
         }
         results["summary"] = _summary(layer_results)
-        out.mkdir(parents=True, exist_ok=True)
         results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, layer_results, out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
         write_report(results, out)
@@ -119,10 +119,10 @@ class AuditPipeline:
         return list(cfg.layers)
 
     @staticmethod
-    def _attack_layer(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, layer: int) -> dict:
+    def _attack_layer(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, layer: int, out: Path) -> dict:
         view = layer_set(store, corpus, layer)
         rate = store.frame_rates[layer]
-        attacks = {name: LAYER_ATTACKS[name](view, getattr(cfg, name), seed=cfg.seed, frame_rate=rate)
+        attacks = {name: LAYER_ATTACKS[name](view, getattr(cfg, name), seed=cfg.seed, frame_rate=rate, out_dir=out)
                    for name in cfg.attacks}
         return {**store.layer_info(layer), "attacks": attacks}
 

@@ -99,6 +99,43 @@ def attribute_table(results: dict) -> list[str]:
     return rows
 
 
+def inversion_table(results: dict) -> list[str]:
+    """Markdown rows: decoder inversion per layer (signal, judges) plus the vocoder-copy reference row."""
+    rows = ["| layer | name | MCD dB | LSD dB | STOI | judge WER (originals) | speaker-judge EER | linked top-1 | voice-profile LSD dB (baseline) |",
+            "|---:|---|---:|---:|---:|---|---:|---:|---|"]
+    copy = None
+    lines = []
+    for la in results["layers"]:
+        inv = _attack(la, "inversion")
+        if not inv:
+            continue
+        prof = inv.get("voice_profile") or {}
+        prof_cell = (f"{_num(prof.get('lsd_db'), '.2f')} ({_num(prof.get('baseline_lsd_db'), '.2f')})"
+                     if _ok(prof) else _skip_cell(prof))
+        fr = inv.get("frame")
+        if not _ok(fr):
+            rows.append(f"| {la['index']} | {la['name']} | {_skip_cell(fr)} | | | | | | {prof_cell} |")
+            continue
+        sig, content, spk = fr.get("signal", {}), fr.get("content"), fr.get("speaker")
+        wer_cell = (f"{_pct(content['wer_reconstruction'])} ({_pct(content['wer_original'])})"
+                    if isinstance(content, dict) else str(content or "n/a"))
+        rows.append(f"| {la['index']} | {la['name']} | {_num(sig.get('mcd_db'), '.2f')} | {_num(sig.get('lsd_db'), '.2f')} | "
+                    f"{_num(sig.get('stoi'), '.3f')} | {wer_cell} | "
+                    f"{_pct(spk.get('eer')) if isinstance(spk, dict) else 'n/a'} | "
+                    f"{_pct(spk.get('top1')) if isinstance(spk, dict) else 'n/a'} | {prof_cell} |")
+        copy = copy or fr
+        if isinstance(content, dict) and isinstance(spk, dict):
+            lines.append(f"- layer {la['index']}: reconstructions give judge WER {_pct(content['wer_reconstruction'])} "
+                         f"vs {_pct(content['wer_original'])} on the originals, and the speaker judge links them to the "
+                         f"right speaker {_pct(spk['top1'])} of the time (chance {_pct(spk.get('chance'))}).")
+    if copy is not None:
+        vs, vc = copy.get("vocoder_copy_signal", {}), copy.get("vocoder_copy_content")
+        wer_cell = (f"{_pct(vc['wer_reconstruction'])} ({_pct(vc['wer_original'])})" if isinstance(vc, dict) else "n/a")
+        rows.append(f"| copy | original mel -> vocoder | {_num(vs.get('mcd_db'), '.2f')} | {_num(vs.get('lsd_db'), '.2f')} | "
+                    f"{_num(vs.get('stoi'), '.3f')} | {wer_cell} | | | |")
+    return rows + [""] + lines if len(rows) > 2 else []
+
+
 def leakiest(results: dict) -> dict:
     """Leakiest layer per measure: speaker-ID top-1, verification EER, and each attribute."""
     out = {}
@@ -163,6 +200,14 @@ def summary_markdown(results: dict) -> str:
                   "transcript / duration, regressed by an MLP, R² against predicting the training mean; CCA = "
                   "test-set canonical correlation of a linear projection (PCA-reduced layer) with the attribute.",
                   ""]
+    inv = inversion_table(results)
+    if inv:
+        lines += ["## Inversion per layer (decoder -> log-mel -> Griffin-Lim, unseen speakers)", ""] + inv + [""]
+        lines += ["MCD: plain mel-cepstral distortion in dB, cepstra 1..24 (c0 excluded) from the 80-bin log-mel by "
+                  "orthonormal DCT, frame-aligned (no DTW); LSD: log-spectral distance in dB; STOI via pystoi; judge "
+                  "WER: Whisper tiny.en with one normalisation for references and hypotheses; speaker judge: GE2E "
+                  "cosine to each speaker's enrolment (the utterance itself left out). The `copy` row runs the "
+                  "original mel through the same vocoder: the vocoder's own loss, separate from the decoder's.", ""]
     lines += _settings_lines(results)
     files = sorted(p for p in results.get("files", []))
     if files:

@@ -104,3 +104,26 @@ def test_cli_flags_override_config(tmp_path):
     assert main(["run", "--config", str(cfg_path), "--layers", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [la["index"] for la in saved["layers"]] == [2] and saved["config"]["layers"] == [2]
+
+
+def test_inversion_family_writes_listenable_examples(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=4, n_utts=5)
+    out = tmp_path / "r"
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(out),
+                            "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [1],
+                            "attacks": ["speaker_id", "inversion"],
+                            "speaker_id": {"attackers": ["logreg"], "n_boot": 200},
+                            "inversion": {"max_epochs": 2, "n_eval": 4, "n_examples": 1, "skip_judges": True,
+                                          "n_boot": 200}})
+    with pytest.warns(UserWarning, match="skip_judges"):
+        results = AuditPipeline(cfg).run()
+    inv = results["layers"][0]["attacks"]["inversion"]
+    assert inv["split"]["kind"] == "speaker-disjoint"
+    assert inv["voice_profile"]["lsd_db"] > 0 and inv["voice_profile"]["budget"]
+    frame = inv["frame"]
+    assert frame["mel"]["mcd_db"] > 0 and -1 <= frame["signal"]["stoi"] <= 1
+    assert frame["vocoder_copy_signal"]["mcd_db"] < frame["signal"]["mcd_db"]
+    assert frame["judges"].startswith("skipped")
+    wavs = [f for f in frame["files"] if f.endswith(".wav")]
+    assert len(wavs) == 3 and all((out / f).stat().st_size > 1000 for f in wavs)
+    assert "Inversion per layer" in (out / "summary.md").read_text()

@@ -1,0 +1,860 @@
+"""Inversion attacks: decode embeddings back into the speaker's spectrum.
+
+Threat: the attacker holds embeddings of the audited layer and a side corpus of their own
+(audio plus the same model's embeddings of it). They train a decoder from embeddings to the
+log-mel spectrogram of the audio and apply it to the victim's embeddings; a vocoder
+(:mod:`audit.vocoder`) turns the decoded log-mel back into sound that the judges score
+(content WER, speaker similarity, STOI). Two decoders:
+
+* :class:`InversionDecoder` -- frame-level ``(T, D)`` hidden states to an 80-bin natural-log
+  mel spectrogram at the vocoder's frame rate: a 1-D convolutional network (input projection,
+  pre-norm residual blocks with GELU and channel LayerNorm, output projection), L1 loss
+  (optionally plus spectral convergence) on random aligned crops, early-stopped on a held-out
+  part of what it is given;
+* :class:`VoiceProfileDecoder` -- pooled (utterance-level) embeddings to the utterance's
+  average log-mel envelope (the "voice profile"), by ridge regression.
+
+Time alignment (frame rates differ: 50 Hz for Whisper/wav2vec2 frames, 100 Hz for GE2E's
+LSTMs and for the project's log-mel, hop 160 at 16 kHz): input frame ``k`` at ``input_rate``
+summarises the audio ``[k, k + 1) / input_rate`` and sits at its centre
+``(k + 0.5) / input_rate``; mel frame ``j`` of a centred STFT sits at ``j / target_rate``.
+Each input dimension is linearly interpolated onto the mel frame times (held constant beyond
+the ends) *before* the conv stack (:func:`resample_frames`), so input and target share one
+time axis, a crop is the same frames of both, and the network itself is rate-agnostic. (The
+price: at 50 -> 100 Hz the stack runs on twice the input frames; a learned upsampler after
+the stack would halve that compute but tie the network to one integer rate ratio.)
+
+Sanity check: :func:`shuffle_alignment` pairs every utterance's target with another
+utterance's frames; a decoder trained on that must score clearly worse than the real one,
+otherwise the decoder is learning the corpus average rather than reading the embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.nn import functional as F
+
+from audit.embeddings import EmbeddingSet
+from audit.errors import ConfigError, CorpusError, StoreError
+from audit.metrics import bootstrap_ci
+from audit.results import AttackResult
+from audit.signal_metrics import lsd_from_logmel
+from audit.splits import speaker_disjoint_split
+
+# Predicted log-mels are clamped to this before ``exp`` in the spectral-convergence term.
+_MAX_LOG_MEL = 30.0
+
+
+def default_n_frames(n_in: int, input_rate: float, target_rate: float) -> int:
+    """Mel frames of a centred STFT of audio lasting ``n_in / input_rate`` seconds.
+
+    ``1 + floor(n_in * target_rate / input_rate)``; pass the exact count where the audio
+    length is known (e.g. ``log_mel(wav).shape[0]``).
+    """
+    return 1 + int(math.floor(n_in * target_rate / input_rate + 1e-9))
+
+
+def resample_frames(x: np.ndarray, input_rate: float, target_rate: float,
+                    n_out: int | None = None) -> np.ndarray:
+    """Linearly interpolate frames ``(T, D)`` at ``input_rate`` onto ``n_out`` mel frame times.
+
+    Input frame ``k`` sits at ``(k + 0.5) / input_rate`` seconds, output frame ``j`` at
+    ``j / target_rate``; values beyond the first/last input frame are held constant.
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, D)
+    input_rate, target_rate : float
+        Frames per second of ``x`` and of the output.
+    n_out : int or None, default=None
+        Output frames; ``default_n_frames(T, input_rate, target_rate)`` when None.
+
+    Returns
+    -------
+    ndarray of shape (n_out, D), float32
+
+    Examples
+    --------
+    >>> resample_frames(np.arange(4.0)[:, None], 50.0, 100.0, 8)[:, 0]
+    array([0. , 0. , 0.5, 1. , 1.5, 2. , 2.5, 3. ], dtype=float32)
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if n_out is None:
+        n_out = default_n_frames(x.shape[0], input_rate, target_rate)
+    pos = np.arange(n_out) * (input_rate / target_rate) - 0.5
+    pos = np.clip(pos, 0.0, x.shape[0] - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, x.shape[0] - 1)
+    w = (pos - lo).astype(np.float32)[:, None]
+    return (1.0 - w) * x[lo] + w * x[hi]
+
+
+def fit_length(x: np.ndarray, length: int) -> np.ndarray:
+    """``x`` ``(T, D)`` cut to its first ``length`` frames, tiled by repetition when shorter."""
+    if x.shape[0] < length:
+        x = np.tile(x, (math.ceil(length / x.shape[0]), 1))
+    return x[:length]
+
+
+def shuffle_alignment(frames_list: Sequence[np.ndarray], seed: int) -> list[np.ndarray]:
+    """Misaligned inputs: every utterance's frames replaced by another utterance's.
+
+    A seeded derangement (a random cyclic order, each utterance takes its successor's frames)
+    so no utterance keeps its own; the borrowed frames are cut or tiled to the original length.
+    Training a decoder on ``(shuffle_alignment(frames), mels)`` gives the no-information
+    reference for the inversion attack.
+
+    Parameters
+    ----------
+    frames_list : sequence of ndarray of shape (T_i, D)
+        At least two utterances.
+    seed : int
+
+    Returns
+    -------
+    list of ndarray
+        Same lengths and width as ``frames_list``.
+    """
+    n = len(frames_list)
+    if n < 2:
+        raise CorpusError(f"shuffle_alignment needs >= 2 utterances, got {n}")
+    cycle = np.random.default_rng(seed).permutation(n)
+    donor = np.empty(n, dtype=int)
+    donor[cycle] = np.roll(cycle, -1)
+    return [fit_length(np.asarray(frames_list[donor[i]]), np.asarray(frames_list[i]).shape[0])
+            for i in range(n)]
+
+
+def audio_log_mels(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Decoder targets: ``audit.vocoder.log_mel`` of each 16 kHz waveform, ``(1 + n // hop, 80)``."""
+    from audit.vocoder import log_mel
+
+    return [log_mel(np.asarray(w, dtype=np.float32)) for w in wavs]
+
+
+def envelope_lsd_db(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Log-spectral distance (dB) of each row of two ``(N, n_mels)`` natural-log mel envelopes.
+
+    Row ``i`` is :func:`audit.signal_metrics.lsd_from_logmel` of a one-frame matrix:
+    ``sqrt(mean_m((20 / ln 10 * (true[i, m] - pred[i, m])) ** 2))``, the RMS over mel bins of
+    the dB difference of mel magnitude (``dB = 20 * log10(e) * |delta ln magnitude|``).
+    """
+    return np.array([lsd_from_logmel(t[None], p[None])[0] for p, t in zip(pred, true)])
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch code on ``n`` intra-op threads (unchanged when None), then restore the setting."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run torch code under ``seed`` without disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _check_sequences(seqs: Sequence[np.ndarray], name: str, width: int | None = None) -> list[np.ndarray]:
+    """``seqs`` as float32 arrays, checked: 2-D, non-empty, finite, one common width."""
+    out = []
+    for i, s in enumerate(seqs):
+        a = np.asarray(s, dtype=np.float32)
+        if a.ndim != 2 or a.shape[0] == 0:
+            raise StoreError(f"{name}[{i}] has shape {a.shape}, expected (T>0, D)")
+        width = a.shape[1] if width is None else width
+        if a.shape[1] != width:
+            raise StoreError(f"{name}[{i}] has width {a.shape[1]}, expected {width}")
+        if not np.isfinite(a).all():
+            raise StoreError(f"{name}[{i}] contains non-finite values")
+        out.append(a)
+    return out
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """``x`` as float16 to halve the training cache, unless that overflows."""
+    x16 = x.astype(np.float16)
+    return x16 if np.isfinite(x16).all() else x
+
+
+def _seeded_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (fit, validation) indices of ``n`` items: ``round(fraction * n)`` held out, >= 1."""
+    n_val = min(n - 1, max(1, int(round(fraction * n))))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class _ChannelNorm(nn.Module):
+    """LayerNorm over the channel axis of ``(B, C, T)`` tensors."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class _ResBlock(nn.Module):
+    """Pre-norm residual block: ``x + conv1x1(GELU(conv_k(GELU(norm(x)))))``."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.norm = _ChannelNorm(channels)
+        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.mix = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(F.gelu(self.conv(F.gelu(self.norm(x)))))
+
+
+class _DecoderNet(nn.Module):
+    """Standardised frames ``(B, T, D)`` -> standardised log-mel ``(B, T, n_mels)``."""
+
+    def __init__(self, dim: int, n_mels: int, channels: int, n_layers: int, kernel_size: int) -> None:
+        super().__init__()
+        self.inp = nn.Conv1d(dim, channels, 1)
+        self.blocks = nn.Sequential(*[_ResBlock(channels, kernel_size) for _ in range(n_layers)])
+        self.norm = _ChannelNorm(channels)
+        self.out = nn.Conv1d(channels, n_mels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.inp(x.transpose(1, 2)))
+        return self.out(F.gelu(self.norm(h))).transpose(1, 2)
+
+
+class InversionDecoder:
+    """Convolutional decoder from frame-level embeddings to a log-mel spectrogram.
+
+    Inputs are standardised per dimension with training statistics (``mean_``, ``std_``) and
+    linearly interpolated from ``input_rate`` onto the mel frame times at ``target_rate``
+    (see the module docstring) before the conv stack; targets are standardised per mel bin
+    (``target_mean_``, ``target_std_``) and the network predicts them in those units. The
+    interpolated training inputs are cached in memory as float16 (``2 * D`` bytes per mel
+    frame, e.g. about 50 MB for 80 utterances of 8 s at D=384, 100 Hz).
+
+    Parameters
+    ----------
+    input_rate : float
+        Frames per second of the embeddings (50 for Whisper/wav2vec2, 100 for GE2E LSTMs).
+    target_rate : float
+        Frames per second of the log-mel: the vocoder's ``frame_rate`` (100 for the project's
+        hop of 160 samples at 16 kHz).
+    channels : int, default=256
+        Width of the conv stack.
+    n_layers : int, default=4
+        Residual blocks (receptive field ``1 + n_layers * (kernel_size - 1)`` mel frames).
+    kernel_size : int, default=5
+        Odd temporal kernel of each block.
+    max_epochs : int, default=60
+        An epoch is one pass over the training frames in expectation.
+    patience : int, default=8
+        Epochs without validation improvement before training stops; the best weights are kept.
+    batch_size : int, default=16
+    lr : float, default=1e-3
+        Adam learning rate (gradients clipped to norm 1).
+    crop_seconds : float, default=3.0
+        Length of the random aligned training crops; shorter utterances are tiled.
+    spectral_convergence_weight : float, default=0.0
+        Weight of ``||exp(Y) - exp(Y_hat)||_F / ||exp(Y)||_F`` (mel magnitude) added to the L1
+        loss on standardised log-mels.
+    val_fraction : float, default=0.15
+        Seeded fraction of the given utterances held out for early stopping (at least one).
+    num_threads : int or None, default=None
+        Torch intra-op threads during :meth:`fit` and :meth:`predict` (restored afterwards);
+        None keeps torch's setting. On a small shared CPU, 1 is often several times faster
+        than oversubscribed cores.
+    seed : int, default=0
+
+    Attributes
+    ----------
+    net_ : torch.nn.Module
+    history_ : list of dict
+        Per epoch: ``train_loss``, ``val_loss`` (the objective) and ``val_l1`` (mean absolute
+        error in natural-log mel units).
+    budget_ : dict
+        ``epochs, best_epoch, steps, n_train, n_val, params, fit_seconds`` and more.
+    converged_ : bool
+        True when training stopped by patience rather than at ``max_epochs``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> frames = [rng.standard_normal((100, 8)).astype(np.float32) for _ in range(4)]
+    >>> mels = [rng.standard_normal((201, 80)).astype(np.float32) for _ in range(4)]
+    >>> dec = InversionDecoder(input_rate=50, target_rate=100, channels=16, n_layers=1,
+    ...                        max_epochs=2).fit(frames, mels)
+    >>> dec.predict(frames[:1], n_frames=[130])[0].shape
+    (130, 80)
+    """
+
+    def __init__(self, *, input_rate: float, target_rate: float, channels: int = 256, n_layers: int = 4,
+                 kernel_size: int = 5, max_epochs: int = 60, patience: int = 8, batch_size: int = 16,
+                 lr: float = 1e-3, crop_seconds: float = 3.0, spectral_convergence_weight: float = 0.0,
+                 val_fraction: float = 0.15, num_threads: int | None = None, seed: int = 0) -> None:
+        self.input_rate = input_rate
+        self.target_rate = target_rate
+        self.channels = channels
+        self.n_layers = n_layers
+        self.kernel_size = kernel_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.lr = lr
+        self.crop_seconds = crop_seconds
+        self.spectral_convergence_weight = spectral_convergence_weight
+        self.val_fraction = val_fraction
+        self.num_threads = num_threads
+        self.seed = seed
+
+    # ------------------------------------------------------------------ checks
+
+    def _validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        name = type(self).__name__
+        for key in ("channels", "n_layers", "kernel_size", "max_epochs", "patience", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name}: {key}={value!r} must be an int >= 1")
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"{name}: kernel_size={self.kernel_size!r} must be odd")
+        for key in ("input_rate", "target_rate", "lr", "crop_seconds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"{name}: {key}={value!r} must be a finite number > 0")
+        if not 0 <= self.spectral_convergence_weight < math.inf:
+            raise ConfigError(f"{name}: spectral_convergence_weight={self.spectral_convergence_weight!r} "
+                              "must be a finite number >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"{name}: val_fraction={self.val_fraction!r} must be in (0, 1)")
+        threads = self.num_threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise ConfigError(f"{name}: num_threads={threads!r} must be None or an int >= 1")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(frames, mels) first")
+
+    def _check_durations(self, frames: list[np.ndarray], mels: list[np.ndarray]) -> None:
+        """Raise :class:`ConfigError` when a pair's durations disagree (wrong rates or pairing)."""
+        for i, (x, y) in enumerate(zip(frames, mels)):
+            dur_in, dur_out = x.shape[0] / self.input_rate, y.shape[0] / self.target_rate
+            tolerance = max(0.1 * dur_out, 2.0 / self.input_rate + 2.0 / self.target_rate)
+            if abs(dur_in - dur_out) > tolerance:
+                raise ConfigError(
+                    f"{type(self).__name__}: utterance {i} has {x.shape[0]} frames at input_rate="
+                    f"{self.input_rate!r} Hz ({dur_in:.2f} s) but {y.shape[0]} mel frames at target_rate="
+                    f"{self.target_rate!r} Hz ({dur_out:.2f} s); check the rates and the pairing")
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def crop_frames(self) -> int:
+        """Mel frames per training crop."""
+        return max(1, int(round(self.crop_seconds * self.target_rate)))
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, t_mean: torch.Tensor,
+              t_std: torch.Tensor) -> torch.Tensor:
+        """L1 on standardised log-mels plus the weighted spectral convergence of mel magnitude."""
+        loss = F.l1_loss(pred, target)
+        if self.spectral_convergence_weight > 0:
+            true = torch.exp(target * t_std + t_mean)
+            est = torch.exp(torch.clamp(pred * t_std + t_mean, max=_MAX_LOG_MEL))
+            sc = torch.linalg.vector_norm(true - est, dim=(1, 2)) / torch.linalg.vector_norm(true, dim=(1, 2))
+            loss = loss + self.spectral_convergence_weight * sc.mean()
+        return loss
+
+    def _evaluate(self, net: _DecoderNet, xs: list[np.ndarray], ys: list[np.ndarray],
+                  t_mean: torch.Tensor, t_std: torch.Tensor) -> tuple[float, float]:
+        """Frame-weighted objective and natural-log L1 on full utterances."""
+        net.eval()
+        total, l1, frames = 0.0, 0.0, 0
+        with torch.no_grad():
+            for x, y in zip(xs, ys):
+                pred = net(torch.from_numpy(x.astype(np.float32))[None])
+                target = torch.from_numpy(y)[None]
+                total += float(self._loss(pred, target, t_mean, t_std)) * y.shape[0]
+                l1 += float(torch.mean(torch.abs(pred - target) * t_std)) * y.shape[0]
+                frames += y.shape[0]
+        return total / frames, l1 / frames
+
+    def fit(self, frames: Sequence[np.ndarray], mels: Sequence[np.ndarray]) -> "InversionDecoder":
+        """Train on paired utterances, early-stopped on a seeded held-out part of them.
+
+        Parameters
+        ----------
+        frames : sequence of ndarray of shape (T_i, D)
+            Frame-level embeddings at ``input_rate``.
+        mels : sequence of ndarray of shape (T'_i, n_mels)
+            Natural-log mel spectrograms of the same utterances at ``target_rate``.
+
+        Returns
+        -------
+        self
+        """
+        t0 = time.perf_counter()
+        self._validate()
+        if len(frames) != len(mels):
+            raise CorpusError(f"{len(frames)} frame sequences but {len(mels)} mel spectrograms")
+        if len(frames) < 2:
+            raise CorpusError(f"{type(self).__name__} needs >= 2 utterances (one for validation), "
+                              f"got {len(frames)}")
+        frames = _check_sequences(frames, "frames")
+        mels = _check_sequences(mels, "mels")
+        self._check_durations(frames, mels)
+        fit_idx, val_idx = _seeded_holdout(len(frames), self.val_fraction, self.seed)
+
+        stacked = np.concatenate([frames[i] for i in fit_idx]).astype(np.float64)
+        mean, std = stacked.mean(0), stacked.std(0)
+        std[std <= 1e-6 * max(float(std.max()), 1e-30)] = 1.0
+        targets = np.concatenate([mels[i] for i in fit_idx]).astype(np.float64)
+        t_mean, t_std = targets.mean(0), targets.std(0)
+        t_std[t_std <= 1e-6 * max(float(t_std.max()), 1e-30)] = 1.0
+        del stacked, targets
+        self.mean_, self.std_ = mean.astype(np.float32), std.astype(np.float32)
+        self.target_mean_, self.target_std_ = t_mean.astype(np.float32), t_std.astype(np.float32)
+
+        xs = [_half(self._inputs(x, y.shape[0])) for x, y in zip(frames, mels)]
+        ys = [(y - self.target_mean_) / self.target_std_ for y in mels]
+        with _torch_threads(self.num_threads):
+            self.net_, record = self._train(xs, ys, fit_idx, val_idx)
+        self.history_ = record.pop("history")
+        self.converged_ = record.pop("converged")
+        self.n_params_ = record["params"]
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.budget_ = {**record, "fit_seconds": round(self.fit_seconds_, 3), "channels": self.channels,
+                        "n_layers": self.n_layers, "kernel_size": self.kernel_size,
+                        "crop_frames": self.crop_frames, "max_epochs": self.max_epochs,
+                        "patience": self.patience, "batch_size": self.batch_size, "lr": self.lr,
+                        "spectral_convergence_weight": self.spectral_convergence_weight,
+                        "torch_threads": self.num_threads or torch.get_num_threads()}
+        return self
+
+    def _inputs(self, x: np.ndarray, n_out: int) -> np.ndarray:
+        """Standardised frames interpolated onto ``n_out`` mel frame times."""
+        return resample_frames((x - self.mean_) / self.std_, self.input_rate, self.target_rate, n_out)
+
+    def _train(self, xs: list[np.ndarray], ys: list[np.ndarray], fit_idx: np.ndarray,
+               val_idx: np.ndarray) -> tuple[_DecoderNet, dict]:
+        """Adam on random aligned crops with early stopping; returns the best net and its record."""
+        rng = np.random.default_rng(self.seed)
+        crop = self.crop_frames
+        lengths = np.array([ys[i].shape[0] for i in fit_idx])
+        epoch_items = np.repeat(fit_idx, np.maximum(1, np.round(lengths / crop).astype(int)))
+        t_mean, t_std = torch.from_numpy(self.target_mean_), torch.from_numpy(self.target_std_)
+        val_x, val_y = [xs[i] for i in val_idx], [ys[i] for i in val_idx]
+        history, best, best_state, best_epoch, steps, stopped = [], math.inf, None, 0, 0, False
+        with _seeded(self.seed):
+            net = _DecoderNet(xs[0].shape[1], ys[0].shape[1], self.channels, self.n_layers, self.kernel_size)
+            opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+            for epoch in range(1, self.max_epochs + 1):
+                net.train()
+                losses = []
+                order = rng.permutation(epoch_items)
+                for b in range(0, order.size, self.batch_size):
+                    xb, yb = [], []
+                    for i in order[b:b + self.batch_size]:
+                        start = int(rng.integers(0, max(1, ys[i].shape[0] - crop + 1)))
+                        xb.append(fit_length(xs[i][start:], crop))
+                        yb.append(fit_length(ys[i][start:], crop))
+                    pred = net(torch.from_numpy(np.stack(xb).astype(np.float32)))
+                    loss = self._loss(pred, torch.from_numpy(np.stack(yb)), t_mean, t_std)
+                    opt.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                    opt.step()
+                    losses.append(loss.item())
+                    steps += 1
+                val_loss, val_l1 = self._evaluate(net, val_x, val_y, t_mean, t_std)
+                history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                                "val_l1": val_l1})
+                if val_loss < best:
+                    best, best_epoch = val_loss, epoch
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                elif epoch - best_epoch >= self.patience:
+                    stopped = True
+                    break
+            net.load_state_dict(best_state)
+            net.eval()
+        record = {"epochs": len(history), "best_epoch": best_epoch, "steps": steps,
+                  "n_train": int(fit_idx.size), "n_val": int(val_idx.size),
+                  "train_frames": int(lengths.sum()), "best_val_loss": best,
+                  "best_val_l1": history[best_epoch - 1]["val_l1"],
+                  "params": int(sum(p.numel() for p in net.parameters())),
+                  "converged": stopped, "history": history}
+        return net, record
+
+    # ------------------------------------------------------------------ public API
+
+    def predict(self, frames: Sequence[np.ndarray], n_frames: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Decoded log-mels of frame sequences.
+
+        Parameters
+        ----------
+        frames : sequence of ndarray of shape (T_i, D)
+        n_frames : sequence of int or None, default=None
+            Mel frames wanted per utterance (the original audio's ``log_mel`` length); by
+            default :func:`default_n_frames` of each sequence.
+
+        Returns
+        -------
+        list of ndarray of shape (n_frames_i, n_mels), float32
+            Natural-log mel spectrograms at ``target_rate``.
+        """
+        self._check_fitted()
+        frames = _check_sequences(frames, "frames", self.mean_.size)
+        if n_frames is None:
+            n_frames = [default_n_frames(x.shape[0], self.input_rate, self.target_rate) for x in frames]
+        if len(n_frames) != len(frames):
+            raise ConfigError(f"n_frames has {len(n_frames)} entries for {len(frames)} sequences")
+        out = []
+        self.net_.eval()
+        with torch.no_grad(), _torch_threads(self.num_threads):
+            for x, n in zip(frames, n_frames):
+                if isinstance(n, bool) or int(n) != n or n < 1:
+                    raise ConfigError(f"n_frames entries must be ints >= 1, got {n!r}")
+                pred = self.net_(torch.from_numpy(self._inputs(x, int(n)))[None])[0].numpy()
+                out.append((pred * self.target_std_ + self.target_mean_).astype(np.float32))
+        return out
+
+    def fit_set(self, train: EmbeddingSet, mels: Sequence[np.ndarray]) -> "InversionDecoder":
+        """:meth:`fit` on ``train.frames(i)`` paired with ``mels[i]``."""
+        return self.fit([train.frames(i) for i in range(len(train))], mels)
+
+    def predict_set(self, data: EmbeddingSet, n_frames: Sequence[int] | None = None) -> list[np.ndarray]:
+        """:meth:`predict` on ``data.frames(i)``."""
+        return self.predict([data.frames(i) for i in range(len(data))], n_frames)
+
+
+def mean_envelopes(mels: Sequence[np.ndarray]) -> np.ndarray:
+    """Average log-mel envelope of each utterance: ``(N, n_mels)`` means over frames."""
+    return np.stack([np.asarray(m, dtype=np.float64).mean(0) for m in _check_sequences(mels, "mels")])
+
+
+class VoiceProfileDecoder:
+    """Ridge regression from pooled embeddings to the average log-mel envelope ("voice profile").
+
+    Inputs are standardised; ``alpha`` is chosen by the mean log-spectral distance
+    (:func:`envelope_lsd_db`) on a seeded held-out part of the training data, then the
+    model is refitted on all of it.
+
+    Parameters
+    ----------
+    alpha_grid : tuple of float, default=(0.1, 1.0, 10.0, 100.0)
+        Ridge penalties tried.
+    val_fraction : float, default=0.2
+        Fraction of training utterances held out to choose ``alpha``.
+    n_boot : int, default=1000
+        Bootstrap resamples of the CIs in :meth:`evaluate`.
+    seed : int, default=0
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> pooled, W = rng.standard_normal((40, 6)), rng.standard_normal((6, 80))
+    >>> mels = [np.tile(p @ W, (5, 1)) for p in pooled]
+    >>> VoiceProfileDecoder().fit(pooled, mels).predict(pooled).shape
+    (40, 80)
+    """
+
+    def __init__(self, *, alpha_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0), val_fraction: float = 0.2,
+                 n_boot: int = 1000, seed: int = 0) -> None:
+        self.alpha_grid = alpha_grid
+        self.val_fraction = val_fraction
+        self.n_boot = n_boot
+        self.seed = seed
+
+    def _validate(self) -> None:
+        name = type(self).__name__
+        if not len(self.alpha_grid) or not all(0 < a < math.inf for a in self.alpha_grid):
+            raise ConfigError(f"{name}: alpha_grid={self.alpha_grid!r} must be non-empty positive numbers")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"{name}: val_fraction={self.val_fraction!r} must be in (0, 1)")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(pooled, mels) first")
+
+    @staticmethod
+    def _check_pooled(pooled: np.ndarray, n: int | None = None, dim: int | None = None) -> np.ndarray:
+        X = np.asarray(pooled, dtype=np.float64)
+        if X.ndim != 2 or (n is not None and X.shape[0] != n) or (dim is not None and X.shape[1] != dim):
+            raise StoreError(f"pooled has shape {X.shape}, expected ({n or 'N'}, {dim or 'D'})")
+        if not np.isfinite(X).all():
+            raise StoreError("pooled embeddings contain non-finite values")
+        return X
+
+    def fit(self, pooled: np.ndarray, mels: Sequence[np.ndarray]) -> "VoiceProfileDecoder":
+        """Fit on pooled ``(N, D)`` embeddings and the N utterances' log-mels ``(T_i, n_mels)``."""
+        t0 = time.perf_counter()
+        self._validate()
+        Y = mean_envelopes(mels)
+        X = self._check_pooled(pooled, len(Y))
+        if len(Y) < 3:
+            raise CorpusError(f"{type(self).__name__} needs >= 3 utterances, got {len(Y)}")
+        fit_idx, val_idx = _seeded_holdout(len(Y), self.val_fraction, self.seed)
+        self.val_scores_ = {}
+        for alpha in self.alpha_grid:
+            model = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(X[fit_idx], Y[fit_idx])
+            lsd = envelope_lsd_db(model.predict(X[val_idx]), Y[val_idx])
+            self.val_scores_[str(alpha)] = float(lsd.mean())
+        self.alpha_ = min(self.alpha_grid, key=lambda a: self.val_scores_[str(a)])
+        self.model_ = make_pipeline(StandardScaler(), Ridge(alpha=self.alpha_)).fit(X, Y)
+        self.train_mean_ = Y.mean(0)
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.budget_ = {"n_train": int(len(Y)), "n_val": int(val_idx.size), "n_features": int(X.shape[1]),
+                        "alpha": self.alpha_, "validation_lsd_db": self.val_scores_,
+                        "fit_seconds": round(self.fit_seconds_, 3)}
+        return self
+
+    def predict(self, pooled: np.ndarray) -> np.ndarray:
+        """Predicted average log-mel envelopes ``(N, n_mels)``."""
+        self._check_fitted()
+        X = self._check_pooled(pooled, dim=self.model_[0].n_features_in_)
+        return self.model_.predict(X)
+
+    def fit_set(self, train: EmbeddingSet, mels: Sequence[np.ndarray]) -> "VoiceProfileDecoder":
+        """:meth:`fit` on ``train.pooled``."""
+        return self.fit(train.pooled, mels)
+
+    def evaluate(self, pooled: np.ndarray, mels: Sequence[np.ndarray]) -> AttackResult:
+        """Envelope log-spectral distance against the baseline that predicts the training mean.
+
+        Metrics: ``lsd_db`` (mean over utterances of :func:`envelope_lsd_db` between
+        predicted and true average envelopes) with a bootstrap 95% CI, ``baseline_lsd_db`` (same
+        for the training-mean envelope; also the result's ``chance``) and ``lsd_gain_db``
+        (baseline minus decoder; > 0 means the pooled embedding reveals the voice profile).
+        """
+        self._check_fitted()
+        Y = mean_envelopes(mels)
+        pred = self.predict(self._check_pooled(pooled, len(Y)))
+        lsd = envelope_lsd_db(pred, Y)
+        base = envelope_lsd_db(np.broadcast_to(self.train_mean_, Y.shape), Y)
+        n_boot, seed = self.n_boot, self.seed
+        metrics = {"lsd_db": float(lsd.mean()), "ci95": list(bootstrap_ci(np.mean, lsd, n_boot=n_boot, seed=seed)),
+                   "baseline_lsd_db": float(base.mean()),
+                   "baseline_ci95": list(bootstrap_ci(np.mean, base, n_boot=n_boot, seed=seed)),
+                   "lsd_gain_db": float(base.mean() - lsd.mean()), "n_test": int(len(Y)),
+                   "definition": "LSD = RMS over mel bins of 20*log10(e)*(ln A_true - ln A_pred) dB, "
+                                 "A = mel magnitude, ln A averaged over the utterance's frames"}
+        return AttackResult("inversion", "voice_profile", metrics, chance=float(base.mean()),
+                            budget=dict(self.budget_), converged=True)
+
+
+@dataclass
+class InversionSettings:
+    """Inversion-attack settings (TOML section ``[inversion]``).
+
+    The attacker trains the decoder on a side corpus of other people (speaker-disjoint split)
+    and inverts the test speakers' embeddings. ``n_eval`` test utterances (spread over the test
+    speakers) are vocoded and scored by the judges; ``n_examples`` of them are saved as audio.
+    ``skip_judges`` reports signal metrics only (a weakened audit); ``shuffled_control`` also
+    trains a decoder on misaligned embeddings, the sanity check that the decoder reads them.
+    """
+
+    test_fraction: float = 0.3
+    max_train_utts: int = 400
+    n_eval: int = 16
+    n_examples: int = 2
+    max_epochs: int = 40
+    channels: int = 128
+    vocoder: str = "griffinlim"
+    asr_judge: str = "whisper-tiny.en"
+    speaker_judge: str = "ge2e"
+    skip_judges: bool = False
+    shuffled_control: bool = False
+    min_frame_rate: float = 10.0
+    n_boot: int = 1000
+
+    def validate(self, prefix: str = "inversion.") -> None:
+        """Raise :class:`ConfigError` naming the bad key."""
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"{prefix}test_fraction={self.test_fraction!r}: must be in (0, 1)")
+        for key in ("max_train_utts", "n_eval", "max_epochs", "channels"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}{key}={getattr(self, key)!r}: must be >= 1")
+        if self.n_examples < 0:
+            raise ConfigError(f"{prefix}n_examples={self.n_examples!r}: must be >= 0")
+        if self.vocoder != "griffinlim":
+            raise ConfigError(f"{prefix}vocoder={self.vocoder!r}: only 'griffinlim' is available offline")
+        if self.n_boot < 100:
+            raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
+
+    def weakening(self) -> list[str]:
+        """Settings that make the inversion attack weaker or its scoring partial."""
+        weak = []
+        if self.skip_judges:
+            weak.append("inversion.skip_judges: no ASR or speaker judge scored the reconstructions")
+        if self.max_epochs < 10:
+            weak.append(f"inversion.max_epochs={self.max_epochs}: tiny decoder budget")
+        if self.n_eval < 8:
+            weak.append(f"inversion.n_eval={self.n_eval}: judges score very few reconstructions")
+        return weak
+
+
+_MEMO: dict[tuple, Any] = {}
+
+
+def _memo(key: tuple, compute: Callable[[], Any]) -> Any:
+    """Layer-independent work (vocoder copies, judge passes on originals) done once per run."""
+    if key not in _MEMO:
+        if len(_MEMO) > 32:
+            _MEMO.clear()
+        _MEMO[key] = compute()
+    return _MEMO[key]
+
+
+def _content_key(wavs: list[np.ndarray]) -> str:
+    """Hash of the audio itself, so memoised results can never be confused between corpora."""
+    h = hashlib.sha1()
+    for w in wavs:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def _eval_rows(speakers: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` rows spread round-robin over the speakers (seeded), so the speaker judge can link them."""
+    rng = np.random.default_rng(seed)
+    groups = [rng.permutation(np.flatnonzero(speakers == s)) for s in np.unique(speakers)]
+    order = [g[k] for k in range(max(len(g) for g in groups)) for g in groups if k < len(g)]
+    return np.sort(np.array(order[:n], dtype=int))
+
+
+def _mel_metrics(true: list[np.ndarray], pred: list[np.ndarray], n_boot: int, seed: int) -> dict:
+    from audit.signal_metrics import mcd_from_logmel
+
+    mcd = np.array([mcd_from_logmel(t, p)[0] for t, p in zip(true, pred)])
+    lsd = np.array([lsd_from_logmel(t, p)[0] for t, p in zip(true, pred)])
+    return {"mcd_db": float(mcd.mean()), "mcd_db_ci95": list(bootstrap_ci(np.mean, mcd, n_boot=n_boot, seed=seed)),
+            "lsd_db": float(lsd.mean()), "lsd_db_ci95": list(bootstrap_ci(np.mean, lsd, n_boot=n_boot, seed=seed)),
+            "n_utterances": len(true)}
+
+
+def _decoder(settings: InversionSettings, input_rate: float, target_rate: float, seed: int) -> InversionDecoder:
+    """The audit's decoder budget: 128 channels, lr 3e-3, patience 6, one torch thread (measured on 2 cores)."""
+    return InversionDecoder(input_rate=input_rate, target_rate=target_rate, channels=settings.channels, lr=3e-3,
+                            max_epochs=settings.max_epochs, patience=6, num_threads=1, seed=seed)
+
+
+def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int, frame_rate: float,
+                  out_dir: Path | None = None) -> dict:
+    """Invert one layer: voice-profile decoder on pooled embeddings, frame decoder + judges on frames.
+
+    Split: speaker-disjoint (the attacker's side corpus holds other people). Frame-level
+    inversion needs frames at ``>= min_frame_rate`` Hz; other layers get the pooled attack only,
+    with the reason recorded.
+    """
+    from audit.judges import ASRJudge, SpeakerJudge, content_leakage, signal_scores, speaker_leakage
+    from audit.vocoder import GriffinLimVocoder, log_mel
+
+    split = speaker_disjoint_split(view.speakers, test_fraction=settings.test_fraction, seed=seed)
+    rng = np.random.default_rng(seed)
+    train_rows = np.sort(rng.permutation(split.train)[:settings.max_train_utts])
+    train, test = view.subset(train_rows), view.subset(split.test)
+    train_mels = [log_mel(train.audio(i)) for i in range(len(train))]
+    test_mels = [log_mel(test.audio(i)) for i in range(len(test))]
+    out: dict[str, Any] = {"split": {**split.describe(), "n_train_used": int(train_rows.size)}}
+    profile = VoiceProfileDecoder(seed=seed).fit(train.pooled, train_mels)
+    out["voice_profile"] = profile.evaluate(test.pooled, test_mels).to_dict()
+    if view.frame_source is None or frame_rate < settings.min_frame_rate:
+        reason = ("pooled-only layer" if view.frame_source is None else
+                  f"frames at {frame_rate:.2f} Hz cannot be aligned to audio (< {settings.min_frame_rate:g} Hz)")
+        out["frame"] = AttackResult.skip("inversion", "conv-decoder", f"{reason}: voice-profile attack only").to_dict()
+        return out
+    vocoder = GriffinLimVocoder(seed=seed)
+    decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
+    decoder.fit([train.frames(i) for i in range(len(train))], train_mels)
+    n_frames = [m.shape[0] for m in test_mels]
+    pred = decoder.predict([test.frames(i) for i in range(len(test))], n_frames=n_frames)
+    metrics: dict[str, Any] = {"mel": _mel_metrics(test_mels, pred, settings.n_boot, seed)}
+    if settings.shuffled_control:
+        shuffled = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
+        shuffled.fit(shuffle_alignment([train.frames(i) for i in range(len(train))], seed), train_mels)
+        metrics["shuffled_control_mel"] = _mel_metrics(
+            test_mels, shuffled.predict([test.frames(i) for i in range(len(test))], n_frames=n_frames),
+            settings.n_boot, seed)
+    rows = _eval_rows(test.speakers, settings.n_eval, seed)
+    originals = [test.audio(int(i)) for i in rows]
+    recon = [vocoder.synthesize(pred[i], length=originals[k].size) for k, i in enumerate(rows)]
+    key = _content_key(originals)
+    copies = _memo(("copy", key, seed), lambda: [vocoder.synthesize(test_mels[i], length=originals[k].size)
+                                                for k, i in enumerate(rows)])
+    metrics["signal"] = signal_scores(originals, recon, n_boot=settings.n_boot, seed=seed)
+    metrics["vocoder_copy_signal"] = _memo(("copy-signal", key, seed),
+                                           lambda: signal_scores(originals, copies, n_boot=settings.n_boot, seed=seed))
+    for m in (metrics["signal"], metrics["vocoder_copy_signal"]):
+        m.pop("per_utterance", None)
+    if settings.skip_judges:
+        metrics["judges"] = "skipped (inversion.skip_judges = true)"
+    else:
+        asr = _memo(("asr", settings.asr_judge), lambda: ASRJudge(model=settings.asr_judge).load())
+        spk = _memo(("spk", settings.speaker_judge), lambda: SpeakerJudge(model=settings.speaker_judge).load())
+        refs = [test.transcripts[i] if test.transcripts is not None else None for i in rows]
+        if all(refs):
+            metrics["content"] = _strip(content_leakage(asr, originals, recon, refs, n_boot=settings.n_boot, seed=seed))
+            metrics["vocoder_copy_content"] = _memo(("copy-content", key, seed), lambda: _strip(
+                content_leakage(asr, originals, copies, refs, n_boot=settings.n_boot, seed=seed)))
+        else:
+            metrics["content"] = "skipped: some evaluated utterances have no transcript"
+        metrics["speaker"] = speaker_leakage(spk, originals, recon, test.speakers[rows], n_boot=settings.n_boot,
+                                             seed=seed)
+    files = _write_examples(out_dir, view.layer, test, rows, originals, copies, recon, test_mels, pred,
+                            settings.n_examples) if out_dir is not None else []
+    budget = {**decoder.budget_, "vocoder": vocoder.describe(), "n_eval": len(rows)}
+    curve = [{"epoch": k + 1, **h} for k, h in enumerate(decoder.history_)]
+    out["frame"] = {**AttackResult("inversion", "conv-decoder", metrics, chance=None, budget=budget,
+                                   learning_curve=curve, converged=decoder.converged_).to_dict(), "files": files}
+    return out
+
+
+def _strip(content: dict) -> dict:
+    """Keep the numbers and the first few hypotheses (the rest is bulk)."""
+    for name in ("hypotheses_reconstruction", "hypotheses_original"):
+        if name in content:
+            content[name] = content[name][:3]
+    return content
+
+
+def _write_examples(out_dir: Path, layer: int | None, test: EmbeddingSet, rows: np.ndarray,
+                    originals: list[np.ndarray], copies: list[np.ndarray], recon: list[np.ndarray],
+                    true_mels: list[np.ndarray], pred_mels: list[np.ndarray], n_examples: int) -> list[str]:
+    """Listenable triplets (original, vocoder copy, reconstruction) and a mel comparison plot."""
+    from audit.audio import write_audio
+    from audit.plots import mel_comparison
+
+    folder = Path(out_dir) / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(min(n_examples, len(rows))):
+        utt = test.utt_ids[rows[k]]
+        for kind, wav in (("original", originals[k]), ("vocoder_copy", copies[k]), ("reconstruction", recon[k])):
+            name = f"examples/layer{layer}_{utt}_{kind}.wav"
+            write_audio(Path(out_dir) / name, wav)
+            files.append(name)
+        name = f"examples/layer{layer}_{utt}_mels.png"
+        mel_comparison(Path(out_dir) / name, true_mels[rows[k]], pred_mels[rows[k]],
+                       title=f"layer {layer}, {utt}: original vs reconstructed log-mel")
+        files.append(name)
+    return files
