@@ -30,6 +30,8 @@ attacked; very long utterances are embedded in chunks whose embeddings are avera
 
 from __future__ import annotations
 
+from typing import Any
+
 import contextlib
 import math
 import time
@@ -508,3 +510,21 @@ class FrameSpeakerID:
                 "max_epochs": self.max_epochs, "patience": self.patience, "epochs": rec["epochs"],
                 "best_epoch": rec["best_epoch"], "steps": rec["steps"], "val_top1": rec["val_top1"],
                 "fit_seconds": round(self.fit_seconds_, 3)}
+
+
+def check_frame_budget(settings: Any, prefix: str) -> None:
+    """Validate the ``frame_max_epochs``/``frame_channels``/``frame_max_train_frames`` keys of a settings section."""
+    if settings.frame_max_epochs < 1:
+        raise ConfigError(f"{prefix}frame_max_epochs={settings.frame_max_epochs!r}: must be >= 1")
+    if settings.frame_channels < 8 or settings.frame_channels % 8:
+        raise ConfigError(f"{prefix}frame_channels={settings.frame_channels!r}: must be a positive multiple of 8")
+    if settings.frame_max_train_frames < 1000:
+        raise ConfigError(f"{prefix}frame_max_train_frames={settings.frame_max_train_frames!r}: must be >= 1000")
+
+
+def budgeted_frame_attacker(settings: Any, *, seed: int, frame_rate: float, learning_curve: bool = True,
+                            n_boot: int = 1000) -> FrameSpeakerID:
+    """A :class:`FrameSpeakerID` with the budget of a settings section (``frame_*`` keys)."""
+    return FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, channels=settings.frame_channels,
+                          max_train_frames=settings.frame_max_train_frames, learning_curve=learning_curve,
+                          seed=seed, n_boot=n_boot)

@@ -222,12 +222,9 @@ class SpeakerIDSettings:
             raise ConfigError(f"{prefix}test_fraction={self.test_fraction!r}: must be in (0, 1)")
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
-        if self.frame_max_epochs < 1:
-            raise ConfigError(f"{prefix}frame_max_epochs={self.frame_max_epochs!r}: must be >= 1")
-        if self.frame_channels < 8 or self.frame_channels % 8:
-            raise ConfigError(f"{prefix}frame_channels={self.frame_channels!r}: must be a positive multiple of 8")
-        if self.frame_max_train_frames < 1000:
-            raise ConfigError(f"{prefix}frame_max_train_frames={self.frame_max_train_frames!r}: must be >= 1000")
+        from attacks.frame_speaker_id import check_frame_budget
+
+        check_frame_budget(self, prefix)
 
     def weakening(self) -> list[str]:
         """Settings that make this attack family weaker than the full suite."""
@@ -239,14 +236,6 @@ class SpeakerIDSettings:
         if self.frame_max_epochs < 10 and "frame" in self.attackers:
             weak.append(f"speaker_id.frame_max_epochs={self.frame_max_epochs}: tiny frame-attacker budget")
         return weak
-
-
-def _frame_attacker(settings: SpeakerIDSettings, seed: int, frame_rate: float):
-    from attacks.frame_speaker_id import FrameSpeakerID
-
-    return FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, seed=seed,
-                          channels=settings.frame_channels, max_train_frames=settings.frame_max_train_frames,
-                          n_boot=settings.n_boot)
 
 
 def run_speaker_id(view: EmbeddingSet, settings: SpeakerIDSettings, *, seed: int, frame_rate: float,
@@ -263,7 +252,9 @@ def run_speaker_id(view: EmbeddingSet, settings: SpeakerIDSettings, *, seed: int
             if view.frame_source is None:
                 results[name] = AttackResult.skip("speaker_id", "frame", "pooled-only layer: no frames").to_dict()
                 continue
-            attacker = _frame_attacker(settings, seed, frame_rate)
+            from attacks.frame_speaker_id import budgeted_frame_attacker
+
+            attacker = budgeted_frame_attacker(settings, seed=seed, frame_rate=frame_rate, n_boot=settings.n_boot)
         else:
             attacker = POOLED_ATTACKERS[name](seed=seed, n_boot=settings.n_boot)
         fitted[name] = attacker.fit(train)

@@ -550,10 +550,9 @@ class VerificationSettings:
                 raise ConfigError(f"{prefix}{key}={value!r}: must be in (0, 1)")
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
-        if self.frame_max_epochs < 1:
-            raise ConfigError(f"{prefix}frame_max_epochs={self.frame_max_epochs!r}: must be >= 1")
-        if self.frame_channels < 8 or self.frame_channels % 8:
-            raise ConfigError(f"{prefix}frame_channels={self.frame_channels!r}: must be a positive multiple of 8")
+        from attacks.frame_speaker_id import check_frame_budget
+
+        check_frame_budget(self, prefix)
 
     def weakening(self) -> list[str]:
         """Settings that make verification weaker than the full suite."""
@@ -601,13 +600,11 @@ def run_verification(view: EmbeddingSet, settings: VerificationSettings, *, seed
 def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings, common: dict, *,
                   seed: int, frame_rate: float) -> dict:
     """Cosine verification on the embedding of a frame-level attacker trained on the training speakers."""
-    from attacks.frame_speaker_id import FrameSpeakerID
+    from attacks.frame_speaker_id import budgeted_frame_attacker
 
     if train.frame_source is None:
         return AttackResult.skip("verification", "frame-ecapa", "pooled-only layer: no frames").to_dict()
-    encoder = FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, seed=seed,
-                             channels=settings.frame_channels, max_train_frames=settings.frame_max_train_frames,
-                             learning_curve=False).fit(train)
+    encoder = budgeted_frame_attacker(settings, seed=seed, frame_rate=frame_rate, learning_curve=False).fit(train)
 
     def as_set(data: EmbeddingSet) -> EmbeddingSet:
         return EmbeddingSet(encoder.transform(data), data.speakers, data.utt_ids)
