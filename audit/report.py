@@ -227,7 +227,8 @@ def _settings_lines(results: dict) -> list[str]:
                      (f"; speakers dropped (too few utterances): {len(split['dropped_speakers'])}"
                       if split.get("dropped_speakers") else ""))
     lines += ["- top-1/top-5 accuracy with a 95% percentile bootstrap CI over test utterances; chance = 1/N speakers;"
-              " the strongest attacker per layer is chosen on validation data, never on the test split",
+              " the headline per layer is the attacker with the highest test top-1 (worst case for privacy); every"
+              " attacker's hyper-parameters are chosen on validation data, never on the test split",
               "- every attacker's training budget, learning curve (25/50/100% of its training data) and convergence "
               "are in `results.json`",
               f"- embeddings store: `{results['store']['path']}` (cache hit: {results['store']['cache_hit']})",
