@@ -26,7 +26,7 @@ from audit.errors import ConfigError
 from audit.extractor import Extractor, build_extractor
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
-from audit.store import EmbeddingStore, default_cache_dir
+from audit.store import EmbeddingStore
 
 THREAT_MODEL = (
     "The attacker holds the audited layer's embeddings (frame-level sequences or per-utterance "
@@ -94,7 +94,7 @@ class AuditPipeline:
             "layers": layer_results,
         }
         results["summary"] = _summary(layer_results)
-        results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, layer_results, out)
+        results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, results["summary"], out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
         write_report(results, out)
         results["out"] = str(out)
@@ -126,11 +126,9 @@ class AuditPipeline:
                    for name in cfg.attacks}
         return {**store.layer_info(layer), "attacks": attacks}
 
-
     @staticmethod
-    def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, layers: list[dict], out: Path) -> list[str]:
+    def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, summary: dict, out: Path) -> list[str]:
         """t-SNE maps of pooled embeddings of the most and least leaky layers, by speaker and attribute."""
-        summary = _summary(layers)
         if not summary:
             return []
         written = []
@@ -170,4 +168,4 @@ def _version() -> str:
         return "unknown"
 
 
-__all__ = ["AuditPipeline", "THREAT_MODEL", "default_cache_dir"]
+__all__ = ["AuditPipeline", "THREAT_MODEL"]
