@@ -17,7 +17,6 @@ folder and fail with one clear line when neither is available.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,11 +29,10 @@ from audit.extractor import hub_reachable, resolve_hf_folder
 from audit.metrics import accuracy_ci, bootstrap_ci, eer
 from audit.signal_metrics import DEFAULT_ORDER, MEL_SETTINGS, log_spectral_distance, mcd, stoi
 from audit.text import wer_counts
+from audit.whisper_offline import split_even
 
 SAMPLE_RATE = 16000
 """Sample rate (Hz) of every waveform the judges take."""
-
-_WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
 
 def _check_wavs(wavs: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
@@ -51,13 +49,6 @@ def _check_wavs(wavs: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
             raise AudioError(f"{name}[{index}]: waveform contains NaN or infinite samples")
         out.append(arr)
     return out
-
-
-def _split_even(wav: np.ndarray) -> list[np.ndarray]:
-    """The fewest equal pieces of at most 30 s (as :func:`audit.whisper_offline.transcribe`)."""
-    n_pieces = max(1, math.ceil(wav.size / _WINDOW_SAMPLES))
-    size = math.ceil(wav.size / n_pieces)
-    return [wav[start : start + size] for start in range(0, wav.size, size)]
 
 
 class ASRJudge:
@@ -153,7 +144,7 @@ class ASRJudge:
         kwargs: dict[str, Any] = {}
         if getattr(model.generation_config, "is_multilingual", False):
             kwargs = {"language": "en", "task": "transcribe"}
-        pieces = [(index, piece) for index, clip in enumerate(clips) for piece in _split_even(clip)]
+        pieces = [(index, piece) for index, clip in enumerate(clips) for piece in split_even(clip)]
         texts: list[list[str]] = [[] for _ in clips]
         with torch.inference_mode():
             for start in range(0, len(pieces), self.batch_size):

@@ -647,7 +647,7 @@ def _greedy_decode(bundle: WhisperBundle, features: torch.Tensor) -> list[list[i
     return tokens
 
 
-def _split_even(audio: np.ndarray) -> list[np.ndarray]:
+def split_even(audio: np.ndarray) -> list[np.ndarray]:
     """Split a clip into the fewest equal-length pieces of at most 30 s."""
     n_pieces = max(1, math.ceil(audio.size / WINDOW_SAMPLES))
     size = math.ceil(audio.size / n_pieces)
@@ -691,7 +691,7 @@ def transcribe(
     if batch_size < 1:
         raise AudioError(f"batch_size must be at least 1, got {batch_size}")
     clips = _prepare(audios, sample_rate)
-    pieces = [(index, piece) for index, clip in enumerate(clips) for piece in _split_even(clip)]
+    pieces = [(index, piece) for index, clip in enumerate(clips) for piece in split_even(clip)]
     texts: list[list[str]] = [[] for _ in clips]
     with torch.inference_mode():
         for start in range(0, len(pieces), batch_size):
