@@ -19,6 +19,25 @@ SILENCE_PEAK = 1e-4
 MIN_SECONDS = 0.05
 
 
+def as_waveform(wav: np.ndarray, *, source: str) -> np.ndarray:
+    """A non-empty, real, finite 1-D waveform as contiguous float32; :class:`AudioError` naming ``source`` otherwise.
+
+    The shape/dtype/finiteness checks every consumer of in-memory audio shares (decoders, judges,
+    signal metrics); :func:`check_waveform` adds the plausibility checks for recorded audio.
+    """
+    arr = np.asarray(wav)
+    if arr.ndim != 1:
+        raise AudioError(f"{source}: expected a 1-D mono waveform, got shape {list(arr.shape)}")
+    if arr.size == 0:
+        raise AudioError(f"{source}: audio is empty (0 samples)")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise AudioError(f"{source}: waveform must be real-valued, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise AudioError(f"{source}: audio contains NaN or infinite samples")
+    return arr
+
+
 def check_waveform(wav: np.ndarray, *, source: str, sample_rate: int = SAMPLE_RATE,
                    max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Validate a mono waveform and return it as contiguous float32.
@@ -26,13 +45,7 @@ def check_waveform(wav: np.ndarray, *, source: str, sample_rate: int = SAMPLE_RA
     Raises :class:`AudioError` naming ``source`` when the clip is empty, shorter than
     50 ms, longer than ``max_seconds``, contains NaN/inf, or is silent (peak below 1e-4).
     """
-    wav = np.asarray(wav)
-    if wav.ndim != 1:
-        raise AudioError(f"{source}: expected mono audio (1-D), got shape {wav.shape}")
-    if wav.size == 0:
-        raise AudioError(f"{source}: audio is empty (0 samples)")
-    if not np.all(np.isfinite(wav)):
-        raise AudioError(f"{source}: audio contains NaN or infinite samples")
+    wav = as_waveform(wav, source=source)
     seconds = wav.size / sample_rate
     if seconds < MIN_SECONDS:
         raise AudioError(f"{source}: audio is too short ({seconds * 1000:.0f} ms < {MIN_SECONDS * 1000:.0f} ms)")
@@ -44,7 +57,7 @@ def check_waveform(wav: np.ndarray, *, source: str, sample_rate: int = SAMPLE_RA
     peak = float(np.max(np.abs(wav)))
     if peak < SILENCE_PEAK:
         raise AudioError(f"{source}: audio is silent (peak amplitude {peak:.2e})")
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return wav
 
 
 def resample(wav: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
 
 with warnings.catch_warnings():
@@ -163,16 +164,7 @@ class GE2EEncoder:
         pads it; librosa pads with zeros when centring, so its first
         ``1 + len(wav) // hop`` frames equal the unpadded utterance's mel.
         """
-        arr = np.asarray(wav)
-        if arr.ndim != 1:
-            raise AudioError(f"{source}: expected mono 1-D audio, got shape {arr.shape}")
-        if arr.size == 0:
-            raise AudioError(f"{source}: audio is empty")
-        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise AudioError(f"{source}: audio must be real-valued, got dtype {arr.dtype}")
-        arr = arr.astype(np.float32, copy=False)
-        if not np.all(np.isfinite(arr)):
-            raise AudioError(f"{source}: audio contains NaN or infinite samples")
+        arr = as_waveform(wav, source=source)
         if not np.any(arr):
             raise AudioError(f"{source}: audio is digital silence (all samples zero)")
         arr = np.asarray(

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
 from audit.extractor import hub_reachable, resolve_hf_folder
 from audit.metrics import accuracy_ci, bootstrap_ci, eer
@@ -36,19 +37,8 @@ SAMPLE_RATE = 16000
 
 
 def _check_wavs(wavs: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
-    """Non-empty, finite, real 1-D float32 waveforms."""
-    out = []
-    for index, wav in enumerate(wavs):
-        arr = np.asarray(wav)
-        if arr.ndim != 1 or arr.size == 0:
-            raise AudioError(f"{name}[{index}]: expected a non-empty 1-D mono waveform, got shape {list(arr.shape)}")
-        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise AudioError(f"{name}[{index}]: waveform must be real-valued, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.all(np.isfinite(arr)):
-            raise AudioError(f"{name}[{index}]: waveform contains NaN or infinite samples")
-        out.append(arr)
-    return out
+    """Non-empty, finite, real 1-D float32 waveforms (:func:`audit.audio.as_waveform`)."""
+    return [as_waveform(wav, source=f"{name}[{index}]") for index, wav in enumerate(wavs)]
 
 
 class ASRJudge:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audit.errors import AudioError
+from audit.audio import as_waveform
 
 _DB_PER_NEPER = 10.0 / math.log(10.0)
 """``10 / ln 10``: converts a natural-log power ratio to dB."""
@@ -69,18 +69,8 @@ DEFAULT_ORDER = 24
 
 
 def _check_wav(wav: np.ndarray, name: str) -> np.ndarray:
-    """A non-empty, finite, real 1-D waveform as float32."""
-    arr = np.asarray(wav)
-    if arr.ndim != 1:
-        raise AudioError(f"{name}: expected a 1-D mono waveform, got shape {list(arr.shape)}")
-    if arr.size == 0:
-        raise AudioError(f"{name}: waveform is empty")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise AudioError(f"{name}: waveform must be real-valued, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise AudioError(f"{name}: waveform contains NaN or infinite samples")
-    return arr
+    """A non-empty, finite, real 1-D waveform as float32 (:func:`audit.audio.as_waveform`)."""
+    return as_waveform(wav, source=name)
 
 
 def _check_logmel(logmel: np.ndarray, name: str) -> np.ndarray:

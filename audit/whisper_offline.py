@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
 
 SAMPLE_RATE = 16000
@@ -586,13 +587,7 @@ def _prepare(audios: list[np.ndarray], sample_rate: int) -> list[np.ndarray]:
         raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     prepared = []
     for index, audio in enumerate(audios):
-        array = np.asarray(audio, dtype=np.float32)
-        if array.ndim != 1:
-            raise AudioError(f"clip {index}: expected a 1-D mono waveform, got shape {list(array.shape)}")
-        if array.size == 0:
-            raise AudioError(f"clip {index}: waveform is empty")
-        if not np.all(np.isfinite(array)):
-            raise AudioError(f"clip {index}: waveform contains NaN or infinite samples")
+        array = as_waveform(audio, source=f"clip {index}")
         if sample_rate != SAMPLE_RATE:
             import torchaudio.functional
 
