@@ -319,22 +319,35 @@ def resolve_hf_folder(spec: str) -> str:
             f"unknown model {spec!r}: use a Hugging Face id (org/name), a local from_pretrained folder, "
             f"or one of the offline models: {', '.join(OFFLINE_MODELS)}"
         )
+    return hub_snapshot(spec, label="model", how="pass --model DIR",
+                        allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"])
+
+
+def hub_snapshot(spec: str, *, label: str, how: str, allow_patterns: list[str] | None = None,
+                 download: bool = True) -> str:
+    """A Hugging Face hub id as a local folder: the cached copy, else a download.
+
+    Fails fast, in one line that says how to supply the files (``how``), when there is no cached
+    copy and the hub is unreachable or ``HF_HUB_OFFLINE=1``. With ``download=False`` a reachable
+    hub returns ``spec`` itself, for loaders that fetch their own files.
+    """
     import huggingface_hub
 
-    patterns = ["*.json", "*.safetensors", "*.bin", "*.txt"]
     try:
-        return huggingface_hub.snapshot_download(spec, allow_patterns=patterns, local_files_only=True)
+        return huggingface_hub.snapshot_download(spec, allow_patterns=allow_patterns, local_files_only=True)
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
         raise ModelLoadError(
-            f"model {spec!r}: Hugging Face hub unreachable and no cached copy; download it where the hub is "
-            f"reachable (huggingface-cli download {spec} --local-dir DIR) and pass --model DIR"
+            f"{label} {spec!r}: Hugging Face hub unreachable and no cached copy; download it where the hub is "
+            f"reachable (huggingface-cli download {spec} --local-dir DIR) and {how}"
         )
+    if not download:
+        return spec
     try:
-        return huggingface_hub.snapshot_download(spec, allow_patterns=patterns)
+        return huggingface_hub.snapshot_download(spec, allow_patterns=allow_patterns)
     except Exception as exc:
-        raise ModelLoadError(f"model {spec!r}: download failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"{label} {spec!r}: download failed: {type(exc).__name__}: {exc}") from exc
 
 
 def build_extractor(spec: str) -> Extractor:

@@ -26,7 +26,7 @@ import torch
 
 from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
-from audit.extractor import hub_reachable, resolve_hf_folder
+from audit.extractor import hub_snapshot, resolve_hf_folder
 from audit.metrics import accuracy_ci, bootstrap_ci, eer
 from audit.signal_metrics import DEFAULT_ORDER, MEL_SETTINGS, log_spectral_distance, mcd, stoi
 from audit.text import wer_counts
@@ -162,18 +162,7 @@ def _speechbrain_source(model: str) -> str:
             f"unknown speaker judge {model!r}: use 'ge2e', a speechbrain hub id (org/name, e.g. "
             "'speechbrain/spkrec-ecapa-voxceleb') or a local speechbrain model folder"
         )
-    import huggingface_hub
-
-    try:
-        return huggingface_hub.snapshot_download(model, local_files_only=True)
-    except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
-        raise ModelLoadError(
-            f"speaker judge {model!r}: Hugging Face hub unreachable and no cached copy; download it where "
-            f"the hub is reachable (huggingface-cli download {model} --local-dir DIR) and pass DIR"
-        )
-    return model
+    return hub_snapshot(model, label="speaker judge", how="pass DIR", download=False)
 
 
 class SpeakerJudge:
