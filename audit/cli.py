@@ -69,7 +69,10 @@ def _run(args: argparse.Namespace) -> int:
     results = AuditPipeline(_config(args)).run()
     out = Path(results["out"])
     s = results.get("summary", {})
-    if s:
+    if s.get("measure") == "verification_eer":
+        print(f"leakiest layer {s['leakiest_layer']}: verification EER {100 * s['leakiest_eer']:.1f}% "
+              f"(95% CI {100 * s['leakiest_ci95'][0]:.1f}-{100 * s['leakiest_ci95'][1]:.1f}%), unlinkable = 50%")
+    elif s:
         print(f"leakiest layer {s['leakiest_layer']}: speaker-ID top-1 {100 * s['leakiest_top1']:.1f}% "
               f"(95% CI {100 * s['leakiest_ci95'][0]:.1f}-{100 * s['leakiest_ci95'][1]:.1f}%), "
               f"chance {100 * s['chance']:.1f}%")

@@ -80,8 +80,8 @@ class AuditConfig:
         for name in self.attacks:
             if name not in ATTACK_SECTIONS:
                 raise ConfigError(f"attacks: unknown attack family {name!r} (known: {', '.join(ATTACK_SECTIONS)})")
-        if "speaker_id" not in self.attacks:
-            raise ConfigError("attacks: 'speaker_id' is the audit's headline and cannot be left out")
+        if not self.attacks:
+            raise ConfigError(f"attacks: empty; name at least one family ({', '.join(ATTACK_SECTIONS)})")
         for section in ATTACK_SECTIONS:
             getattr(self, section).validate()
         return self

@@ -148,15 +148,25 @@ class AuditPipeline:
 
 
 def _summary(layers: list[dict]) -> dict:
-    scored = [(la["attacks"]["speaker_id"]["top1"], la) for la in layers if "top1" in la["attacks"]["speaker_id"]]
-    if not scored:
-        return {}
-    top1, worst = max(scored, key=lambda t: t[0])
-    low, best = min(scored, key=lambda t: t[0])
-    sid = worst["attacks"]["speaker_id"]
-    return {"leakiest_layer": worst["index"], "leakiest_top1": top1, "leakiest_ci95": sid["ci95"],
-            "leakiest_attacker": sid["attacker"], "chance": sid["chance"],
-            "least_leaky_layer": best["index"], "least_leaky_top1": low}
+    """Most and least leaky layer by speaker-ID top-1, or by verification EER when speaker ID was not run."""
+    scored = [(la["attacks"]["speaker_id"]["top1"], la) for la in layers
+              if "top1" in (la["attacks"].get("speaker_id") or {})]
+    if scored:
+        top1, worst = max(scored, key=lambda t: t[0])
+        low, best = min(scored, key=lambda t: t[0])
+        sid = worst["attacks"]["speaker_id"]
+        return {"measure": "speaker_id_top1", "leakiest_layer": worst["index"], "leakiest_top1": top1,
+                "leakiest_ci95": sid["ci95"], "leakiest_attacker": sid["attacker"], "chance": sid["chance"],
+                "least_leaky_layer": best["index"], "least_leaky_top1": low}
+    scored = [(la["attacks"]["verification"]["eer"], la) for la in layers
+              if "eer" in (la["attacks"].get("verification") or {})]
+    if scored:
+        eer, worst = min(scored, key=lambda t: t[0])
+        high, best = max(scored, key=lambda t: t[0])
+        return {"measure": "verification_eer", "leakiest_layer": worst["index"], "leakiest_eer": eer,
+                "leakiest_ci95": worst["attacks"]["verification"]["ci95"], "least_leaky_layer": best["index"],
+                "least_leaky_eer": high}
+    return {}
 
 
 def _version() -> str:

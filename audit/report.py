@@ -93,7 +93,8 @@ def attribute_table(results: dict) -> list[str]:
                 cells.append(f"AUC {_num(res['roc_auc'])} {_ci(res.get('auc_ci95'), 1, '.2f')}, "
                              f"acc {_pct(res['accuracy'])} (chance {_pct(res['chance'])})")
             else:
-                cells.append(f"R² {_num(res['r2'])} {_ci(res.get('ci95'), 1, '.2f')}, MAE {_num(res['mae'], '.2f')}")
+                cells.append(f"R² {_num(res['r2'])} {_ci(res.get('ci95'), 1, '.2f')}, MAE {_num(res['mae'], '.2f')} "
+                             f"({res['attacker']})")
             cells.append(_num(cca["cca"]) if _ok(cca) else "n/a")
         rows.append(f"| {la['index']} | {la['name']} | " + " | ".join(cells) + " |")
     return rows
@@ -178,7 +179,12 @@ def summary_markdown(results: dict) -> str:
             lines.append(f"- **{label}**: layer {v['layer']} ({v['name']}): {value} {ci}{chance}")
         lines.append("")
     s = results.get("summary", {})
-    if s:
+    if s.get("measure") == "verification_eer":
+        lines += [f"**What it means:** with a projection learned on other people, two utterances of unseen speakers "
+                  f"from layer {s['leakiest_layer']} are linked to the same or different person with an EER of "
+                  f"{_pct(s['leakiest_eer'])} (95% CI {_ci(s['leakiest_ci95'])}; 50% = unlinkable). The least leaky "
+                  f"layer ({s['least_leaky_layer']}) gives {_pct(s['least_leaky_eer'])}.", ""]
+    elif s:
         ratio = s["leakiest_top1"] / s["chance"] if s["chance"] else float("nan")
         lines += [f"**What it means:** an attacker with a few labelled utterances per speaker names the speaker of "
                   f"a new utterance from layer {s['leakiest_layer']} {_pct(s['leakiest_top1'])} of the time "
@@ -186,7 +192,8 @@ def summary_markdown(results: dict) -> str:
                   f"The least leaky layer ({s['least_leaky_layer']}) still gives {_pct(s['least_leaky_top1'])}. "
                   "Any layer whose CI lies above chance identifies speakers: treat its embeddings as personal data.",
                   ""]
-    lines += ["## Speaker identification per layer (closed set)", ""] + speaker_id_table(results) + [""]
+    if any(_attack(la, "speaker_id") for la in results["layers"]):
+        lines += ["## Speaker identification per layer (closed set)", ""] + speaker_id_table(results) + [""]
     if any(_attack(la, "verification") for la in results["layers"]):
         lines += ["## Speaker verification per layer (open set, unseen speakers)", ""]
         lines += verification_table(results) + [""]
@@ -197,7 +204,8 @@ def summary_markdown(results: dict) -> str:
     if attr:
         lines += ["## Attribute inference per layer (unseen speakers)", ""] + attr + [""]
         lines += ["Gender: logistic regression, accuracy and ROC AUC; speech rate = alphanumeric characters of the "
-                  "transcript / duration, regressed by an MLP, R² against predicting the training mean; CCA = "
+                  "transcript / duration, regressed by an MLP or ridge regression (whichever predicts validation speakers "
+                  "better; named in the cell), R² against predicting the training mean; CCA = "
                   "test-set canonical correlation of a linear projection (PCA-reduced layer) with the attribute.",
                   ""]
     inv = inversion_table(results)

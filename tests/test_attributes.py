@@ -101,13 +101,39 @@ def test_unknown_attribute_is_skipped():
 
 def test_speech_rate_linear_encoding_is_regressed():
     train, test = disjoint(make_set(rate_leak=True))
-    result = SpeechRateRegression(n_boot=200).fit(train).evaluate(test)
+    attacker = SpeechRateRegression(n_boot=200)
+    result = attacker.fit(train).evaluate(test)
     m = result.metrics
     assert result.skipped is None
     assert m["r2"] > 0.8 and m["ci95"][0] > 0.6
     assert m["mse"] < 0.3 * m["baseline_mse"]
-    assert result.budget["epochs"] >= 1 and result.budget["alpha"] in (1e-3, 1e-1, 10.0)
+    assert result.budget["model"] in attacker._grid()
+    assert set(result.budget["validation_scores"]) == set(attacker._grid())
+    assert result.attacker == result.budget["model"].split("(")[0]
     assert isinstance(result.converged, bool)
+
+
+def test_speech_rate_mlp_only_records_its_epochs():
+    train, test = disjoint(make_set(rate_leak=True))
+    result = SpeechRateRegression(ridge_grid=(), n_boot=200).fit(train).evaluate(test)
+    assert result.attacker == "mlp" and result.budget["epochs"] >= 1
+    assert result.metrics["r2"] > 0.5
+
+
+def test_speech_rate_choice_is_no_weaker_than_the_mlp_on_small_high_dimensional_data():
+    """Few rows, many dimensions, a linear code: the validation choice must not leave R² to a weak MLP."""
+    rng = np.random.default_rng(3)
+    speakers = np.repeat([f"s{i:02d}" for i in range(16)], 6)
+    rate = rng.uniform(8, 18, speakers.size)
+    X = rng.standard_normal((speakers.size, 256)) + 0.3 * np.outer(rate - 13, rng.standard_normal(256))
+    gender = np.array(["F" if int(s[1:]) % 2 else "M" for s in speakers], dtype=object)
+    full = EmbeddingSet(X.astype(np.float32), speakers, [f"u{i}" for i in range(speakers.size)],
+                        {"gender": gender, "speech_rate": rate.astype(object)})
+    train, test = disjoint(full)
+    chosen = SpeechRateRegression(n_boot=200).fit(train).evaluate(test)
+    mlp = SpeechRateRegression(ridge_grid=(), n_boot=200).fit(train).evaluate(test)
+    assert chosen.metrics["r2"] > 0.8
+    assert chosen.metrics["r2"] >= mlp.metrics["r2"] - 0.02
 
 
 def test_speech_rate_from_noise_is_not_predicted():

@@ -60,6 +60,22 @@ def test_quick_is_warned_and_reported(tmp_path):
     assert "Weakened audit" in (tmp_path / "r" / "summary.md").read_text()
 
 
+def test_verification_only_run_reports_and_maps_by_eer(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=6, n_utts=4)
+    out = tmp_path / "r"
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(out),
+                            "cache_dir": str(tmp_path / "s"), "progress": False, "attacks": ["verification"],
+                            "verification": {"scorers": ["lda"], "n_boot": 200}})
+    with pytest.warns(UserWarning, match="weakened audit"):
+        results = AuditPipeline(cfg).run()
+    assert results["summary"]["measure"] == "verification_eer"
+    eers = [la["attacks"]["verification"]["eer"] for la in results["layers"]]
+    assert results["summary"]["leakiest_eer"] == min(eers)
+    summary = (out / "summary.md").read_text()
+    assert "Speaker identification per layer" not in summary and "linked to the same or different person" in summary
+    assert any(f.startswith("map_most_leaky_layer") for f in results["files"])
+
+
 def test_impossible_verification_fails_naming_the_setting(tmp_path):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=4)
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
@@ -84,6 +100,12 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(path)
     path.write_text('[speaker_id]\nattackers = ["svm"]\n')
     with pytest.raises(ConfigError, match="unknown attacker 'svm'"):
+        load_config(path)
+    path.write_text('attacks = []\n')
+    with pytest.raises(ConfigError, match="attacks: empty"):
+        load_config(path)
+    path.write_text('attacks = ["speaker_id", "gossip"]\n')
+    with pytest.raises(ConfigError, match="unknown attack family 'gossip'"):
         load_config(path)
     path.write_text('corpus = "synthetic"\nwhere = ["subset=test-other"]\nlayers = [0, 2]\nsegment = 3\n')
     cfg = load_config(path)
