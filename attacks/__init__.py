@@ -8,14 +8,16 @@ family means one new file plus one line in :data:`LAYER_ATTACKS` and a settings 
 """
 
 from attacks.attributes import run_attributes
-from attacks.inversion import run_inversion
+from attacks.inversion import preflight_inversion, run_inversion
 from attacks.speaker_id import run_speaker_id
 from attacks.verification import run_verification
 
 LAYER_ATTACKS = {"speaker_id": run_speaker_id, "verification": run_verification, "attributes": run_attributes,
                  "inversion": run_inversion}
+#: Per-family checks run before extraction (models a family needs besides the audited one).
+PREFLIGHT = {"inversion": preflight_inversion}
 #: Families an audit runs unless its config names others. Inversion trains a decoder per layer and
 #: runs ASR/speaker judges on vocoded audio, so it is opted into with ``attacks = [..., "inversion"]``.
 DEFAULT_ATTACKS = ("speaker_id", "verification", "attributes")
 
-__all__ = ["DEFAULT_ATTACKS", "LAYER_ATTACKS"]
+__all__ = ["DEFAULT_ATTACKS", "LAYER_ATTACKS", "PREFLIGHT"]

@@ -444,7 +444,8 @@ class InversionDecoder:
         self.converged_ = record.pop("converged")
         self.n_params_ = record["params"]
         self.fit_seconds_ = time.perf_counter() - t0
-        self.budget_ = {**record, "fit_seconds": round(self.fit_seconds_, 3), "channels": self.channels,
+        self.budget_ = {**record, "fit_seconds": round(self.fit_seconds_, 3), "input_rate": self.input_rate,
+                        "target_rate": self.target_rate, "channels": self.channels,
                         "n_layers": self.n_layers, "kernel_size": self.kernel_size,
                         "crop_frames": self.crop_frames, "max_epochs": self.max_epochs,
                         "patience": self.patience, "batch_size": self.batch_size, "lr": self.lr,
@@ -697,8 +698,11 @@ class InversionSettings:
                 raise ConfigError(f"{prefix}{key}={getattr(self, key)!r}: must be >= 1")
         if self.n_examples < 0:
             raise ConfigError(f"{prefix}n_examples={self.n_examples!r}: must be >= 0")
-        if self.vocoder != "griffinlim":
-            raise ConfigError(f"{prefix}vocoder={self.vocoder!r}: only 'griffinlim' is available offline")
+        from audit.vocoder import check_vocoder_spec
+
+        problem = check_vocoder_spec(self.vocoder)
+        if problem:
+            raise ConfigError(f"{prefix}vocoder={self.vocoder!r}: {problem}")
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
 
@@ -758,6 +762,18 @@ def _decoder(settings: InversionSettings, input_rate: float, target_rate: float,
                             max_epochs=settings.max_epochs, patience=6, num_threads=1, seed=seed)
 
 
+def preflight_inversion(settings: InversionSettings, *, seed: int) -> None:
+    """Load the vocoder and judges before any embedding is extracted, so a model that cannot load
+    fails the run at once (in one line) instead of after hours of attacks."""
+    from audit.judges import ASRJudge, SpeakerJudge
+    from audit.vocoder import build_vocoder
+
+    _memo(("vocoder", settings.vocoder, seed), lambda: build_vocoder(settings.vocoder, seed=seed))
+    if not settings.skip_judges:
+        _memo(("asr", settings.asr_judge), lambda: ASRJudge(model=settings.asr_judge).load())
+        _memo(("spk", settings.speaker_judge), lambda: SpeakerJudge(model=settings.speaker_judge).load())
+
+
 def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int, frame_rate: float,
                   out_dir: Path | None = None) -> dict:
     """Invert one layer: voice-profile decoder on pooled embeddings, frame decoder + judges on frames.
@@ -767,7 +783,7 @@ def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int,
     with the reason recorded.
     """
     from audit.judges import ASRJudge, SpeakerJudge, content_leakage, signal_scores, speaker_leakage
-    from audit.vocoder import GriffinLimVocoder, log_mel
+    from audit.vocoder import build_vocoder, log_mel
 
     split = speaker_disjoint_split(view.speakers, test_fraction=settings.test_fraction, seed=seed)
     rng = np.random.default_rng(seed)
@@ -783,12 +799,16 @@ def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int,
                   f"frames at {frame_rate:.2f} Hz cannot be aligned to audio (< {settings.min_frame_rate:g} Hz)")
         out["frame"] = AttackResult.skip("inversion", "conv-decoder", f"{reason}: voice-profile attack only").to_dict()
         return out
-    vocoder = GriffinLimVocoder(seed=seed)
+    vocoder = _memo(("vocoder", settings.vocoder, seed), lambda: build_vocoder(settings.vocoder, seed=seed))
+    if settings.vocoder != "griffinlim":  # the decoder predicts the vocoder's own log-mel
+        train_mels = [vocoder.analyze(train.audio(i)) for i in range(len(train))]
+        test_mels = [vocoder.analyze(test.audio(i)) for i in range(len(test))]
     decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
     decoder.fit([train.frames(i) for i in range(len(train))], train_mels)
     n_frames = [m.shape[0] for m in test_mels]
     pred = decoder.predict([test.frames(i) for i in range(len(test))], n_frames=n_frames)
-    metrics: dict[str, Any] = {"mel": _mel_metrics(test_mels, pred, settings.n_boot, seed)}
+    metrics: dict[str, Any] = {"mel": {**_mel_metrics(test_mels, pred, settings.n_boot, seed),
+                                       "mel_space": f"the vocoder's log-mel ({vocoder.frame_rate:g} Hz)"}}
     if settings.shuffled_control:
         shuffled = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
         shuffled.fit(shuffle_alignment([train.frames(i) for i in range(len(train))], seed), train_mels)
@@ -799,10 +819,10 @@ def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int,
     originals = [test.audio(int(i)) for i in rows]
     recon = [vocoder.synthesize(pred[i], length=originals[k].size) for k, i in enumerate(rows)]
     key = _content_key(originals)
-    copies = _memo(("copy", key, seed), lambda: [vocoder.synthesize(test_mels[i], length=originals[k].size)
+    copies = _memo(("copy", key, settings.vocoder, seed), lambda: [vocoder.synthesize(test_mels[i], length=originals[k].size)
                                                 for k, i in enumerate(rows)])
     metrics["signal"] = signal_scores(originals, recon, n_boot=settings.n_boot, seed=seed)
-    metrics["vocoder_copy_signal"] = _memo(("copy-signal", key, seed),
+    metrics["vocoder_copy_signal"] = _memo(("copy-signal", key, settings.vocoder, seed),
                                            lambda: signal_scores(originals, copies, n_boot=settings.n_boot, seed=seed))
     for m in (metrics["signal"], metrics["vocoder_copy_signal"]):
         m.pop("per_utterance", None)
@@ -814,7 +834,7 @@ def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int,
         refs = [test.transcripts[i] if test.transcripts is not None else None for i in rows]
         if all(refs):
             metrics["content"] = _strip(content_leakage(asr, originals, recon, refs, n_boot=settings.n_boot, seed=seed))
-            metrics["vocoder_copy_content"] = _memo(("copy-content", key, seed), lambda: _strip(
+            metrics["vocoder_copy_content"] = _memo(("copy-content", key, settings.vocoder, seed), lambda: _strip(
                 content_leakage(asr, originals, copies, refs, n_boot=settings.n_boot, seed=seed)))
         else:
             metrics["content"] = "skipped: some evaluated utterances have no transcript"

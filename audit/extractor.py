@@ -350,6 +350,22 @@ def hub_snapshot(spec: str, *, label: str, how: str, allow_patterns: list[str] |
         raise ModelLoadError(f"{label} {spec!r}: download failed: {type(exc).__name__}: {exc}") from exc
 
 
+def speechbrain_source(spec: str, *, label: str) -> str:
+    """Local folder or hub id speechbrain should load ``spec`` from; fails fast offline.
+
+    A folder must hold a speechbrain ``hyperparams.yaml``; a hub id (``org/name``) resolves to
+    its cached copy, or is passed on to speechbrain when the hub is reachable.
+    """
+    if os.path.isdir(spec):
+        if not (Path(spec) / "hyperparams.yaml").is_file():
+            raise ModelLoadError(f"{label} folder {spec}: no hyperparams.yaml (expected a speechbrain model folder)")
+        return spec
+    if spec.count("/") != 1:
+        raise ModelLoadError(f"unknown {label} {spec!r}: use a speechbrain hub id (org/name) or a local speechbrain "
+                             "model folder")
+    return hub_snapshot(spec, label=label, how="pass DIR", download=False)
+
+
 def build_extractor(spec: str) -> Extractor:
     """Extractor for a model spec: an offline name, a Hugging Face id or a local folder."""
     if spec == "whisper-tiny.en":

@@ -17,8 +17,6 @@ folder and fail with one clear line when neither is available.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +24,7 @@ import torch
 
 from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
-from audit.extractor import hub_snapshot, resolve_hf_folder
+from audit.extractor import resolve_hf_folder, speechbrain_source
 from audit.metrics import accuracy_ci, bootstrap_ci, eer
 from audit.signal_metrics import DEFAULT_ORDER, MEL_SETTINGS, log_spectral_distance, mcd, stoi
 from audit.text import wer_counts
@@ -149,22 +147,6 @@ class ASRJudge:
         return [" ".join(parts) for parts in texts]
 
 
-def _speechbrain_source(model: str) -> str:
-    """Local folder or hub id speechbrain should load ``model`` from; fails fast offline."""
-    if os.path.isdir(model):
-        if not (Path(model) / "hyperparams.yaml").is_file():
-            raise ModelLoadError(
-                f"speaker judge folder {model}: no hyperparams.yaml (expected a speechbrain model folder)"
-            )
-        return model
-    if model.count("/") != 1:
-        raise ModelLoadError(
-            f"unknown speaker judge {model!r}: use 'ge2e', a speechbrain hub id (org/name, e.g. "
-            "'speechbrain/spkrec-ecapa-voxceleb') or a local speechbrain model folder"
-        )
-    return hub_snapshot(model, label="speaker judge", how="pass DIR", download=False)
-
-
 class SpeakerJudge:
     """Speaker encoder that embeds originals and reconstructions (unit vectors).
 
@@ -207,7 +189,7 @@ class SpeakerJudge:
 
             self.encoder_ = GE2EEncoder()
             return self
-        source = _speechbrain_source(self.model)
+        source = speechbrain_source(self.model, label="speaker judge")
         try:
             from speechbrain.inference.speaker import EncoderClassifier
 

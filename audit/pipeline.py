@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from attacks import LAYER_ATTACKS
+from attacks import LAYER_ATTACKS, PREFLIGHT
 from audit import plots
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
@@ -65,6 +65,9 @@ class AuditPipeline:
         corpus = self._prepare_corpus(cfg)
         extractor = build_extractor(cfg.model)
         layers = self._prepare_layers(cfg, extractor)
+        for name in cfg.attacks:
+            if name in PREFLIGHT:
+                PREFLIGHT[name](getattr(cfg, name), seed=cfg.seed)
         out.mkdir(parents=True, exist_ok=True)
         store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                                      progress=cfg.progress)

@@ -1,19 +1,32 @@
-"""The inversion attack's default vocoder: log-mel analysis and Griffin-Lim synthesis.
+"""Vocoders for the inversion attack: each analyses audio into its own log-mel and synthesises it back.
 
-The inversion decoder predicts the project's log-mel (:func:`log_mel`, settings
-:data:`audit.signal_metrics.MEL_SETTINGS`); :class:`GriffinLimVocoder` turns such
-a matrix back into 16 kHz audio (least-squares inverse mel filterbank, then
-Griffin-Lim phase retrieval), so the judges can listen to it. Being untrained,
-it works offline and adds no learned prior about speakers: what the judges
-recover comes from the embeddings, up to the vocoder's own loss, which the
-"vocoder copy" (original -> log-mel -> vocoder) measures.
+A vocoder states the log-mel it understands (``analyze``, ``frame_rate``, ``n_mels``); the
+inversion decoder is trained to predict exactly that, and ``synthesize`` turns a prediction into
+16 kHz audio for the judges.
+
+* :class:`GriffinLimVocoder` (default, ``"griffinlim"``): the project's log-mel
+  (:func:`log_mel`, :data:`audit.signal_metrics.MEL_SETTINGS`, 100 Hz), least-squares inverse
+  mel filterbank, Griffin-Lim phase retrieval. Untrained, so it works offline and adds no learned
+  prior about speakers: what the judges recover comes from the embeddings, up to the vocoder's
+  own loss, which the "vocoder copy" (original -> log-mel -> vocoder) measures.
+* :class:`HifiGanVocoder`: a speechbrain HiFi-GAN (hub id such as
+  ``speechbrain/tts-hifigan-libritts-16kHz`` or a local speechbrain folder) loaded through the
+  same path as the other real models (cached copy, else download; one-line failure offline).
+  Its analysis is the same log-mel family with the generator's hop (256 samples: 62.5 Hz).
+  A trained vocoder gives the attacker a speech prior, so it is the stronger attack when at hand.
+
+:func:`build_vocoder` maps the ``inversion.vocoder`` setting to one of them.
 """
 
 from __future__ import annotations
 
+import os
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 
+from audit.errors import ModelLoadError
 from audit.signal_metrics import MEL_SETTINGS, log_mel_spectrogram
 
 
@@ -37,7 +50,47 @@ def log_mel(wav: np.ndarray) -> np.ndarray:
     return log_mel_spectrogram(wav, sr=s.sample_rate, n_fft=s.n_fft, hop=s.hop_length, n_mels=s.n_mels)
 
 
-class GriffinLimVocoder:
+class Vocoder(ABC):
+    """A log-mel analysis and its inverse at 16 kHz.
+
+    Subclasses set ``n_mels`` and ``hop_length`` and implement :meth:`analyze`,
+    :meth:`synthesize` and :meth:`describe`.
+    """
+
+    sample_rate: int = MEL_SETTINGS.sample_rate
+    n_mels: int = MEL_SETTINGS.n_mels
+    hop_length: int = MEL_SETTINGS.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        """Log-mel frames per second the vocoder expects."""
+        return self.sample_rate / self.hop_length
+
+    @abstractmethod
+    def analyze(self, wav: np.ndarray) -> np.ndarray:
+        """The ``(1 + n // hop, n_mels)`` log-mel this vocoder inverts (the decoder's target)."""
+
+    @abstractmethod
+    def synthesize(self, logmel: np.ndarray, *, length: int | None = None) -> np.ndarray:
+        """16 kHz waveform of a log-mel made by :meth:`analyze` (or predicted like it)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """Settings for the report."""
+
+    def _check(self, logmel: np.ndarray, length: int | None) -> tuple[np.ndarray, int]:
+        lm = np.asarray(logmel, dtype=np.float32)
+        if lm.ndim != 2 or lm.shape[1] != self.n_mels or lm.shape[0] < 2:
+            raise ValueError(f"logmel must have shape (T >= 2, {self.n_mels}), got shape {list(lm.shape)}")
+        if not np.all(np.isfinite(lm)):
+            raise ValueError("logmel contains NaN or infinite values")
+        n_out = (lm.shape[0] - 1) * self.hop_length if length is None else int(length)
+        if n_out < 1:
+            raise ValueError(f"length must be positive, got length={length!r}")
+        return lm, n_out
+
+
+class GriffinLimVocoder(Vocoder):
     """Log-mel to waveform: least-squares inverse mel, then Griffin-Lim.
 
     ``synthesize``: ``M = exp(logmel).T`` (mel magnitude);
@@ -63,9 +116,6 @@ class GriffinLimVocoder:
     (16000,)
     """
 
-    sample_rate: int = MEL_SETTINGS.sample_rate
-    n_mels: int = MEL_SETTINGS.n_mels
-
     def __init__(self, *, n_iter: int = 32, momentum: float = 0.99, seed: int = 0) -> None:
         import torchaudio.transforms as T
 
@@ -86,15 +136,9 @@ class GriffinLimVocoder:
             power=1.0, momentum=self.momentum, rand_init=True,
         )
 
-    @property
-    def frame_rate(self) -> float:
-        """Log-mel frames per second the vocoder expects (100.0 Hz)."""
-        return MEL_SETTINGS.frame_rate
-
-    @property
-    def hop_length(self) -> int:
-        """Samples per log-mel frame (160)."""
-        return MEL_SETTINGS.hop_length
+    def analyze(self, wav: np.ndarray) -> np.ndarray:
+        """The project's log-mel (:func:`log_mel`, 100 Hz)."""
+        return log_mel(wav)
 
     def describe(self) -> dict:
         """Settings for reports: name, iterations, momentum, seed and the mel settings."""
@@ -117,14 +161,7 @@ class GriffinLimVocoder:
         ndarray of shape (length,), float32
             16 kHz mono waveform.
         """
-        lm = np.asarray(logmel, dtype=np.float32)
-        if lm.ndim != 2 or lm.shape[1] != self.n_mels or lm.shape[0] < 2:
-            raise ValueError(f"logmel must have shape (T >= 2, {self.n_mels}), got shape {list(lm.shape)}")
-        if not np.all(np.isfinite(lm)):
-            raise ValueError("logmel contains NaN or infinite values")
-        n_out = (lm.shape[0] - 1) * self.hop_length if length is None else int(length)
-        if n_out < 1:
-            raise ValueError(f"length must be positive, got length={length!r}")
+        lm, n_out = self._check(logmel, length)
         mel = torch.exp(torch.from_numpy(np.ascontiguousarray(lm.T)))
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -132,3 +169,113 @@ class GriffinLimVocoder:
             self._griffin_lim.length = n_out
             wav = self._griffin_lim(spec)
         return wav.numpy().astype(np.float32, copy=False)
+
+
+#: Mel analysis of speechbrain's 16 kHz LibriTTS HiFi-GAN (its model card): Hann 1024, 80 Slaney mels
+#: over 0-8 kHz, magnitude, log clamped at 1e-5, i.e. :func:`log_mel_spectrogram`; the hop is the
+#: generator's total upsampling factor. A folder's hyperparams.yaml may override these keys.
+HIFIGAN_MEL_KEYS = {"n_fft": 1024, "n_mel_channels": 80, "sample_rate": 16000}
+
+
+class HifiGanVocoder(Vocoder):
+    """A speechbrain HiFi-GAN generator as the inversion vocoder.
+
+    Parameters
+    ----------
+    source : str
+        Hub id (``"speechbrain/tts-hifigan-libritts-16kHz"``) or a local folder holding a
+        speechbrain ``hyperparams.yaml`` (with a ``generator``) and its checkpoint. Without
+        network access a hub id must already be in the Hugging Face cache; otherwise
+        :meth:`load` fails in one line naming the source.
+
+    Attributes (after :meth:`load`)
+    -------------------------------
+    hop_length : int
+        Samples per mel frame, measured from the generator (output samples per input frame).
+    lead_in_ : int
+        Samples the generator emits for its own input padding before the first frame (cut).
+    n_fft, n_mels, sample_rate : int
+        The analysis settings (hyperparams.yaml keys ``n_fft``, ``n_mel_channels``,
+        ``sample_rate`` when present, else the LibriTTS 16 kHz card's values).
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def load(self) -> "HifiGanVocoder":
+        """Resolve the source, load the generator and measure its hop; returns ``self``."""
+        if hasattr(self, "model_"):
+            return self
+        from audit.extractor import speechbrain_source
+
+        folder = speechbrain_source(self.source, label="vocoder")
+        try:
+            from speechbrain.inference.vocoders import HIFIGAN
+
+            model = HIFIGAN.from_hparams(source=folder, run_opts={"device": "cpu"})
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ModelLoadError(f"vocoder {self.source!r}: speechbrain could not load a HiFi-GAN from it "
+                                 f"({type(exc).__name__}: {first})") from exc
+        if model is None:
+            raise ModelLoadError(f"vocoder {self.source!r}: speechbrain returned no model")
+        model.eval()
+        hp = {k: getattr(model.hparams, k, v) for k, v in HIFIGAN_MEL_KEYS.items()}
+        self.n_fft, self.n_mels, self.sample_rate = int(hp["n_fft"]), int(hp["n_mel_channels"]), int(hp["sample_rate"])
+        if self.sample_rate != MEL_SETTINGS.sample_rate:
+            raise ModelLoadError(f"vocoder {self.source!r}: sample_rate {self.sample_rate} Hz, the audit works at "
+                                 f"{MEL_SETTINGS.sample_rate} Hz")
+        self.model_ = model
+        # The generator pads its input (speechbrain: ``inference_padding`` frames each side), so its
+        # output is (T + 2p) * hop samples: two probe lengths give both the hop and the lead-in to cut.
+        floor = np.log(MEL_SETTINGS.log_floor)
+        n10, n20 = (self._generate(np.full((t, self.n_mels), floor, dtype=np.float32)).size for t in (10, 20))
+        self.hop_length = (n20 - n10) // 10
+        self.lead_in_ = (n10 - 10 * self.hop_length) // 2
+        self.folder_ = str(folder)
+        return self
+
+    def _generate(self, lm: np.ndarray) -> np.ndarray:
+        mel = torch.from_numpy(np.ascontiguousarray(lm.T, dtype=np.float32))[None]
+        with torch.inference_mode():
+            wav = self.model_.decode_batch(mel)
+        return wav.reshape(-1).numpy().astype(np.float32)
+
+    def analyze(self, wav: np.ndarray) -> np.ndarray:
+        """Log-mel with this generator's hop (``log_mel_spectrogram(wav, hop=hop_length)``)."""
+        self.load()
+        return log_mel_spectrogram(wav, sr=self.sample_rate, n_fft=self.n_fft, hop=self.hop_length, n_mels=self.n_mels)
+
+    def synthesize(self, logmel: np.ndarray, *, length: int | None = None) -> np.ndarray:
+        """Generator output, cut or zero-padded to ``length`` samples (default ``(T - 1) * hop``)."""
+        self.load()
+        lm, n_out = self._check(logmel, length)
+        wav = self._generate(lm)[self.lead_in_:]
+        return wav[:n_out] if wav.size >= n_out else np.pad(wav, (0, n_out - wav.size))
+
+    def describe(self) -> dict:
+        """Source, resolved folder and the mel analysis."""
+        self.load()
+        return {"vocoder": "hifigan (speechbrain)", "source": self.source, "folder": self.folder_,
+                "mel": {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "win_length": self.n_fft,
+                        "hop_length": self.hop_length, "n_mels": self.n_mels, "f_min": 0.0,
+                        "f_max": self.sample_rate / 2, "scale": "slaney", "magnitude": "power 1",
+                        "log": "natural, floor 1e-5", "frame_rate": self.frame_rate}}
+
+
+def check_vocoder_spec(spec: str) -> str | None:
+    """Problem with an ``inversion.vocoder`` value, or None: griffinlim, an org/name hub id, or a folder."""
+    if spec == "griffinlim" or os.path.isdir(spec) or (spec.count("/") == 1 and not spec.startswith((".", "/"))):
+        return None
+    return ("expected 'griffinlim', a speechbrain HiFi-GAN hub id (e.g. 'speechbrain/tts-hifigan-libritts-16kHz') "
+            "or an existing local folder")
+
+
+def build_vocoder(spec: str, *, seed: int = 0) -> Vocoder:
+    """The vocoder named by ``spec`` (see :func:`check_vocoder_spec`), loaded."""
+    problem = check_vocoder_spec(spec)
+    if problem:
+        raise ModelLoadError(f"vocoder {spec!r}: {problem}")
+    if spec == "griffinlim":
+        return GriffinLimVocoder(seed=seed)
+    return HifiGanVocoder(spec).load()
