@@ -15,7 +15,7 @@ split off the training speakers, never on test):
 * :class:`CCAProbe`: linear CCA between the layer (PCA-reduced) and a scalar attribute
   (:func:`cca_correlation`).
 
-Confidence intervals resample test speakers (:func:`attacks.verification.speaker_bootstrap_ci`),
+Confidence intervals resample test speakers (:func:`audit.metrics.speaker_bootstrap_ci`),
 stratified by class for categorical attributes, because utterances of one speaker share the
 attribute and are not independent.
 """
@@ -42,10 +42,9 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from attacks.verification import CI_METHOD, speaker_bootstrap_ci
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.metrics import regression_scores, roc_auc
+from audit.metrics import CI_METHOD, regression_scores, roc_auc, speaker_bootstrap_ci
 from audit.results import AttackResult
 from audit.splits import Split, speaker_disjoint_split
 

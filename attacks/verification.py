@@ -24,7 +24,6 @@ training speakers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pathlib import Path
@@ -36,75 +35,13 @@ from sklearn.preprocessing import StandardScaler
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.metrics import eer, linkability, min_dcf
+from audit.metrics import CI_METHOD, eer, linkability, min_dcf, speaker_bootstrap_ci
 from audit.results import AttackResult
 from audit.splits import speaker_disjoint_split
 
 CURVE_FRACTIONS = (0.25, 0.5, 1.0)
 BACKENDS = ("lda", "plda", "cosine")
 HISTOGRAM_BINS = 40
-CI_METHOD = ("percentile bootstrap over test speakers: speakers drawn with replacement (within "
-             "strata when given), every row of a drawn speaker kept, resamples where the statistic "
-             "is undefined redrawn")
-
-
-def speaker_bootstrap_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *,
-                         strata: np.ndarray | None = None, n_boot: int = 1000, alpha: float = 0.05,
-                         seed: int = 0, min_distinct: int = 2) -> tuple[float, float]:
-    """Percentile bootstrap CI of a statistic, resampling speakers rather than rows.
-
-    Utterances of one speaker are correlated, so the resampling unit is the speaker: each
-    resample draws ``n_speakers`` speakers with replacement (with ``strata``, as many speakers
-    from each stratum as it holds, so e.g. both genders stay present) and calls
-    ``stat(counts)`` with ``counts[s]`` the multiplicity of speaker ``s``; the statistic
-    weights speaker ``s``'s rows by ``counts[s]``. Resamples with fewer than ``min_distinct``
-    distinct speakers, or where ``stat`` returns a non-finite value (undefined, e.g. a single
-    class), are redrawn. The interval is ``(q(alpha/2), q(1 - alpha/2))`` of the ``n_boot``
-    values with ``np.quantile`` (linear interpolation).
-
-    Parameters
-    ----------
-    stat : callable
-        ``stat(counts: ndarray of int, shape (n_speakers,)) -> float``.
-    n_speakers : int
-        Number of speakers (``>= min_distinct``).
-    strata : ndarray of shape (n_speakers,), default=None
-        Stratum label of each speaker.
-    n_boot : int, default=1000
-    alpha : float, default=0.05
-        Two-sided level; 0.05 gives a 95% interval.
-    seed : int, default=0
-    min_distinct : int, default=2
-
-    Returns
-    -------
-    (low, high) : tuple of float
-    """
-    if n_speakers < min_distinct:
-        raise ValueError(f"speaker bootstrap needs >= {min_distinct} speakers, got n_speakers={n_speakers}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got alpha={alpha!r}")
-    groups = [np.arange(n_speakers)] if strata is None else \
-        [np.flatnonzero(strata == s) for s in np.unique(strata)]
-    rng = np.random.default_rng(seed)
-    values: list[float] = []
-    attempts = 0
-    while len(values) < n_boot:
-        attempts += 1
-        if attempts > 20 * n_boot:
-            raise ValueError(f"speaker bootstrap: statistic undefined on {attempts - 1 - len(values)} of "
-                             f"{attempts - 1} resamples of {n_speakers} speakers")
-        drawn = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
-        counts = np.bincount(drawn, minlength=n_speakers)
-        if np.count_nonzero(counts) < min_distinct:
-            continue
-        value = float(stat(counts))
-        if np.isfinite(value):
-            values.append(value)
-    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
 def trial_scores(scores: np.ndarray, trial_model: np.ndarray,
                  counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Target and non-target scores of an all-trials-against-all-models score matrix.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks.verification import (SpeakerVerification, shrinkage_lda, speaker_bootstrap_ci, trial_design,
-                                  trial_scores)
+from attacks.verification import SpeakerVerification, shrinkage_lda, trial_design, trial_scores
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
+from audit.metrics import speaker_bootstrap_ci
 
 
 def make_set(n_speakers: int, n_utts: int, *, leak: float, dim: int = 16, seed: int = 0,
