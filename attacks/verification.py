@@ -42,6 +42,8 @@ from audit.splits import speaker_disjoint_split
 CURVE_FRACTIONS = (0.25, 0.5, 1.0)
 BACKENDS = ("lda", "plda", "cosine")
 HISTOGRAM_BINS = 40
+
+
 def trial_scores(scores: np.ndarray, trial_model: np.ndarray,
                  counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Target and non-target scores of an all-trials-against-all-models score matrix.
@@ -427,12 +429,14 @@ class SpeakerVerification:
         curve = []
         for frac in CURVE_FRACTIONS:
             if frac == 1.0:
-                value_f = value
+                value_f, n_spk = value, self.train_.n_speakers
             else:
                 params = {**self.get_params(), "n_components": self.dims_ if self.scalings_ is not None else None}
-                sub = type(self)(**params).fit(self.train_.subset(self._curve_subset(frac)))
+                rows = self._curve_subset(frac)
+                sub = type(self)(**params).fit(self.train_.subset(rows))
                 value_f = eer(*trial_scores(sub.score_matrix(test, design), design.trial_model))[0]
-            curve.append({"fraction": frac, "eer": value_f})
+                n_spk = int(np.unique(self.train_.speakers[rows]).size)
+            curve.append({"fraction": frac, "n_train_speakers": n_spk, "eer": value_f})
         converged = curve[1]["eer"] - curve[2]["eer"] <= 0.02
         return AttackResult(self.attack, self.backend, metrics, chance=0.5, budget=self._budget(design),
                             learning_curve=curve, converged=bool(converged))

@@ -38,36 +38,46 @@ def _skip_cell(result: dict | None) -> str:
     return "not run" if not result else f"skipped: {result['skipped']}"
 
 
+def curve_cell(result: dict, metric: str) -> str:
+    """The learning curve as ``25%: a, 50%: b, 100%: c`` (percent values); a flat end means more data would not help."""
+    curve = [c for c in result.get("learning_curve") or [] if c.get(metric) is not None]
+    return " / ".join(f"{100 * c[metric]:.0f}" for c in curve) if curve else "n/a"
+
+
 def speaker_id_table(results: dict) -> list[str]:
     """Markdown rows: one per layer with the strongest closed-set attacker's top-1 and CI."""
-    rows = ["| layer | name | dim | top-1 (95% CI) | top-5 | chance | macro-F1 | strongest attacker | all attackers (top-1) |",
-            "|---:|---|---:|---|---:|---:|---:|---|---|"]
+    rows = ["| layer | name | dim | top-1 (95% CI) | top-5 | chance | macro-F1 | strongest attacker | "
+            "its top-1 at 25/50/100% data | all attackers (top-1) |",
+            "|---:|---|---:|---|---:|---:|---:|---|---|---|"]
     for la in results["layers"]:
         sid = _attack(la, "speaker_id")
         if not _ok(sid):
-            rows.append(f"| {la['index']} | {la['name']} | {la['dim']} | {_skip_cell(sid)} | | | | | |")
+            rows.append(f"| {la['index']} | {la['name']} | {la['dim']} | {_skip_cell(sid)} | | | | | | |")
             continue
         others = ", ".join(f"{n} {_pct(r.get('top1'))}" if not r.get("skipped") else f"{n} skipped"
                            for n, r in sid.get("attackers", {}).items())
         rows.append(f"| {la['index']} | {la['name']} | {la['dim']} | {_pct(sid['top1'])} {_ci(sid['ci95'])} | "
-                    f"{_pct(sid['top5'])} | {_pct(sid['chance'])} | {sid['macro_f1']:.3f} | {sid['attacker']} | {others} |")
+                    f"{_pct(sid['top5'])} | {_pct(sid['chance'])} | {sid['macro_f1']:.3f} | {sid['attacker']} | "
+                    f"{curve_cell(sid, 'top1')} | {others} |")
     return rows
 
 
 def verification_table(results: dict) -> list[str]:
     """Markdown rows: EER with CI, minDCF and linkability of the headline scorer, plus the frame scorer."""
-    rows = ["| layer | name | EER (95% CI) | minDCF (p=0.01) | D_sys | scorer | frame-ECAPA scorer EER |",
-            "|---:|---|---|---:|---:|---|---|"]
+    rows = ["| layer | name | EER (95% CI) | minDCF (p=0.01) | D_sys | scorer | its EER at 25/50/100% of training "
+            "speakers | frame-ECAPA scorer EER |",
+            "|---:|---|---|---:|---:|---|---|---|"]
     for la in results["layers"]:
         ver = _attack(la, "verification")
         if not _ok(ver):
-            rows.append(f"| {la['index']} | {la['name']} | {_skip_cell(ver)} | | | | |")
+            rows.append(f"| {la['index']} | {la['name']} | {_skip_cell(ver)} | | | | | |")
             continue
         frame = ver.get("scorers", {}).get("frame")
         frame_cell = (f"{_pct(frame['eer'])} {_ci(frame['ci95'])}" if _ok(frame)
                       else ("not run" if not frame else "skipped"))
         rows.append(f"| {la['index']} | {la['name']} | {_pct(ver['eer'])} {_ci(ver['ci95'])} | "
-                    f"{_num(ver.get('min_dcf_norm'))} | {_num(ver.get('linkability'))} | {ver['attacker']} | {frame_cell} |")
+                    f"{_num(ver.get('min_dcf_norm'))} | {_num(ver.get('linkability'))} | {ver['attacker']} | "
+                    f"{curve_cell(ver, 'eer')} | {frame_cell} |")
     return rows
 
 

@@ -44,6 +44,11 @@ def test_run_writes_results_and_summary(tmp_path):
         assert (out / name).stat().st_size > 1000, name
     assert any(f.startswith("map_most_leaky_layer") for f in saved["files"])
     assert "Speaker verification per layer" in summary and "Leakiest layers" in summary
+    # the strongest attacker's learning curve is printed next to its score, from the results
+    sid0 = saved["layers"][0]["attacks"]["speaker_id"]
+    curve0 = " / ".join(f"{100 * c['top1']:.0f}" for c in sid0["learning_curve"])
+    assert "its top-1 at 25/50/100% data" in summary and f"| {curve0} |" in summary
+    assert all("n_train_speakers" in c for c in saved["layers"][0]["attacks"]["verification"]["learning_curve"])
     assert "weakened" in saved and saved["weakened"]  # logreg-only is a weakening setting
 
 
