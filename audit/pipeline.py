@@ -125,9 +125,12 @@ class AuditPipeline:
     def _attack_layer(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, layer: int, out: Path) -> dict:
         view = layer_set(store, corpus, layer)
         rate = store.frame_rates[layer]
-        attacks = {name: LAYER_ATTACKS[name](view, getattr(cfg, name), seed=cfg.seed, frame_rate=rate, out_dir=out)
-                   for name in cfg.attacks}
-        return {**store.layer_info(layer), "attacks": attacks}
+        attacks, seconds = {}, {}
+        for name in cfg.attacks:
+            t0 = time.perf_counter()
+            attacks[name] = LAYER_ATTACKS[name](view, getattr(cfg, name), seed=cfg.seed, frame_rate=rate, out_dir=out)
+            seconds[name] = round(time.perf_counter() - t0, 2)
+        return {**store.layer_info(layer), "attacks": attacks, "attack_seconds": seconds}
 
     @staticmethod
     def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, summary: dict, out: Path) -> list[str]:

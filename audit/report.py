@@ -252,8 +252,15 @@ def _settings_lines(results: dict) -> list[str]:
               f"- embeddings store: `{results['store']['path']}` (cache hit: {results['store']['cache_hit']})",
               f"- environment: torch {results['environment']['torch']}, transformers "
               f"{results['environment']['transformers']}, python {results['environment']['python']}",
-              f"- wall time: {results.get('wall_seconds', 0):.1f} s", ""]
-    return lines
+              f"- wall time: {results.get('wall_seconds', 0):.1f} s (store {results['store'].get('wall_seconds', 0):.1f} s)"]
+    per_family: dict[str, list[float]] = {}
+    for la in results["layers"]:
+        for name, sec in (la.get("attack_seconds") or {}).items():
+            per_family.setdefault(name, []).append(sec)
+    if per_family:
+        lines.append("- attack wall time per layer (s): " + "; ".join(
+            f"{name} " + " / ".join(f"{v:.0f}" for v in secs) for name, secs in per_family.items()))
+    return lines + [""]
 
 
 def _series(results: dict, path: tuple, metric: str, ci_key: str = "ci95") -> dict:

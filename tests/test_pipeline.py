@@ -30,6 +30,7 @@ def test_run_writes_results_and_summary(tmp_path):
         assert {"top1", "ci95", "chance", "n_speakers", "n_test"} <= set(sid)
         assert sid["ci95"][0] <= sid["top1"] <= sid["ci95"][1] and sid["chance"] == 0.25
         assert layer["dim"] == 32
+        assert set(layer["attack_seconds"]) == {"speaker_id", "verification", "attributes"}
         ver = layer["attacks"]["verification"]
         assert 0 <= ver["eer"] <= 1 and ver["ci95"][0] <= ver["eer"] <= ver["ci95"][1]
         assert {"lda", "plda", "frame"} <= set(ver["scorers"]) and ver["split"]["kind"] == "speaker-disjoint"
