@@ -146,6 +146,26 @@ def _fit_quiet(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, bool]:
     return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
+class ClippedRegressor:
+    """A regressor whose predictions are clipped to the range of its training targets.
+
+    An attacker knows the plausible range of what it infers (speaking rates of real people);
+    clipping keeps a regressor that extrapolates wildly on unseen speakers from scoring far
+    below the predict-the-mean baseline, which would understate what it could learn.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "ClippedRegressor":
+        self.model_ = self.model.fit(X, y)
+        self.low_, self.high_ = float(np.min(y)), float(np.max(y))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.clip(self.model_.predict(X), self.low_, self.high_)
+
+
 class _AttributeAttack(ABC):
     """Shared fit/evaluate: known-value rows, validation speakers, refit, learning curve."""
 
@@ -395,7 +415,8 @@ class SpeechRateRegression(_AttributeAttack):
     negative R²), and a weak attacker understates leakage, so the pair with the lowest
     validation MSE is refit on all training speakers and named in the result. Inputs and
     target are standardised on the training rows (the target through
-    ``TransformedTargetRegressor``). Rows with an unknown value (no transcript) are dropped;
+    ``TransformedTargetRegressor``), and predictions are clipped to the training targets' range
+    (:class:`ClippedRegressor`). Rows with an unknown value (no transcript) are dropped;
     fewer than 10 usable rows in a split skips the attack.
 
     Parameters
@@ -443,7 +464,8 @@ class SpeechRateRegression(_AttributeAttack):
         else:
             model = MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=alpha, max_iter=self.max_iter,
                                  early_stopping=n_rows >= MIN_EARLY_STOPPING_ROWS, random_state=self.seed)
-        return TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), model), transformer=StandardScaler())
+        return ClippedRegressor(TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), model),
+                                                           transformer=StandardScaler()))
 
     def _attacker_name(self) -> str:
         return self.best_.split("(")[0]
@@ -482,10 +504,11 @@ class SpeechRateRegression(_AttributeAttack):
         return 0.0
 
     def _budget(self) -> dict:
-        model = self.model_.regressor_[-1]
+        model = self.model_.model_.regressor_[-1]
+        clip = {"prediction_range": [self.model_.low_, self.model_.high_]}
         if isinstance(model, Ridge):
-            return {**super()._budget(), "solver": "closed-form ridge"}
-        return {**super()._budget(), "hidden": self.hidden, "max_iter": self.max_iter, "epochs": int(model.n_iter_),
+            return {**super()._budget(), **clip, "solver": "closed-form ridge"}
+        return {**super()._budget(), **clip, "hidden": self.hidden, "max_iter": self.max_iter, "epochs": int(model.n_iter_),
                 "early_stopping": bool(model.early_stopping)}
 
 

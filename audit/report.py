@@ -63,21 +63,20 @@ def speaker_id_table(results: dict) -> list[str]:
 
 
 def verification_table(results: dict) -> list[str]:
-    """Markdown rows: EER with CI, minDCF and linkability of the headline scorer, plus the frame scorer."""
-    rows = ["| layer | name | EER (95% CI) | minDCF (p=0.01) | D_sys | scorer | its EER at 25/50/100% of training "
-            "speakers | frame-ECAPA scorer EER |",
+    """Markdown rows: EER with CI, minDCF and linkability of the strongest scorer, plus every scorer's EER."""
+    rows = ["| layer | name | EER (95% CI) | minDCF (p=0.01) | D_sys | strongest scorer | its EER at 25/50/100% of "
+            "training speakers | all scorers (EER) |",
             "|---:|---|---|---:|---:|---|---|---|"]
     for la in results["layers"]:
         ver = _attack(la, "verification")
         if not _ok(ver):
             rows.append(f"| {la['index']} | {la['name']} | {_skip_cell(ver)} | | | | | |")
             continue
-        frame = ver.get("scorers", {}).get("frame")
-        frame_cell = (f"{_pct(frame['eer'])} {_ci(frame['ci95'])}" if _ok(frame)
-                      else ("not run" if not frame else "skipped"))
+        others = ", ".join(f"{n} {_pct(r.get('eer'))}" if _ok(r) else f"{n} skipped"
+                           for n, r in ver.get("scorers", {}).items())
         rows.append(f"| {la['index']} | {la['name']} | {_pct(ver['eer'])} {_ci(ver['ci95'])} | "
                     f"{_num(ver.get('min_dcf_norm'))} | {_num(ver.get('linkability'))} | {ver['attacker']} | "
-                    f"{curve_cell(ver, 'eer')} | {frame_cell} |")
+                    f"{curve_cell(ver, 'eer')} | {others} |")
     return rows
 
 
@@ -297,8 +296,9 @@ def write_plots(results: dict, out: Path) -> list[str]:
         written.append("speaker_id_by_layer.png")
     ver = _series(results, ("verification",), "eer")
     if has(ver):
-        frame = _series(results, ("verification", "scorers", "frame"), "eer")
-        series = {"projection scorer": ver, **({"frame-ECAPA scorer": frame} if has(frame) else {})}
+        scorers = {n: _series(results, ("verification", "scorers", n), "eer")
+                   for n in (_attack(results["layers"][0], "verification") or {}).get("scorers", {})}
+        series = {"strongest": ver, **{n: {**v, "lo": None, "hi": None} for n, v in scorers.items() if has(v)}}
         plots.layer_curves(out / "verification_eer_by_layer.png", layers, names, series, ylabel="EER",
                            title=f"{spec}: open-set verification (lower = leakier)", chance=0.5, ylim=(0, 0.55))
         written.append("verification_eer_by_layer.png")

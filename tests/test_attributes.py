@@ -172,3 +172,13 @@ def test_cca_probe_numeric_and_binary():
     result = CCAProbe(attribute="speech_rate", n_boot=200).fit(train).evaluate(test)
     assert abs(result.metrics["cca"]) < 0.25
     assert result.metrics["ci95"][0] <= 0.0 <= result.metrics["ci95"][1]
+
+
+def test_clipped_regressor_keeps_predictions_in_the_training_range():
+    from sklearn.linear_model import LinearRegression
+
+    from attacks.attributes import ClippedRegressor
+
+    X = np.arange(10.0)[:, None]
+    model = ClippedRegressor(LinearRegression()).fit(X, 2 * X[:, 0] + 1)
+    assert model.predict(np.array([[-100.0], [4.0], [100.0]])).tolist() == [1.0, 9.0, 19.0]

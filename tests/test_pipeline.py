@@ -34,6 +34,9 @@ def test_run_writes_results_and_summary(tmp_path):
         ver = layer["attacks"]["verification"]
         assert 0 <= ver["eer"] <= 1 and ver["ci95"][0] <= ver["eer"] <= ver["ci95"][1]
         assert {"lda", "plda", "frame"} <= set(ver["scorers"]) and ver["split"]["kind"] == "speaker-disjoint"
+        # the headline is the worst case for privacy: the lowest test EER of all scorers
+        assert ver["eer"] == min(r["eer"] for r in ver["scorers"].values() if r.get("eer") is not None)
+        assert ver["validation_pick"] in {"lda", "plda"}
         attrs = layer["attacks"]["attributes"]
         assert {"gender", "gender_cca", "speech_rate", "speech_rate_cca"} <= set(attrs)
         assert all(r.get("skipped") or r.get("budget") for r in attrs.values())
