@@ -684,7 +684,7 @@ class InversionSettings:
     max_train_utts: int = 400
     n_eval: int = 16
     n_examples: int = 2
-    max_epochs: int = 100
+    max_epochs: int = 150
     channels: int = 128
     vocoder: str = "griffinlim"
     asr_judge: str = "whisper-tiny.en"
