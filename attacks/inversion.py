@@ -768,8 +768,10 @@ def _decoder(settings: InversionSettings, input_rate: float, target_rate: float,
 
 
 def preflight_inversion(settings: InversionSettings, *, seed: int) -> None:
-    """Load the vocoder and judges before any embedding is extracted, so a model that cannot load
-    fails the run at once (in one line) instead of after hours of attacks."""
+    """Load the vocoder and judges before any embedding is extracted.
+
+    A model that cannot load then fails the run at once, in one line, instead of after hours of attacks.
+    """
     from audit.judges import ASRJudge, SpeakerJudge
     from audit.vocoder import build_vocoder
 
@@ -824,8 +826,8 @@ def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int,
     originals = [test.audio(int(i)) for i in rows]
     recon = [vocoder.synthesize(pred[i], length=originals[k].size) for k, i in enumerate(rows)]
     key = _content_key(originals)
-    copies = _memo(("copy", key, settings.vocoder, seed), lambda: [vocoder.synthesize(test_mels[i], length=originals[k].size)
-                                                for k, i in enumerate(rows)])
+    copies = _memo(("copy", key, settings.vocoder, seed),
+                   lambda: [vocoder.synthesize(test_mels[i], length=originals[k].size) for k, i in enumerate(rows)])
     metrics["signal"] = signal_scores(originals, recon, n_boot=settings.n_boot, seed=seed)
     metrics["vocoder_copy_signal"] = _memo(("copy-signal", key, settings.vocoder, seed),
                                            lambda: signal_scores(originals, copies, n_boot=settings.n_boot, seed=seed))
