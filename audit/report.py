@@ -39,7 +39,7 @@ def _skip_cell(result: dict | None) -> str:
 
 
 def curve_cell(result: dict, metric: str) -> str:
-    """The learning curve as ``25%: a, 50%: b, 100%: c`` (percent values); a flat end means more data would not help."""
+    """The learning curve as ``a / b / c`` (percent at 25/50/100% of the data); a flat end means more data would not help."""
     curve = [c for c in result.get("learning_curve") or [] if c.get(metric) is not None]
     return " / ".join(f"{100 * c[metric]:.0f}" for c in curve) if curve else "n/a"
 
