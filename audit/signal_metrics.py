@@ -214,6 +214,16 @@ def _aligned(ref: np.ndarray, deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ref[:n], deg[:n]
 
 
+def _paired_logmels(ref_logmel: np.ndarray, deg_logmel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated log-mels with equal bin counts, truncated to the shorter one's frames."""
+    ref = _check_logmel(ref_logmel, "ref_logmel")
+    deg = _check_logmel(deg_logmel, "deg_logmel")
+    if ref.shape[1] != deg.shape[1]:
+        raise ValueError(f"ref_logmel and deg_logmel must have the same number of mel bins, "
+                         f"got {ref.shape[1]} and {deg.shape[1]}")
+    return _aligned(ref, deg)
+
+
 def mcd_from_logmel(ref_logmel: np.ndarray, deg_logmel: np.ndarray, *,
                     order: int = DEFAULT_ORDER) -> tuple[float, dict[str, Any]]:
     """Plain mel-cepstral distortion (dB) between two log-mel matrices.
@@ -239,12 +249,7 @@ def mcd_from_logmel(ref_logmel: np.ndarray, deg_logmel: np.ndarray, *,
     extra : dict
         ``n_frames`` (T), ``order``, ``per_frame`` (T,) per-frame distortions.
     """
-    ref = _check_logmel(ref_logmel, "ref_logmel")
-    deg = _check_logmel(deg_logmel, "deg_logmel")
-    if ref.shape[1] != deg.shape[1]:
-        raise ValueError(f"ref_logmel and deg_logmel must have the same number of mel bins, "
-                         f"got {ref.shape[1]} and {deg.shape[1]}")
-    ref, deg = _aligned(ref, deg)
+    ref, deg = _paired_logmels(ref_logmel, deg_logmel)
     diff = cepstrum_from_logmel(ref, order=order) - cepstrum_from_logmel(deg, order=order)
     per_frame = _DB_PER_NEPER * np.sqrt(2.0 * np.sum(diff * diff, axis=1))
     return float(per_frame.mean()), {"n_frames": int(per_frame.size), "order": int(order),
@@ -355,12 +360,7 @@ def lsd_from_logmel(ref_logmel: np.ndarray, deg_logmel: np.ndarray) -> tuple[flo
     extra : dict
         ``n_frames``, ``n_bins``, ``per_frame`` (T,).
     """
-    ref = _check_logmel(ref_logmel, "ref_logmel")
-    deg = _check_logmel(deg_logmel, "deg_logmel")
-    if ref.shape[1] != deg.shape[1]:
-        raise ValueError(f"ref_logmel and deg_logmel must have the same number of mel bins, "
-                         f"got {ref.shape[1]} and {deg.shape[1]}")
-    ref, deg = _aligned(ref, deg)
+    ref, deg = _paired_logmels(ref_logmel, deg_logmel)
     diff = 2.0 * _DB_PER_NEPER * (ref - deg)
     per_frame = np.sqrt(np.mean(diff * diff, axis=1))
     return float(per_frame.mean()), {"n_frames": int(per_frame.size), "n_bins": int(ref.shape[1]),
