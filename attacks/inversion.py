@@ -767,6 +767,16 @@ def _decoder(settings: InversionSettings, input_rate: float, target_rate: float,
                             max_epochs=settings.max_epochs, patience=8, num_threads=1, seed=seed)
 
 
+def _analyse(data: EmbeddingSet, analyses: list[Callable[[np.ndarray], np.ndarray]]) -> list[list[np.ndarray]]:
+    """Every analysis of every utterance's audio, decoding each utterance once."""
+    out: list[list[np.ndarray]] = [[] for _ in analyses]
+    for i in range(len(data)):
+        wav = data.audio(i)
+        for k, analysis in enumerate(analyses):
+            out[k].append(analysis(wav))
+    return out
+
+
 def preflight_inversion(settings: InversionSettings, *, seed: int) -> None:
     """Load the vocoder and judges before any embedding is extracted.
 
@@ -796,20 +806,23 @@ def run_inversion(view: EmbeddingSet, settings: InversionSettings, *, seed: int,
     rng = np.random.default_rng(seed)
     train_rows = np.sort(rng.permutation(split.train)[:settings.max_train_utts])
     train, test = view.subset(train_rows), view.subset(split.test)
-    train_mels = [log_mel(train.audio(i)) for i in range(len(train))]
-    test_mels = [log_mel(test.audio(i)) for i in range(len(test))]
+    frame_ok = view.frame_source is not None and frame_rate >= settings.min_frame_rate
+    vocoder = _memo(("vocoder", settings.vocoder, seed),
+                    lambda: build_vocoder(settings.vocoder, seed=seed)) if frame_ok else None
+    # The voice profile uses the project's log-mel; a neural vocoder's decoder predicts its own log-mel.
+    analyses = [log_mel] + ([vocoder.analyze] if frame_ok and settings.vocoder != "griffinlim" else [])
+    train_mels, *train_vocoder_mels = _analyse(train, analyses)
+    test_mels, *test_vocoder_mels = _analyse(test, analyses)
     out: dict[str, Any] = {"split": {**split.describe(), "n_train_used": int(train_rows.size)}}
     profile = VoiceProfileDecoder(seed=seed).fit(train.pooled, train_mels)
     out["voice_profile"] = profile.evaluate(test.pooled, test_mels).to_dict()
-    if view.frame_source is None or frame_rate < settings.min_frame_rate:
+    if not frame_ok:
         reason = ("pooled-only layer" if view.frame_source is None else
                   f"frames at {frame_rate:.2f} Hz cannot be aligned to audio (< {settings.min_frame_rate:g} Hz)")
         out["frame"] = AttackResult.skip("inversion", "conv-decoder", f"{reason}: voice-profile attack only").to_dict()
         return out
-    vocoder = _memo(("vocoder", settings.vocoder, seed), lambda: build_vocoder(settings.vocoder, seed=seed))
-    if settings.vocoder != "griffinlim":  # the decoder predicts the vocoder's own log-mel
-        train_mels = [vocoder.analyze(train.audio(i)) for i in range(len(train))]
-        test_mels = [vocoder.analyze(test.audio(i)) for i in range(len(test))]
+    if train_vocoder_mels:
+        train_mels, test_mels = train_vocoder_mels[0], test_vocoder_mels[0]
     decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
     decoder.fit([train.frames(i) for i in range(len(train))], train_mels)
     n_frames = [m.shape[0] for m in test_mels]
