@@ -1,9 +1,12 @@
 """Built-in synthetic multi-speaker corpus, spoken by libespeak-ng through ctypes.
 
 The corpus lets the audit run with no downloaded data: each "speaker" is a distinct
-eSpeak NG voice (accent + voice variant + pitch + speaking rate + pitch range), each
-speaking a seeded subset of :data:`SENTENCES`. The result is deterministic: the same
-seed gives byte-identical audio, so cached results stay valid across runs.
+eSpeak NG voice (accent + voice variant + pitch + speaking rate + pitch range). The text
+comes from a seeded generator (:data:`TEMPLATES` filled from word lists) and no sentence
+is spoken twice in a corpus, so no split can put the same text in training and test; the
+sentences are dealt to voices at random within length strata, so neither content nor
+length depends on the speaker. The result is deterministic: the same seed gives
+byte-identical audio, so cached results stay valid across runs.
 
 eSpeak NG keeps synthesis state (pitch flutter phase, gain control, noise generator) in
 process-global C statics that survive ``espeak_Terminate``, so an utterance would depend
@@ -39,60 +42,88 @@ from tqdm import tqdm
 from audit.audio import SAMPLE_RATE, resample, write_audio
 from audit.errors import CorpusError
 
-SENTENCES: list[str] = [
-    "The old ferry crossed the river just before the storm arrived.",
-    "Please remember to water the tomatoes while I am away.",
-    "A small dog barked at the mail carrier every single morning.",
-    "We watched the fireworks from the roof of the library.",
-    "Her grandmother kept a jar of buttons on the kitchen shelf.",
-    "The train was delayed because of ice on the northern tracks.",
-    "Nobody expected the quiet student to win the debate.",
-    "Fresh bread smells wonderful when it comes straight out of the oven.",
-    "The museum closes early on public holidays, so plan ahead.",
-    "He painted the fence bright yellow without asking anyone.",
-    "Thick fog rolled across the harbour and hid the lighthouse.",
-    "My brother prefers tea, but I usually drink coffee.",
-    "They found an old map hidden behind the bookcase.",
-    "The children built a sandcastle that survived until the evening tide.",
-    "Could you turn the music down a little, please?",
-    "The mechanic said the brakes would need replacing soon.",
-    "Wild strawberries grow along the edge of the forest path.",
-    "She practised the violin for hours before the audition.",
-    "We ran out of milk, so breakfast was rather plain.",
-    "The committee will announce its decision at the end of the week.",
-    "A gentle breeze carried the scent of pine through the valley.",
-    "Don't forget to lock the back door before you leave.",
-    "The pilot welcomed everyone aboard and described the route.",
-    "Several owls were hooting in the tall trees behind the barn.",
-    "His handwriting was so messy that nobody could read the note.",
-    "The bakery on the corner sells the best lemon cake in town.",
-    "Our neighbours are repainting their house a pale shade of blue.",
-    "The river flooded the lower fields after days of heavy rain.",
-    "I left my umbrella on the bus again this afternoon.",
-    "The astronomer pointed her telescope toward a faint distant galaxy.",
-    "Every autumn the maple leaves turn red and gold.",
-    "The farmer loaded the wagon with pumpkins for the market.",
-    "Quiet voices drifted up from the cafe below our window.",
-    "The referee blew the whistle and the crowd fell silent.",
-    "She wrapped the fragile vase in newspaper and soft blankets.",
-    "Birds gathered on the wire as the sun began to set.",
-    "The new bridge will shorten the journey across the bay.",
-    "He whistled a cheerful tune while sweeping the workshop floor.",
-    "The soup needs more salt and a little black pepper.",
-    "We hiked to the top of the hill and admired the view.",
-    "The teacher asked the class to describe their favourite season.",
-    "A sudden gust of wind blew the papers off the desk.",
-    "The castle walls were covered in ivy and moss.",
-    "It's hard to concentrate when the neighbours are drilling.",
-    "The kettle whistled loudly and woke the cat on the sofa.",
-    "Travellers waited patiently while the guard checked their tickets.",
-    "The garden looks lovely after the roses have been pruned.",
-    "Thunder rumbled in the distance as we packed up the picnic.",
-    "The shopkeeper wrapped our sandwiches in brown paper.",
-    "Nobody knew who had left the flowers on the doorstep.",
-]
+SUBJECTS = (
+    "the old farmer", "my younger sister", "a tired nurse", "our new neighbour", "the quiet student",
+    "his uncle", "the village baker", "a small child", "the pilot", "her best friend", "the mechanic",
+    "a shy painter", "the ship's captain", "my grandmother", "the local doctor", "a young reporter",
+    "the gardener", "the history teacher", "our landlord", "the fisherman", "a famous singer",
+    "the night guard", "my cousin", "the librarian", "a clever engineer", "the postman", "the mayor",
+    "an elderly tourist", "the football coach", "a nervous waiter", "the shopkeeper", "my father",
+    "her aunt", "the chef", "a retired sailor", "the tailor", "the bus driver", "a curious scientist",
+    "the twins", "our guests",
+)
+# (past tense, base form, object)
+ACTIONS = (
+    ("found", "find", "an old map"), ("lost", "lose", "a silver key"),
+    ("painted", "paint", "the garden fence"), ("repaired", "repair", "a broken bicycle"),
+    ("bought", "buy", "a basket of apples"), ("sold", "sell", "the wooden rocking chair"),
+    ("carried", "carry", "a heavy suitcase"), ("cleaned", "clean", "the dusty windows"),
+    ("baked", "bake", "a lemon cake"), ("read", "read", "a long letter"),
+    ("wrote", "write", "a short poem"), ("hid", "hide", "the birthday presents"),
+    ("opened", "open", "a mysterious parcel"), ("watched", "watch", "the fireworks"),
+    ("fed", "feed", "the hungry ducks"), ("planted", "plant", "a row of tulips"),
+    ("borrowed", "borrow", "a long ladder"), ("dropped", "drop", "a jar of honey"),
+    ("photographed", "photograph", "the old lighthouse"), ("counted", "count", "the empty crates"),
+    ("wrapped", "wrap", "a fragile vase"), ("polished", "polish", "the brass door handles"),
+    ("ordered", "order", "a bowl of soup"), ("collected", "collect", "some pretty seashells"),
+    ("studied", "study", "an ancient coin"), ("washed", "wash", "the muddy boots"),
+    ("chased", "chase", "a runaway goat"), ("tuned", "tune", "the old piano"),
+    ("packed", "pack", "a picnic basket"), ("sketched", "sketch", "the castle walls"),
+    ("returned", "return", "a library book"), ("mended", "mend", "a torn jacket"),
+    ("rescued", "rescue", "a frightened kitten"), ("delivered", "deliver", "a bunch of flowers"),
+    ("moved", "move", "the heavy bookcase"), ("tasted", "taste", "the strawberry jam"),
+    ("sharpened", "sharpen", "the kitchen knives"), ("noticed", "notice", "a strange light"),
+    ("forgot", "forget", "the shopping list"), ("grabbed", "grab", "a warm blanket"),
+    ("heard", "hear", "a distant bell"), ("left", "leave", "an umbrella"),
+    ("caught", "catch", "a large fish"), ("fixed", "fix", "the leaking tap"),
+    ("brought", "bring", "some fresh bread"), ("chose", "choose", "a blue scarf"),
+    ("folded", "fold", "the clean towels"), ("locked", "lock", "the back door"),
+    ("followed", "follow", "a narrow path"), ("tidied", "tidy", "the messy cupboard"),
+)
+PLACES = (
+    "near the harbour", "behind the library", "in the garden", "at the market", "by the river",
+    "on the train", "outside the bakery", "in the attic", "at the station", "beside the old church",
+    "in the village square", "on the beach", "at the edge of the forest", "in the kitchen",
+    "under the bridge", "at the farm", "in the school hall", "on the balcony", "near the castle",
+    "in the back yard", "at the museum", "on the hillside", "by the lake", "in the cellar",
+    "outside the town hall", "in the car park", "on the ferry", "at the bus stop", "in the workshop",
+    "across the street",
+)
+PAST_TIMES = (
+    "yesterday", "last night", "this morning", "on Sunday", "before dawn", "after lunch", "last winter",
+    "on Friday evening", "during the storm", "early this morning", "late at night", "in the afternoon",
+    "last summer", "the other day", "after the concert", "before breakfast", "at midnight", "on Monday",
+    "during the holidays", "a week ago",
+)
+FUTURE_TIMES = (
+    "tomorrow", "next week", "on Saturday", "after dinner", "tomorrow morning", "next spring",
+    "before the weekend", "later today", "tonight", "next month",
+)
+FEELINGS = ("surprised", "delighted", "worried", "pleased", "puzzled", "annoyed", "amused", "relieved",
+            "tired", "proud")
+EVENTS = (
+    "the storm arrived", "the guests came", "the shops closed", "the sun went down", "the train left",
+    "the rain started", "anyone noticed", "the bell rang", "the lights went out", "the children woke up",
+)
+# Slots: {s}, {s2} subjects; {past}, {base}, {obj} one action; {place}; {time}; {future}; {feeling}; {event}.
+TEMPLATES = (
+    "{s} {past} {obj} {place} {time}.",
+    "{time}, {s} {past} {obj} {place}.",
+    "Did {s} really {base} {obj} {place}?",
+    "{s} will {base} {obj} {future}.",
+    "{s} wanted to {base} {obj} before {event}.",
+    "{s} {past} {obj}, and {s2} looked {feeling}.",
+    "I think {s} {past} {obj} {place}.",
+    "Nobody knew why {s} {past} {obj} {time}.",
+    "{s} {past} {obj} {place}, and everyone was {feeling}.",
+    "When {event}, {s} {past} {obj} {place}.",
+    "Please ask {s} to {base} {obj} {future}.",
+    "It was {s} who {past} {obj} {place}.",
+)
+MIN_WORDS, MAX_WORDS = 6, 14
+POOL_SIZE = 50_000
 
-CORPUS_VERSION = "v1"
+CORPUS_VERSION = "v2"
 MANIFEST_COLUMNS = ("path", "speaker", "transcript", "duration_s", "utt_id",
                     "gender", "voice", "pitch", "rate", "range")
 
@@ -141,6 +172,59 @@ class VoiceSpec:
 def to_transcript(sentence: str) -> str:
     """Upper-case transcript of a sentence: punctuation except apostrophes removed, spaces collapsed."""
     return " ".join(re.sub(r"[^A-Z' ]+", " ", sentence.upper()).split())
+
+
+def sentence_pool(size: int, seed: int) -> list[str]:
+    """The first ``size`` sentences of the seeded pool: distinct, in random order, from :data:`TEMPLATES`.
+
+    Each sentence fills a random template with random words; one whose word count falls
+    outside ``MIN_WORDS..MAX_WORDS``, or whose transcript repeats an earlier one, is
+    redrawn. The pool for ``size`` is a prefix of the pool for a larger size (same seed).
+    """
+    _check_int("size", size, minimum=0, maximum=POOL_SIZE)
+    _check_int("seed", seed)
+    rng = random.Random(f"speech-audit-sentences-{seed}")
+    pool: list[str] = []
+    seen: set[str] = set()
+    while len(pool) < size:
+        past, base, obj = rng.choice(ACTIONS)
+        sentence = rng.choice(TEMPLATES).format(
+            s=rng.choice(SUBJECTS), s2=rng.choice(SUBJECTS), past=past, base=base, obj=obj,
+            place=rng.choice(PLACES), time=rng.choice(PAST_TIMES), future=rng.choice(FUTURE_TIMES),
+            feeling=rng.choice(FEELINGS), event=rng.choice(EVENTS))
+        sentence = sentence[0].upper() + sentence[1:]
+        transcript = to_transcript(sentence)
+        if MIN_WORDS <= len(transcript.split()) <= MAX_WORDS and transcript not in seen:
+            seen.add(transcript)
+            pool.append(sentence)
+    return pool
+
+
+def sentence_plan(n_voices: int, n_sentences: int, seed: int) -> list[list[str]]:
+    """Sentences per voice: ``n_voices * n_sentences`` distinct pool sentences, none shared.
+
+    The drawn sentences are sorted by length (letters) into ``n_sentences`` strata of
+    ``n_voices`` each, and each stratum is dealt to the voices in a seeded random order, so
+    every voice gets one sentence of each length stratum and no voice gets systematically
+    longer text. Each voice's list is then shuffled, so position carries no length either.
+    """
+    _check_int("n_voices", n_voices, minimum=1)
+    _check_int("n_sentences", n_sentences, minimum=1)
+    if n_voices * n_sentences > POOL_SIZE:
+        raise CorpusError(f"n_sentences={n_sentences}: must be at most {POOL_SIZE // n_voices} for "
+                          f"{n_voices} voices (the pool holds {POOL_SIZE} distinct sentences, none reused)")
+    drawn = sentence_pool(n_voices * n_sentences, seed)
+    drawn.sort(key=lambda text: (sum(c.isalpha() for c in text), text))
+    rng = random.Random(f"speech-audit-plan-{seed}")
+    plan: list[list[str]] = [[] for _ in range(n_voices)]
+    for start in range(0, len(drawn), n_voices):
+        stratum = drawn[start:start + n_voices]
+        rng.shuffle(stratum)
+        for sentences, sentence in zip(plan, stratum):
+            sentences.append(sentence)
+    for sentences in plan:
+        rng.shuffle(sentences)
+    return plan
 
 
 def voice_grid(n_voices: int, seed: int) -> list[VoiceSpec]:
@@ -220,10 +304,10 @@ def build_corpus(out_dir: str | Path, *, n_voices: int = 24, n_sentences: int = 
     times slower on a busy two-core machine.
     """
     _check_int("n_voices", n_voices, minimum=2)
-    _check_int("n_sentences", n_sentences, minimum=1, maximum=len(SENTENCES))
     _check_int("seed", seed)
+    plan = sentence_plan(n_voices, n_sentences, seed)
     out_dir = Path(out_dir).expanduser()
-    settings = _settings(n_voices, n_sentences, seed)
+    settings = _settings(n_voices, n_sentences, seed, plan)
     if _is_built(out_dir, settings):
         return out_dir
     if out_dir.exists() and not out_dir.is_dir():
@@ -235,7 +319,7 @@ def build_corpus(out_dir: str | Path, *, n_voices: int = 24, n_sentences: int = 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _write_corpus(staging, settings, voice_grid(n_voices, seed), progress)
+        _write_corpus(staging, settings, voice_grid(n_voices, seed), plan, progress)
         _move_into_place(staging, out_dir, settings)
     finally:
         torch.set_num_threads(threads)
@@ -262,12 +346,13 @@ def _check_int(name: str, value: object, *, minimum: int | None = None, maximum:
     if minimum is not None and value < minimum:
         raise CorpusError(f"{name}={value}: must be at least {minimum}")
     if maximum is not None and value > maximum:
-        raise CorpusError(f"{name}={value}: must be at most {maximum} (the number of built-in sentences)")
+        raise CorpusError(f"{name}={value}: must be at most {maximum}")
 
 
-def _settings(n_voices: int, n_sentences: int, seed: int) -> dict[str, object]:
+def _settings(n_voices: int, n_sentences: int, seed: int, plan: list[list[str]]) -> dict[str, object]:
+    """Build settings; ``content_sha1`` covers the exact sentences spoken and the voice grid."""
     grid = [ACCENTS, MALE_VARIANTS, FEMALE_VARIANTS, PITCHES, RATES, PITCH_RANGES, PAD_SECONDS, PEAK_LEVEL]
-    content = json.dumps([SENTENCES, grid]).encode("utf-8")
+    content = json.dumps([plan, grid]).encode("utf-8")
     return {
         "version": CORPUS_VERSION,
         "n_voices": n_voices,
@@ -294,30 +379,19 @@ def _is_built(folder: Path, settings: dict[str, object]) -> bool:
     return found == settings and (folder / "manifest.csv").is_file()
 
 
-def _sentence_plan(n_voices: int, n_sentences: int, seed: int) -> list[list[int]]:
-    """Sentence indices per voice: cyclic windows over a seeded order, evenly spread."""
-    order = list(range(len(SENTENCES)))
-    random.Random(f"speech-audit-sentences-{seed}").shuffle(order)
-    plan = []
-    for v in range(n_voices):
-        start = (v * n_sentences) % len(order)
-        plan.append([order[(start + k) % len(order)] for k in range(n_sentences)])
-    return plan
-
-
-def _write_corpus(folder: Path, settings: dict[str, object], voices: list[VoiceSpec], progress: bool) -> None:
-    plan = _sentence_plan(len(voices), int(settings["n_sentences"]), int(settings["seed"]))
+def _write_corpus(folder: Path, settings: dict[str, object], voices: list[VoiceSpec], plan: list[list[str]],
+                  progress: bool) -> None:
     rows = []
     with tqdm(total=sum(map(len, plan)), desc="Synthesising corpus", unit="utt", disable=not progress) as bar:
-        for voice, indices in zip(voices, plan):
+        for voice, sentences in zip(voices, plan):
             (folder / "audio" / voice.speaker).mkdir(parents=True)
-            for idx in indices:
-                utt_id = f"{voice.speaker}_s{idx:02d}"
+            for k, sentence in enumerate(sentences):
+                utt_id = f"{voice.speaker}_s{k:02d}"
                 rel = f"audio/{voice.speaker}/{utt_id}.wav"
-                wav = synthesize(SENTENCES[idx], voice)
+                wav = synthesize(sentence, voice)
                 write_audio(folder / rel, wav, SAMPLE_RATE)
                 rows.append({
-                    "path": rel, "speaker": voice.speaker, "transcript": to_transcript(SENTENCES[idx]),
+                    "path": rel, "speaker": voice.speaker, "transcript": to_transcript(sentence),
                     "duration_s": f"{len(wav) / SAMPLE_RATE:.4f}", "utt_id": utt_id, "gender": voice.gender,
                     "voice": voice.voice, "pitch": voice.pitch, "rate": voice.rate, "range": voice.pitch_range,
                 })

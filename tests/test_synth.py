@@ -1,4 +1,4 @@
-"""Tests for audit.synth: a tiny eSpeak NG corpus, determinism, caching, voices, errors."""
+"""Tests for audit.synth: sentence plan, a tiny eSpeak NG corpus, determinism, caching, voices, errors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from scipy.stats import f_oneway
 
 from audit import synth
 from audit.errors import CorpusError
@@ -27,13 +28,68 @@ def _rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _letters(sentence: str) -> int:
+    return sum(c.isalpha() for c in sentence)
+
+
 def test_sentences_are_plain_english() -> None:
-    assert len(synth.SENTENCES) >= 40
-    assert len(set(synth.SENTENCES)) == len(synth.SENTENCES)
-    for sentence in synth.SENTENCES:
-        assert 6 <= len(sentence.split()) <= 14, sentence
-        assert not re.search(r"\d", sentence), sentence
-        assert sentence.isascii(), sentence
+    pool = synth.sentence_pool(2000, 0)
+    assert len(pool) == 2000 and pool == synth.sentence_pool(4000, 0)[:2000]
+    assert len({synth.to_transcript(s) for s in pool}) == len(pool)
+    for sentence in pool:
+        assert synth.MIN_WORDS <= len(sentence.split()) <= synth.MAX_WORDS, sentence
+        assert re.fullmatch(r"[A-Z][A-Za-z' ,]*[.?]", sentence), sentence
+    assert len({s.split()[0] for s in pool}) > 20, "sentences should not all open alike"
+
+
+@pytest.mark.parametrize(("n_voices", "n_sentences"), [(24, 20), (40, 30)])
+def test_plan_never_repeats_a_text(n_voices: int, n_sentences: int) -> None:
+    plan = synth.sentence_plan(n_voices, n_sentences, 0)
+    assert len(plan) == n_voices and all(len(v) == n_sentences for v in plan)
+    transcripts = [synth.to_transcript(s) for v in plan for s in v]
+    assert len(set(transcripts)) == n_voices * n_sentences
+
+
+def test_plan_deterministic_per_seed() -> None:
+    plan = synth.sentence_plan(24, 20, 0)
+    assert plan == synth.sentence_plan(24, 20, 0)
+    other = synth.sentence_plan(24, 20, 1)
+    assert plan != other
+    assert not {s for v in plan for s in v} >= {s for v in other for s in v}
+
+
+def test_plan_lengths_do_not_depend_on_voice() -> None:
+    plan = synth.sentence_plan(24, 20, 0)
+    lengths = [[_letters(s) for s in v] for v in plan]
+    assert f_oneway(*lengths).pvalue > 0.001
+    means = [np.mean(v) for v in lengths]
+    assert max(means) / min(means) < 1.1
+    by_length = sorted(s for v in lengths for s in v)
+    assert f_oneway(*np.array(by_length).reshape(24, 20)).pvalue < 1e-6, "check must catch lengths set by voice"
+
+
+def test_plan_sentences_vary_within_voice() -> None:
+    for sentences in synth.sentence_plan(24, 20, 0):
+        lengths = [_letters(s) for s in sentences]
+        assert lengths != sorted(lengths), "position within a voice must not encode length"
+        assert len({s.split()[0] for s in sentences}) > 3
+
+
+def test_plan_larger_than_pool_raises() -> None:
+    limit = synth.POOL_SIZE // 24
+    assert limit >= 20
+    with pytest.raises(CorpusError, match=f"at most {limit} .*{synth.POOL_SIZE} distinct sentences"):
+        synth.sentence_plan(24, limit + 1, 0)
+    with pytest.raises(CorpusError, match="size"):
+        synth.sentence_pool(synth.POOL_SIZE + 1, 0)
+
+
+def test_settings_hash_covers_text() -> None:
+    plan = synth.sentence_plan(3, 2, 0)
+    changed = [list(v) for v in plan]
+    changed[0][0] = "A different sentence was spoken here today."
+    assert synth._settings(3, 2, 0, plan) == synth._settings(3, 2, 0, [list(v) for v in plan])
+    assert synth._settings(3, 2, 0, plan)["content_sha1"] != synth._settings(3, 2, 0, changed)["content_sha1"]
 
 
 def test_transcript_normalisation() -> None:
@@ -49,12 +105,13 @@ def test_tiny_corpus_files_and_manifest(tiny: Path) -> None:
     voices = synth.voice_grid(3, 0)
     assert len(rows) == 6
     assert sorted({r["speaker"] for r in rows}) == [v.speaker for v in voices]
-    known = {synth.to_transcript(s) for s in synth.SENTENCES}
+    planned = [synth.to_transcript(s) for v in synth.sentence_plan(3, 2, 0) for s in v]
+    assert [r["transcript"] for r in rows] == planned
+    assert len(set(planned)) == 6
     for row, voice in zip(rows, [v for v in voices for _ in range(2)]):
         assert row["speaker"] == voice.speaker and row["gender"] == voice.gender
         assert row["voice"] == voice.voice and int(row["pitch"]) == voice.pitch
         assert int(row["rate"]) == voice.rate and int(row["range"]) == voice.pitch_range
-        assert row["transcript"] in known
         path = tiny / row["path"]
         assert path.parent == tiny / "audio" / row["speaker"] and path.stem == row["utt_id"]
         info = sf.info(str(path))
@@ -64,7 +121,8 @@ def test_tiny_corpus_files_and_manifest(tiny: Path) -> None:
         assert 0.8 < np.max(np.abs(wav)) <= 0.91
         assert np.sqrt(np.mean(wav**2)) > 0.02
         assert 1.0 < float(row["duration_s"]) < 8.0
-    assert json.loads((tiny / "settings.json").read_text())["n_voices"] == 3
+    settings = json.loads((tiny / "settings.json").read_text())
+    assert settings["n_voices"] == 3 and settings["version"] == "v2"
     assert not [p for p in tiny.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
 
 
@@ -107,7 +165,7 @@ def test_default_corpus_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 @pytest.mark.parametrize(("kwargs", "name"), [
     ({"n_voices": 1}, "n_voices"),
     ({"n_sentences": 0}, "n_sentences"),
-    ({"n_sentences": len(synth.SENTENCES) + 1}, "n_sentences"),
+    ({"n_sentences": synth.POOL_SIZE // 24 + 1}, f"n_sentences.*at most {synth.POOL_SIZE // 24}"),
     ({"n_voices": 2.5}, "n_voices"),
     ({"seed": "zero"}, "seed"),
 ])
