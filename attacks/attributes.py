@@ -24,18 +24,14 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pathlib import Path
-
 import numpy as np
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import log_loss
 from sklearn.neural_network import MLPRegressor
@@ -44,14 +40,15 @@ from sklearn.preprocessing import StandardScaler
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.metrics import CI_METHOD, regression_scores, roc_auc, speaker_bootstrap_ci
-from audit.results import AttackResult
+from audit.estimators import MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quiet, grid_search, learning_curve
+from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
+from audit.metrics import CI_METHOD, leakage_ci, regression_scores, roc_auc
+from audit.results import AttackResult, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
 from audit.splits import Split, speaker_disjoint_split
 
-CURVE_FRACTIONS = (0.25, 0.5, 1.0)
 MIN_NUMERIC_ROWS = 10
-# sklearn's early stopping holds out 10%: below this many rows that slice is too small to use.
-MIN_EARLY_STOPPING_ROWS = 50
+#: Below this relative spread (std / mean) of voiced durations, speech rate only measures transcript length.
+MIN_VOICED_SPREAD = 0.02
 
 
 def is_numeric_attribute(values: np.ndarray) -> bool:
@@ -126,24 +123,16 @@ def _speaker_counts_stat(speaker_idx: np.ndarray, stat: Any) -> Any:
 
 
 def _bootstrap(stat: Any, speakers: np.ndarray, labels: np.ndarray | None, *, n_boot: int,
-               seed: int) -> tuple[float, float]:
-    """Speaker-level CI of ``stat(rows)``, stratified by each speaker's label when given."""
+               seed: int, binomial: tuple[int, int] | None = None) -> tuple[float, float]:
+    """:func:`audit.metrics.leakage_ci` of ``stat(rows)`` over speakers, stratified by each speaker's label."""
     names, speaker_idx = np.unique(speakers, return_inverse=True)
     strata = None
     if labels is not None:
         per = speaker_values(speakers, labels.astype(object))
         strata = np.array([per[str(s)] for s in names])
     min_distinct = 1 if names.size < 2 else 2
-    return speaker_bootstrap_ci(_speaker_counts_stat(speaker_idx, stat), names.size, strata=strata,
-                                n_boot=n_boot, seed=seed, min_distinct=min_distinct)
-
-
-def _fit_quiet(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, bool]:
-    """Fit ``model``; return it and whether it converged (no ConvergenceWarning)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(X, y)
-    return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return leakage_ci(_speaker_counts_stat(speaker_idx, stat), names.size, binomial=binomial, strata=strata,
+                      n_boot=n_boot, seed=seed, min_distinct=min_distinct)[0]
 
 
 class ClippedRegressor:
@@ -246,7 +235,7 @@ class _AttributeAttack(ABC):
         self.y_ = y
         self.speakers_ = train.speakers[rows]
         self.best_, self.selection_ = self._select(self.X_, y, self.speakers_, values[rows])
-        self.model_, self.converged_ = _fit_quiet(self._make(self.best_, len(y)), self.X_, y)
+        self.model_, self.converged_ = fit_quiet(self._make(self.best_, len(y)), self.X_, y)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
@@ -260,10 +249,12 @@ class _AttributeAttack(ABC):
         reason = self._targets(values[inner.train], training=True)[2]
         if reason is not None:
             return self._default(), f"default (validation split unusable: {reason})"
-        for value in grid:
-            model, _ = _fit_quiet(self._make(value, inner.train.size), X[inner.train], y[inner.train])
-            self.val_scores_[str(value)] = self._val_score(model, X[inner.test], y[inner.test])
-        best = grid[int(np.argmax([self.val_scores_[str(v)] for v in grid]))]
+
+        def score(value: Any) -> float:
+            model, _ = fit_quiet(self._make(value, inner.train.size), X[inner.train], y[inner.train])
+            return self._val_score(model, X[inner.test], y[inner.test])
+
+        best, self.val_scores_ = grid_search(grid, score)
         return best, f"validation speakers ({np.unique(speakers[inner.test]).size} of {np.unique(speakers).size})"
 
     def _curve_rows(self, fraction: float) -> np.ndarray:
@@ -280,8 +271,7 @@ class _AttributeAttack(ABC):
 
     def evaluate(self, test: EmbeddingSet) -> AttackResult:
         """Metrics on the (unseen) test speakers, or a skipped result naming the problem."""
-        if not hasattr(self, "skip_reason_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        check_is_fitted(self, "skip_reason_")
         if self.skip_reason_ is not None:
             return AttackResult.skip(self.attack, self.attacker, self.skip_reason_)
         rows, y, reason = self._targets(self._values(test), training=False)
@@ -291,14 +281,13 @@ class _AttributeAttack(ABC):
             return AttackResult.skip(self.attack, self.attacker, reason)
         X, speakers = test.pooled[rows].astype(np.float64), test.speakers[rows]
         metrics = self._metrics(X, y, speakers)
-        curve = []
-        for frac in CURVE_FRACTIONS:
-            if frac == 1.0:
-                model = self.model_
-            else:
-                sub = self._curve_rows(frac)
-                model, _ = _fit_quiet(self._make(self.best_, sub.size), self.X_[sub], self.y_[sub])
-            curve.append({"fraction": frac, self.curve_metric: self._curve_value(model, X, y)})
+
+        def refit(fraction: float) -> float:
+            sub = self._curve_rows(fraction)
+            model, _ = fit_quiet(self._make(self.best_, sub.size), self.X_[sub], self.y_[sub])
+            return self._curve_value(model, X, y)
+
+        curve = learning_curve(self.curve_metric, self._curve_value(self.model_, X, y), refit)
         return AttackResult(self.attack, self._attacker_name(), metrics, chance=self._chance(y), budget=self._budget(),
                             learning_curve=curve, converged=self.converged_)
 
@@ -390,10 +379,14 @@ class GenderInference(_AttributeAttack):
         """
         proba = self.model_.predict_proba(X)
         correct = self.model_.classes_[np.argmax(proba, axis=1)] == y
-        ci_acc = _bootstrap(lambda r: float(np.mean(correct[r])), speakers, y, n_boot=self.n_boot, seed=self.seed)
-        ci_auc = _bootstrap(lambda r: self._auc(proba[r], y[r]), speakers, y, n_boot=self.n_boot, seed=self.seed)
         counts = Counter(y.tolist())
-        return {"attribute": self.attribute, "accuracy": float(np.mean(correct)), "ci95": list(ci_acc), "roc_auc": self._auc(proba, y),
+        auc = self._auc(proba, y)
+        n_auc = min(counts.values())
+        ci_acc = _bootstrap(lambda r: float(np.mean(correct[r])), speakers, y, n_boot=self.n_boot, seed=self.seed,
+                            binomial=(int(correct.sum()), int(correct.size)))
+        ci_auc = _bootstrap(lambda r: self._auc(proba[r], y[r]), speakers, y, n_boot=self.n_boot, seed=self.seed,
+                            binomial=(int(round(auc * n_auc)), n_auc) if math.isfinite(auc) else None)
+        return {"attribute": self.attribute, "accuracy": float(np.mean(correct)), "ci95": list(ci_acc), "roc_auc": auc,
                 "auc_ci95": list(ci_auc), "positive_class": str(self.model_.classes_[-1]),
                 "n_test": int(y.size), "n_test_speakers": int(np.unique(speakers).size),
                 "class_counts": {str(k): int(counts[k]) for k in sorted(counts)}, "ci_method": CI_METHOD}
@@ -627,8 +620,7 @@ class CCAProbe:
 
     def evaluate(self, test: EmbeddingSet) -> AttackResult:
         """Test-row canonical correlation ``cca`` with ``ci95`` over test speakers; chance 0."""
-        if not hasattr(self, "skip_reason_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        check_is_fitted(self, "skip_reason_")
         if self.skip_reason_ is not None:
             return AttackResult.skip(self.attack, self.attacker, self.skip_reason_)
         rows, y, reason = self._encode(test, "test")
@@ -651,13 +643,18 @@ class CCAProbe:
 
 
 @dataclass
-class AttributeSettings:
+class AttributeSettings(FamilySettings):
     """Attribute-inference settings (TOML section ``[attributes]``).
 
     ``categorical`` attributes get a classifier (accuracy, ROC AUC) and ``numeric`` ones a
     regressor (MSE, MAE, R²); every one of them also gets the linear CCA probe. An attribute
-    the corpus lacks, or that has one class, is skipped with the reason recorded.
+    the corpus lacks, or that has one class, is skipped with the reason recorded. The split is
+    speaker-disjoint, stratified by the first categorical attribute; hyper-parameters are
+    chosen on validation speakers split off the training speakers inside each attacker.
     """
+
+    BUDGET = ("n_boot",)
+    QUICK = {"n_boot": 200}
 
     categorical: list[str] = field(default_factory=lambda: ["gender"])
     numeric: list[str] = field(default_factory=lambda: ["speech_rate"])
@@ -666,48 +663,110 @@ class AttributeSettings:
 
     def validate(self, prefix: str = "attributes.") -> None:
         """Raise :class:`ConfigError` naming the bad key."""
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"{prefix}test_fraction={self.test_fraction!r}: must be in (0, 1)")
+        check_range(prefix, "test_fraction", self.test_fraction, 0, 1)
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
         both = set(self.categorical) & set(self.numeric)
         if both:
             raise ConfigError(f"{prefix}: {sorted(both)} listed as both categorical and numeric")
 
-    def weakening(self) -> list[str]:
-        """Attribute inference has no budget-reducing settings."""
-        return []
+
+def split_attributes(labels: EmbeddingSet, settings: AttributeSettings, seed: int) -> Split:
+    """Speaker-disjoint split stratified by the first categorical attribute the corpus has (no validation part)."""
+    values = np.full(len(labels), None, dtype=object)
+    for name in settings.categorical:
+        known = labels.attributes.get(name)
+        if known is not None and any(v is not None for v in known):
+            values = known
+            break
+    return attribute_split(labels.speakers, values, test_fraction=settings.test_fraction, val_fraction=0.0,
+                           seed=seed)
 
 
-def run_attributes(view: EmbeddingSet, settings: AttributeSettings, *, seed: int, frame_rate: float,
-                   out_dir: Path | None = None) -> dict:
+def feasibility(labels: EmbeddingSet, settings: AttributeSettings) -> str | None:
+    """Why attribute inference cannot run: too few speakers for a speaker-disjoint split."""
+    try:
+        split_attributes(labels, settings, 0)
+    except CorpusError as err:
+        return str(err)
+    return None
+
+
+def _voiced_problem(data: EmbeddingSet) -> str | None:
+    """Why speech rate is not measurable: voiced durations that do not vary (or are unknown)."""
+    voiced = data.attributes.get("voiced_seconds")
+    if voiced is None:
+        return None
+    v = np.array([x for x in voiced if x is not None], dtype=float)
+    if v.size and float(np.std(v)) <= MIN_VOICED_SPREAD * max(float(np.mean(v)), 1e-9):
+        return (f"speech rate not measurable: voiced durations barely vary (std {np.std(v):.3f} s around "
+                f"{np.mean(v):.2f} s), so characters per second would only measure transcript length")
+    return None
+
+
+def attack_attributes(train: EmbeddingSet, test: EmbeddingSet, settings: AttributeSettings,
+                      ctx: LayerContext) -> dict:
     """Every configured attribute on one layer: classifier/regressor plus the CCA probe.
 
-    Splits are speaker-disjoint (stratified by the attribute when categorical); a split that
-    cannot be made is recorded as a skip, and the run goes on.
+    ``train`` and ``test`` hold disjoint speakers; an attribute that cannot be measured is
+    recorded as a skip with its reason, and the run goes on.
     """
-    del frame_rate, out_dir  # pooled attackers only, nothing to save
+    seed = ctx.seed
     out: dict[str, Any] = {}
     jobs = [(name, GenderInference(attribute=name, seed=seed, n_boot=settings.n_boot)) for name in settings.categorical]
     jobs += [(name, SpeechRateRegression(attribute=name, seed=seed, n_boot=settings.n_boot)) for name in settings.numeric]
     for name, attacker in jobs:
-        values = view.attributes.get(name)
+        values = train.attributes.get(name)
+        reason = None
         if values is None or all(v is None for v in values):
-            known = sorted(k for k, v in view.attributes.items() if any(x is not None for x in v))
+            known = sorted(k for k, v in train.attributes.items() if any(x is not None for x in v))
             reason = f"attribute {name!r} not in the corpus (known: {', '.join(known) or 'none'})"
+        elif name == "speech_rate":
+            reason = _voiced_problem(train)
+        if reason is not None:
             out[name] = AttackResult.skip(attacker.attack, attacker.attacker, reason).to_dict()
             out[f"{name}_cca"] = AttackResult.skip("cca", "linear-cca", reason).to_dict()
             continue
-        try:
-            split = attribute_split(view.speakers, values, test_fraction=settings.test_fraction, seed=seed)
-        except CorpusError as err:
-            out[name] = AttackResult.skip(attacker.attack, attacker.attacker, str(err)).to_dict()
-            out[f"{name}_cca"] = AttackResult.skip("cca", "linear-cca", str(err)).to_dict()
-            continue
-        train, test = view.subset(split.train), view.subset(split.test)
-        result = attacker.fit(train).evaluate(test).to_dict()
-        result["split"] = split.describe()
-        out[name] = result
+        out[name] = attacker.fit(train).evaluate(test).to_dict()
         probe = CCAProbe(attribute=name, seed=seed, n_boot=settings.n_boot)
         out[f"{name}_cca"] = probe.fit(train).evaluate(test).to_dict()
     return out
+
+
+def attribute_table(results: dict) -> Table:
+    """One row per layer: per attribute, the inference metric with CI and the CCA."""
+    names: list[str] = []
+    for la in results["layers"]:
+        for key in (la.get("attacks", {}).get("attributes") or {}):
+            if not key.endswith("_cca") and key != "split" and key not in names:
+                names.append(key)
+    columns = ["layer", "name"] + [c for n in names for c in (f"{n}: metric (95% CI)", f"{n}: CCA")]
+    table = Table("Attribute inference per layer (unseen speakers)", columns)
+    for la in results["layers"]:
+        cells = [str(la["index"]), la["name"]]
+        for n in names:
+            res = layer_attack(la, "attributes", n)
+            cca = layer_attack(la, "attributes", f"{n}_cca")
+            if not is_ok(res):
+                cells.append(skip_cell(res))
+            elif "roc_auc" in res:
+                cells.append(f"AUC {fmt_num(res['roc_auc'])} {fmt_ci(res.get('auc_ci95'), 1, '.2f')}, "
+                             f"acc {fmt_pct(res['accuracy'])} (chance {fmt_pct(res['chance'])})")
+            else:
+                cells.append(f"R² {fmt_num(res['r2'])} {fmt_ci(res.get('ci95'), 1, '.2f')}, "
+                             f"MAE {fmt_num(res['mae'], '.2f')} ({res['attacker']})")
+            cells.append(fmt_num(cca["cca"]) if is_ok(cca) else "n/a")
+        table.rows.append(cells)
+    source = (results.get("store") or {}).get("duration_source", "the file duration")
+    table.notes.append("Gender: logistic regression, accuracy and ROC AUC; speech rate = alphanumeric characters of "
+                       f"the transcript / voiced duration ({source}), regressed by an MLP or ridge regression "
+                       "(whichever predicts validation speakers better; named in the cell), R² against predicting "
+                       "the training mean; CCA = test-set canonical correlation of a linear projection (PCA-reduced "
+                       "layer) with the attribute.")
+    return table if names else Table(table.title, [])
+
+
+FAMILY = AttackFamily(
+    name="attributes", settings=AttributeSettings, split=split_attributes, attack=attack_attributes,
+    table=attribute_table, feasibility=feasibility,
+    description="attribute inference: gender and speaking rate of unseen people")

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -45,11 +44,12 @@ from speechbrain.nnet.losses import AdditiveAngularMargin
 from torch import nn
 from torch.nn import functional as F
 
-from attacks.speaker_id import CURVE_FRACTIONS, closed_set_metrics, stratified_fraction
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
+from audit.estimators import check_is_fitted, learning_curve, seeded, stratified_fraction
+from audit.metrics import closed_set_metrics
 from audit.results import AttackResult
-from audit.splits import utterance_split
+from audit.splits import Grouping, closed_set_split
 
 ARCHS = ("ecapa", "xvector")
 
@@ -126,14 +126,6 @@ def _frame_moments(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Run torch code under ``seed`` without disturbing the caller's global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 class FrameSpeakerID:
     """ECAPA-TDNN / x-vector speaker classifier trained from scratch on frame sequences.
 
@@ -173,6 +165,9 @@ class FrameSpeakerID:
     seed : int, default=0
     n_boot : int, default=1000
         Bootstrap resamples of the accuracy CIs.
+    n_comparisons : int, default=1
+        Attackers x layers compared in the run; above 1 the top-1 also gets a
+        ``selection_ci95`` at level ``1 - 0.05 / n_comparisons``.
 
     Attributes
     ----------
@@ -206,7 +201,7 @@ class FrameSpeakerID:
                  patience: int = 6, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 2e-6,
                  margin: float = 0.2, scale: float = 30.0, val_fraction: float = 0.2,
                  max_train_frames: int | None = None, learning_curve: bool = True, seed: int = 0,
-                 n_boot: int = 1000) -> None:
+                 n_boot: int = 1000, n_comparisons: int = 1) -> None:
         self.arch = arch
         self.channels = channels
         self.emb_dim = emb_dim
@@ -224,6 +219,7 @@ class FrameSpeakerID:
         self.learning_curve = learning_curve
         self.seed = seed
         self.n_boot = n_boot
+        self.n_comparisons = n_comparisons
 
     # ------------------------------------------------------------------ checks
 
@@ -258,8 +254,7 @@ class FrameSpeakerID:
             positive_int("max_train_frames")
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        check_is_fitted(self, "net_")
 
     # ------------------------------------------------------------------ data
 
@@ -309,7 +304,7 @@ class FrameSpeakerID:
         minimum = receptive_field(self.arch)
         out = np.empty((n, self.emb_dim), dtype=np.float32)
         net.eval()
-        with torch.no_grad(), _seeded(self.seed):
+        with torch.no_grad(), seeded(self.seed):
             for i in range(n):
                 x = np.asarray(frames(i), dtype=np.float32)
                 pieces = np.array_split(x, math.ceil(x.shape[0] / _MAX_FORWARD_FRAMES))
@@ -331,17 +326,17 @@ class FrameSpeakerID:
             batches[-2:] = [np.concatenate(batches[-2:])]
         return batches
 
-    def _train(self, cache: list[np.ndarray], y: np.ndarray, speakers: np.ndarray, n_classes: int,
+    def _train(self, cache: list[np.ndarray], y: np.ndarray, grouping: Grouping, n_classes: int,
                seed: int) -> tuple[_SpeakerNet, dict]:
         """Train one network on ``cache`` (labels ``y``) with early stopping; return it and its record.
 
-        The validation utterances are a per-speaker part of ``cache`` (speakers with a single
-        utterance stay in training); without any, all ``max_epochs`` run and the last weights
-        are kept.
+        The validation utterances are a per-speaker, recording-grouped part of ``cache``
+        (speakers too small to split stay in training); without any, all ``max_epochs`` run
+        and the last weights are kept.
         """
         rng = np.random.default_rng(seed)
         try:
-            val = utterance_split(speakers, test_fraction=self.val_fraction, seed=seed + 1).test
+            val = closed_set_split(grouping, test_fraction=self.val_fraction, seed=seed + 1).test
         except CorpusError:
             val = np.zeros(0, dtype=int)
         fit_idx = np.setdiff1d(np.arange(len(cache)), val)
@@ -350,7 +345,7 @@ class FrameSpeakerID:
         crop = self.crop_frames
         epoch_items = np.repeat(fit_idx, np.maximum(1, np.round(lengths / crop).astype(int)))
         history, best, best_state, best_epoch, steps, stopped = [], (-1.0, math.inf), None, 0, 0, False
-        with _seeded(seed):
+        with seeded(seed):
             net = _SpeakerNet(self.arch, mean, std, self.channels, self.emb_dim, n_classes)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             aam = AdditiveAngularMargin(margin=self.margin, scale=self.scale)
@@ -449,8 +444,9 @@ class FrameSpeakerID:
         self.classes_ = np.unique(train.speakers)
         self._y = np.searchsorted(self.classes_, train.speakers).astype(np.int64)
         self._speakers = np.asarray(train.speakers)
+        self._grouping = train.grouping
         self._cache, self.total_train_frames_ = self._cache_frames(train, np.random.default_rng(self.seed))
-        self.net_, self.record_ = self._train(self._cache, self._y, self._speakers, len(self.classes_), self.seed)
+        self.net_, self.record_ = self._train(self._cache, self._y, self._grouping, len(self.classes_), self.seed)
         self.mean_ = self.net_.mean.numpy().copy()
         self.std_ = self.net_.std.numpy().copy()
         self.history_ = self.record_["history"]
@@ -481,20 +477,17 @@ class FrameSpeakerID:
         """Score the fitted attacker on held-out utterances of the training speakers."""
         self._check_fitted()
         metrics = closed_set_metrics(self.predict_proba(test), self.classes_, test.speakers,
-                                     n_boot=self.n_boot, seed=self.seed)
-        curve = []
-        if self.learning_curve:
-            for frac in CURVE_FRACTIONS:
-                if frac == 1.0:
-                    acc = metrics["top1"]
-                else:
-                    sub = stratified_fraction(self._speakers, frac, self.seed)
-                    net, _ = self._train([self._cache[i] for i in sub], self._y[sub], self._speakers[sub],
-                                         len(self.classes_), self.seed)
-                    emb = self._embed(net, len(test), lambda i: self._check_frames(test, i, self.mean_.size))
-                    pred = self.classes_[self._scores(net, emb).argmax(1).numpy()]
-                    acc = float(np.mean(pred == test.speakers))
-                curve.append({"fraction": frac, "top1": acc})
+                                     n_boot=self.n_boot, seed=self.seed, n_comparisons=self.n_comparisons)
+
+        def refit(fraction: float) -> float:
+            sub = stratified_fraction(self._speakers, fraction, self.seed)
+            net, _ = self._train([self._cache[i] for i in sub], self._y[sub], self._grouping.subset(sub),
+                                 len(self.classes_), self.seed)
+            emb = self._embed(net, len(test), lambda i: self._check_frames(test, i, self.mean_.size))
+            pred = self.classes_[self._scores(net, emb).argmax(1).numpy()]
+            return float(np.mean(pred == test.speakers))
+
+        curve = learning_curve("top1", metrics["top1"], refit) if self.learning_curve else []
         return AttackResult("speaker_id", f"frame-{self.arch}", metrics, chance=1.0 / len(self.classes_),
                             budget=self._budget(), learning_curve=curve, converged=self.converged_)
 
@@ -523,8 +516,8 @@ def check_frame_budget(settings: Any, prefix: str) -> None:
 
 
 def budgeted_frame_attacker(settings: Any, *, seed: int, frame_rate: float, learning_curve: bool = True,
-                            n_boot: int = 1000) -> FrameSpeakerID:
+                            n_boot: int = 1000, n_comparisons: int = 1) -> FrameSpeakerID:
     """A :class:`FrameSpeakerID` with the budget of a settings section (``frame_*`` keys)."""
     return FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, channels=settings.frame_channels,
                           max_train_frames=settings.frame_max_train_frames, learning_curve=learning_curve,
-                          seed=seed, n_boot=n_boot)
+                          seed=seed, n_boot=n_boot, n_comparisons=n_comparisons)

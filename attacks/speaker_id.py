@@ -11,57 +11,26 @@ training data) so a reviewer can see the attacker was not the weak link.
 from __future__ import annotations
 
 import time
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-
-from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from attacks.frame_speaker_id import budgeted_frame_attacker, check_frame_budget
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.metrics import accuracy_ci, chance_topk, topk_accuracy
-from audit.results import AttackResult
-from audit.splits import utterance_split
-
-CURVE_FRACTIONS = (0.25, 0.5, 1.0)
-# sklearn's early stopping holds out 10%: below this many rows that slice is too small to use.
-MIN_EARLY_STOPPING_ROWS = 50
-
-
-def stratified_fraction(speakers: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a per-speaker ``fraction`` of rows (at least one row per speaker)."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for spk in np.unique(speakers):
-        idx = rng.permutation(np.flatnonzero(speakers == spk))
-        keep.append(idx[: max(1, int(round(fraction * idx.size)))])
-    return np.sort(np.concatenate(keep))
-
-
-def closed_set_metrics(proba: np.ndarray, classes: np.ndarray, y_true: np.ndarray, *,
-                       n_boot: int = 1000, seed: int = 0) -> dict:
-    """Top-1/top-5 accuracy with bootstrap 95% CIs and macro-F1 from class probabilities."""
-    label_pos = {c: i for i, c in enumerate(classes)}
-    missing = sorted(set(y_true.tolist()) - set(label_pos))
-    if missing:
-        raise CorpusError(f"closed-set test speakers never seen in training: {missing[:5]}")
-    y = np.array([label_pos[s] for s in y_true])
-    k5 = min(5, len(classes))
-    top1, ci1 = accuracy_ci(topk_accuracy(proba, y, 1), n_boot=n_boot, seed=seed)
-    top5, ci5 = accuracy_ci(topk_accuracy(proba, y, k5), n_boot=n_boot, seed=seed)
-    pred = classes[np.argmax(proba, axis=1)]
-    return {"top1": top1, "ci95": list(ci1), "top5": top5, "top5_ci95": list(ci5), "top5_k": k5,
-            "macro_f1": float(f1_score(y_true, pred, average="macro")),
-            "n_speakers": int(len(classes)), "n_test": int(y.size),
-            "chance_top5": chance_topk(len(classes), k5)}
+from audit.estimators import (MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quiet, grid_search, learning_curve,
+                              stratified_fraction)
+from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
+from audit.metrics import closed_set_metrics
+from audit.results import (AttackResult, Table, curve_cell, fmt_ci, fmt_pct, is_ok, layer_attack,
+                           skip_cell)
+from audit.splits import Split, closed_set_split
 
 
 class _PooledSpeakerID(ABC):
@@ -70,10 +39,12 @@ class _PooledSpeakerID(ABC):
     attacker = ""
     grid_name = ""
 
-    def __init__(self, *, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
+    def __init__(self, *, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000,
+                 n_comparisons: int = 1) -> None:
         self.val_fraction = val_fraction
         self.seed = seed
         self.n_boot = n_boot
+        self.n_comparisons = n_comparisons
 
     @abstractmethod
     def _make(self, value, n_rows: int):
@@ -83,34 +54,35 @@ class _PooledSpeakerID(ABC):
     def _grid(self) -> tuple:
         """Hyper-parameter values tried on the validation split."""
 
-    def _fit_one(self, X: np.ndarray, y: np.ndarray, value):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model = make_pipeline(StandardScaler(), self._make(value, len(y))).fit(X, y)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        return model, converged
+    def _fit_one(self, X: np.ndarray, y: np.ndarray, value: Any) -> tuple[Any, bool]:
+        return fit_quiet(make_pipeline(StandardScaler(), self._make(value, len(y))), X, y)
 
     def fit(self, train: EmbeddingSet) -> "_PooledSpeakerID":
-        """Choose the hyper-parameter on a validation split of ``train``, then refit on all of it."""
+        """Choose the hyper-parameter on a validation split of ``train``, then refit on all of it.
+
+        The validation split is closed-set and grouped like the audit's (recordings of a
+        speaker never on both sides); speakers too small to split stay in training.
+        """
         t0 = time.perf_counter()
         if train.n_speakers < 2:
             raise CorpusError(f"speaker ID needs >= 2 training speakers, got {train.n_speakers}")
         X, y = train.pooled, train.speakers
-        self.val_scores_ = {}
+        self.val_scores_: dict[str, float] = {}
         grid = self._grid()
+        self.best_ = grid[0]
         if len(grid) > 1:
-            inner = utterance_split(y, test_fraction=self.val_fraction, seed=self.seed + 1)
-            if inner.dropped_speakers:
-                keep = np.setdiff1d(np.arange(len(y)), np.concatenate([inner.train, inner.test]))
-                inner_train = np.concatenate([inner.train, keep])
-            else:
-                inner_train = inner.train
-            for value in grid:
-                model, _ = self._fit_one(X[inner_train], y[inner_train], value)
-                self.val_scores_[str(value)] = float(np.mean(model.predict(X[inner.test]) == y[inner.test]))
-            self.best_ = grid[int(np.argmax([self.val_scores_[str(v)] for v in grid]))]
-        else:
-            self.best_ = grid[0]
+            try:
+                inner = closed_set_split(train.grouping, test_fraction=self.val_fraction, seed=self.seed + 1)
+            except CorpusError:
+                inner = None
+            if inner is not None:
+                fit_rows = np.setdiff1d(np.arange(len(y)), inner.test)
+
+                def score(value: Any) -> float:
+                    model, _ = self._fit_one(X[fit_rows], y[fit_rows], value)
+                    return float(np.mean(model.predict(X[inner.test]) == y[inner.test]))
+
+                self.best_, self.val_scores_ = grid_search(grid, score)
         self.validation_score_ = max(self.val_scores_.values()) if self.val_scores_ else 0.0
         self.model_, self.converged_ = self._fit_one(X, y, self.best_)
         self.train_ = train
@@ -123,23 +95,20 @@ class _PooledSpeakerID(ABC):
                 "validation_scores": self.val_scores_, "fit_seconds": round(self.fit_seconds_, 3)}
 
     def evaluate(self, test: EmbeddingSet) -> AttackResult:
-        """Score the fitted attacker on held-out utterances of the training speakers."""
-        if not hasattr(self, "model_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        """Score the fitted attacker on held-out recordings of the training speakers."""
+        check_is_fitted(self, "model_")
         classes = self.model_.classes_
         metrics = closed_set_metrics(self.model_.predict_proba(test.pooled), classes, test.speakers,
-                                     n_boot=self.n_boot, seed=self.seed)
-        curve = []
-        for frac in CURVE_FRACTIONS:
-            if frac == 1.0:
-                acc = metrics["top1"]
-            else:
-                sub = stratified_fraction(self.train_.speakers, frac, self.seed)
-                model, _ = self._fit_one(self.train_.pooled[sub], self.train_.speakers[sub], self.best_)
-                acc = float(np.mean(model.predict(test.pooled) == test.speakers))
-            curve.append({"fraction": frac, "top1": acc})
+                                     n_boot=self.n_boot, seed=self.seed, n_comparisons=self.n_comparisons)
+
+        def refit(fraction: float) -> float:
+            sub = stratified_fraction(self.train_.speakers, fraction, self.seed)
+            model, _ = self._fit_one(self.train_.pooled[sub], self.train_.speakers[sub], self.best_)
+            return float(np.mean(model.predict(test.pooled) == test.speakers))
+
         return AttackResult("speaker_id", self.attacker, metrics, chance=1.0 / len(classes),
-                            budget=self._budget(), learning_curve=curve, converged=self.converged_)
+                            budget=self._budget(), learning_curve=learning_curve("top1", metrics["top1"], refit),
+                            converged=self.converged_)
 
 
 class LogisticSpeakerID(_PooledSpeakerID):
@@ -149,8 +118,8 @@ class LogisticSpeakerID(_PooledSpeakerID):
     grid_name = "C"
 
     def __init__(self, *, C_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), max_iter: int = 2000,
-                 val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
-        super().__init__(val_fraction=val_fraction, seed=seed, n_boot=n_boot)
+                 val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, n_comparisons: int = 1) -> None:
+        super().__init__(val_fraction=val_fraction, seed=seed, n_boot=n_boot, n_comparisons=n_comparisons)
         self.C_grid = C_grid
         self.max_iter = max_iter
 
@@ -171,8 +140,9 @@ class MLPSpeakerID(_PooledSpeakerID):
     grid_name = "alpha"
 
     def __init__(self, *, hidden: int = 256, alpha_grid: tuple[float, ...] = (1e-4, 1e-2, 1.0),
-                 max_iter: int = 300, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
-        super().__init__(val_fraction=val_fraction, seed=seed, n_boot=n_boot)
+                 max_iter: int = 300, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000,
+                 n_comparisons: int = 1) -> None:
+        super().__init__(val_fraction=val_fraction, seed=seed, n_boot=n_boot, n_comparisons=n_comparisons)
         self.hidden = hidden
         self.alpha_grid = alpha_grid
         self.max_iter = max_iter
@@ -195,14 +165,19 @@ ATTACKER_NAMES = ("logreg", "mlp", "frame")
 
 
 @dataclass
-class SpeakerIDSettings:
+class SpeakerIDSettings(FamilySettings):
     """Closed-set speaker identification settings (TOML section ``[speaker_id]``).
 
     ``attackers``: any of ``logreg``, ``mlp`` (pooled embeddings) and ``frame`` (an ECAPA-TDNN
     trained from scratch on the frame-level sequence); ``frame_max_epochs``, ``frame_channels``
     (TDNN width) and ``frame_max_train_frames`` (frames cached for training) bound its budget,
-    sized so a layer trains in minutes on 2 CPU cores.
+    sized so a layer trains in minutes on 2 CPU cores. Fewer attackers or a budget below these
+    defaults weakens the audit (reported).
     """
+
+    BUDGET = ("n_boot", "frame_max_epochs", "frame_channels", "frame_max_train_frames")
+    BUDGET_LISTS = ("attackers",)
+    QUICK = {"attackers": ["logreg"], "n_boot": 200}
 
     attackers: list[str] = field(default_factory=lambda: list(ATTACKER_NAMES))
     test_fraction: float = 0.3
@@ -218,45 +193,47 @@ class SpeakerIDSettings:
                 raise ConfigError(f"{prefix}attackers: unknown attacker {name!r} (known: {', '.join(ATTACKER_NAMES)})")
         if not self.attackers:
             raise ConfigError(f"{prefix}attackers: must name at least one attacker")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"{prefix}test_fraction={self.test_fraction!r}: must be in (0, 1)")
+        check_range(prefix, "test_fraction", self.test_fraction, 0, 1)
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
-        from attacks.frame_speaker_id import check_frame_budget
-
         check_frame_budget(self, prefix)
 
-    def weakening(self) -> list[str]:
-        """Settings that make this attack family weaker than the full suite."""
-        weak = []
-        if "frame" not in self.attackers:
-            weak.append("speaker_id: no frame-level attacker (pooled attackers only)")
-        if self.attackers == ["logreg"]:
-            weak.append("speaker_id: logistic regression only (no non-linear attacker)")
-        if self.frame_max_epochs < 10 and "frame" in self.attackers:
-            weak.append(f"speaker_id.frame_max_epochs={self.frame_max_epochs}: tiny frame-attacker budget")
-        return weak
+
+def split_speaker_id(labels: EmbeddingSet, settings: SpeakerIDSettings, seed: int) -> Split:
+    """Closed-set split grouped by session/recording (:func:`audit.splits.closed_set_split`)."""
+    return closed_set_split(labels.grouping, test_fraction=settings.test_fraction, seed=seed)
 
 
-def run_speaker_id(view: EmbeddingSet, settings: SpeakerIDSettings, *, seed: int, frame_rate: float,
-                   out_dir: Path | None = None) -> dict:
+def feasibility(labels: EmbeddingSet, settings: SpeakerIDSettings) -> str | None:
+    """Why closed-set identification cannot run on these labels (None when it can)."""
+    try:
+        split = split_speaker_id(labels, settings, 0)
+    except CorpusError as err:
+        return str(err)
+    kept = np.unique(labels.speakers[split.test]).size
+    return None if kept >= 2 else f"closed-set identification needs >= 2 splittable speakers, found {kept}"
+
+
+def attack_speaker_id(train: EmbeddingSet, test: EmbeddingSet, settings: SpeakerIDSettings,
+                      ctx: LayerContext) -> dict:
     """All configured closed-set attackers on one layer; the headline is the strongest on test (worst case).
 
-    The split is utterance-level (same speakers, held-out utterances), deterministic from ``seed``.
+    Every attacker is fitted on ``train`` and scored on ``test`` (held-out recordings of the
+    same speakers). ``selection_ci95`` of each attacker is valid for the best of all
+    attackers x layers of the run (Bonferroni over that many comparisons).
     """
-    split = utterance_split(view.speakers, test_fraction=settings.test_fraction, seed=seed)
-    train, test = view.subset(split.train), view.subset(split.test)
+    seed = ctx.seed
+    n_comparisons = len(settings.attackers) * ctx.run.n_layers
     fitted, results = {}, {}
     for name in settings.attackers:
         if name == "frame":
-            if view.frame_source is None:
+            if train.frame_source is None:
                 results[name] = AttackResult.skip("speaker_id", "frame", "pooled-only layer: no frames").to_dict()
                 continue
-            from attacks.frame_speaker_id import budgeted_frame_attacker
-
-            attacker = budgeted_frame_attacker(settings, seed=seed, frame_rate=frame_rate, n_boot=settings.n_boot)
+            attacker = budgeted_frame_attacker(settings, seed=seed, frame_rate=ctx.frame_rate, n_boot=settings.n_boot,
+                                               n_comparisons=n_comparisons)
         else:
-            attacker = POOLED_ATTACKERS[name](seed=seed, n_boot=settings.n_boot)
+            attacker = POOLED_ATTACKERS[name](seed=seed, n_boot=settings.n_boot, n_comparisons=n_comparisons)
         fitted[name] = attacker.fit(train)
         results[name] = attacker.evaluate(test).to_dict()
     scored = [n for n in fitted if results[n].get("top1") is not None]
@@ -264,7 +241,40 @@ def run_speaker_id(view: EmbeddingSet, settings: SpeakerIDSettings, *, seed: int
     headline = dict(results[strongest])
     headline["strongest_by"] = (f"highest test top-1 of {len(scored)} attackers (worst case for privacy); each "
                                 "attacker's hyper-parameters were chosen on validation data only")
+    headline["n_attackers_compared"] = len(scored)
     headline["validation_pick"] = max(fitted, key=lambda n: fitted[n].validation_score_)
     headline["attackers"] = results
-    headline["split"] = split.describe()
     return headline
+
+
+def speaker_id_table(results: dict) -> Table:
+    """One row per layer: the strongest closed-set attacker's top-1 with CI, and every attacker."""
+    table = Table("Speaker identification per layer (closed set)",
+                  ["layer", "name", "dim", "top-1 (95% CI)", "top-5", "chance", "macro-F1", "strongest attacker",
+                   "its top-1 at 25/50/100% data", "all attackers (top-1)"])
+    split = (results.get("splits") or {}).get("speaker_id") or {}
+    for la in results["layers"]:
+        sid = layer_attack(la, "speaker_id")
+        if sid is None:
+            continue
+        if not is_ok(sid):
+            table.rows.append([str(la["index"]), la["name"], str(la["dim"]), skip_cell(sid)] + [""] * 6)
+            continue
+        others = ", ".join(f"{n} {fmt_pct(r.get('top1'))}" if not r.get("skipped") else f"{n} skipped"
+                           for n, r in sid.get("attackers", {}).items())
+        table.rows.append([str(la["index"]), la["name"], str(la["dim"]), f"{fmt_pct(sid['top1'])} {fmt_ci(sid['ci95'])}",
+                           fmt_pct(sid["top5"]), fmt_pct(sid["chance"]), f"{sid['macro_f1']:.3f}", sid["attacker"],
+                           curve_cell(sid, "top1"), others])
+    table.notes.append("Test utterances come from recordings (sessions where a speaker has several) that the "
+                       "attacker never trained on. CIs: speaker-clustered bootstrap widened to the exact binomial "
+                       "interval.")
+    if split.get("same_recording_speakers"):
+        table.notes.append("Some speakers have one recording only: their test stretch comes from the same recording "
+                           "as their training stretch, so the figure includes same-recording cues.")
+    return table
+
+
+FAMILY = AttackFamily(
+    name="speaker_id", settings=SpeakerIDSettings, split=split_speaker_id, attack=attack_speaker_id,
+    table=speaker_id_table, feasibility=feasibility,
+    description="closed-set speaker identification: who, among known people, is speaking?")

@@ -26,20 +26,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pathlib import Path
 
 import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.preprocessing import StandardScaler
 
+from attacks.frame_speaker_id import budgeted_frame_attacker, check_frame_budget
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.metrics import CI_METHOD, eer, linkability, min_dcf, speaker_bootstrap_ci
-from audit.results import AttackResult
-from audit.splits import speaker_disjoint_split
-
-CURVE_FRACTIONS = (0.25, 0.5, 1.0)
+from audit.estimators import CURVE_FRACTIONS, check_is_fitted
+from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
+from audit.metrics import CI_METHOD, eer, leakage_ci, linkability, min_dcf, selection_alphas
+from audit.results import AttackResult, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
+from audit.splits import SAME_RECORDING_NOTE, Grouping, Split, partition_speaker, speaker_disjoint_split
 BACKENDS = ("lda", "plda", "cosine")
 HISTOGRAM_BINS = 40
 
@@ -170,36 +170,43 @@ class TrialDesign:
     trial_rows: np.ndarray
     trial_model: np.ndarray
     left_out: tuple[str, ...]
+    same_recording: tuple[str, ...] = ()
 
 
-def trial_design(speakers: np.ndarray, *, enroll_fraction: float = 0.5, seed: int = 0) -> TrialDesign:
+def trial_design(grouping: Grouping | np.ndarray, *, enroll_fraction: float = 0.5, seed: int = 0) -> TrialDesign:
     """Split each test speaker's utterances into enrolment and trial utterances.
 
-    Per speaker (sorted by name) a ``np.random.default_rng(seed)`` permutation of its rows puts
-    ``clip(round(enroll_fraction * n), 1, n - 1)`` rows into enrolment and the rest into
-    trials. Speakers with fewer than 2 utterances are left out (named in ``left_out``).
-    Raises :class:`CorpusError` when fewer than 2 speakers remain.
+    Per speaker (sorted by name) :func:`audit.splits.partition_speaker` with a
+    ``np.random.default_rng(seed)`` puts about ``enroll_fraction`` of the rows into
+    enrolment and the rest into trials, whole sessions or recordings to each side (a
+    speaker with one recording gets separate stretches of it, named in ``same_recording``).
+    ``grouping`` may be plain speaker labels (every row its own recording). Speakers that
+    cannot be split are left out (named in ``left_out``). Raises :class:`CorpusError` when
+    fewer than 2 speakers remain.
     """
+    if not isinstance(grouping, Grouping):
+        grouping = Grouping.of(grouping)
     rng = np.random.default_rng(seed)
-    names, enrol, trials, model, left_out = [], [], [], [], []
-    for spk in np.unique(speakers):
-        idx = np.flatnonzero(speakers == spk)
-        if idx.size < 2:
+    names, enrol, trials, model, left_out, same = [], [], [], [], [], []
+    for spk in np.unique(grouping.speakers):
+        part = partition_speaker(np.flatnonzero(grouping.speakers == spk), grouping, [enroll_fraction], rng)
+        if part is None:
             left_out.append(str(spk))
             continue
-        idx = rng.permutation(idx)
-        n_enrol = int(min(idx.size - 1, max(1, round(enroll_fraction * idx.size))))
-        enrol.append(np.sort(idx[:n_enrol]))
-        trials.append(np.sort(idx[n_enrol:]))
-        model.append(np.full(idx.size - n_enrol, len(names)))
+        enrol.append(part.sides[0])
+        trials.append(part.sides[1])
+        model.append(np.full(part.sides[1].size, len(names)))
         names.append(spk)
+        if part.unit == "same-recording stretch":
+            same.append(str(spk))
     if len(names) < 2:
         raise CorpusError(
             f"verification needs >= 2 test speakers with >= 2 utterances each, got {len(names)} "
             f"(of {len(names) + len(left_out)} test speakers); use --segment SECONDS to cut long "
             "recordings into several segments, or a corpus with more speakers"
         )
-    return TrialDesign(np.array(names), enrol, np.concatenate(trials), np.concatenate(model), tuple(left_out))
+    return TrialDesign(np.array(names), enrol, np.concatenate(trials), np.concatenate(model), tuple(left_out),
+                       tuple(same))
 
 
 def shrinkage_lda(Z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -284,13 +291,17 @@ class SpeakerVerification:
         the bootstrap.
     n_boot : int, default=1000
         Bootstrap resamples of the EER CI.
+    n_comparisons : int, default=1
+        Scorers x layers compared in the run; above 1 the EER also gets a ``selection_ci95``
+        at level ``1 - 0.05 / n_comparisons``.
     """
 
     attack = "verification"
 
     def __init__(self, *, backend: str = "lda", n_components: int | None = None, enroll_fraction: float = 0.5,
                  p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0, plda_iter: int = 10,
-                 plda_reg: float = 1e-3, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000) -> None:
+                 plda_reg: float = 1e-3, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000,
+                 n_comparisons: int = 1) -> None:
         self.backend = backend
         self.n_components = n_components
         self.enroll_fraction = enroll_fraction
@@ -302,11 +313,13 @@ class SpeakerVerification:
         self.val_fraction = val_fraction
         self.seed = seed
         self.n_boot = n_boot
+        self.n_comparisons = n_comparisons
 
     def get_params(self) -> dict:
         """Constructor settings (for refitting on learning-curve subsets)."""
         return {k: getattr(self, k) for k in ("backend", "n_components", "enroll_fraction", "p_target", "c_miss",
-                                              "c_fa", "plda_iter", "plda_reg", "val_fraction", "seed", "n_boot")}
+                                              "c_fa", "plda_iter", "plda_reg", "val_fraction", "seed", "n_boot",
+                                              "n_comparisons")}
 
     def _validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -337,7 +350,7 @@ class SpeakerVerification:
             if self.n_components is not None:
                 self.dims_, self.dims_selection_ = min(self.n_components, cap), "fixed n_components"
             else:
-                self.dims_, self.dims_selection_ = self._select_dims(Z, train.speakers, cap)
+                self.dims_, self.dims_selection_ = self._select_dims(Z, train.grouping, cap)
             self.scalings_ = self.scalings_[:, :self.dims_]
             Z = Z @ self.scalings_
         Z = length_normalise(Z)
@@ -348,15 +361,16 @@ class SpeakerVerification:
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
-    def _select_dims(self, Z: np.ndarray, speakers: np.ndarray, cap: int) -> tuple[int, str]:
-        """LDA dimension with the lowest EER on validation speakers held out of ``speakers``."""
+    def _select_dims(self, Z: np.ndarray, grouping: Grouping, cap: int) -> tuple[int, str]:
+        """LDA dimension with the lowest EER on validation speakers held out of the training speakers."""
+        speakers = grouping.speakers
         grid = sorted({max(2, cap // k) for k in (1, 2, 4, 8)} | {cap}, reverse=True)
         grid = [d for d in grid if d <= cap]
         if len(grid) == 1:
             return cap, "n_train_speakers - 1 (no smaller candidate)"
         try:
             inner = speaker_disjoint_split(speakers, test_fraction=self.val_fraction, seed=self.seed + 1)
-            design = trial_design(speakers[inner.test], enroll_fraction=self.enroll_fraction, seed=self.seed)
+            design = trial_design(grouping.subset(inner.test), enroll_fraction=self.enroll_fraction, seed=self.seed)
         except CorpusError as err:
             return cap, f"n_train_speakers - 1 (no validation split: {err})"
         scalings, _, _ = shrinkage_lda(Z[inner.train], speakers[inner.train])
@@ -374,8 +388,7 @@ class SpeakerVerification:
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Project ``(N, D)`` pooled embeddings to the scoring space ``(N, dims_)``."""
-        if not hasattr(self, "scaler_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
+        check_is_fitted(self, "scaler_")
         Z = self.scaler_.transform(np.asarray(X, dtype=np.float64))
         if self.scalings_ is not None:
             Z = Z @ self.scalings_
@@ -396,7 +409,8 @@ class SpeakerVerification:
         """EER, minDCF and linkability of trials among the (unseen) test speakers.
 
         Metrics: ``eer`` (speechbrain's definition, :func:`audit.metrics.eer`) with ``ci95``
-        from :func:`speaker_bootstrap_ci` over test speakers; ``min_dcf`` (unnormalised,
+        from :func:`audit.metrics.leakage_ci` (test speakers resampled, widened to the exact
+        binomial interval of the EER over the target trials); ``min_dcf`` (unnormalised,
         speechbrain) with ``p_target``/``c_miss``/``c_fa`` and ``min_dcf_norm`` = ``min_dcf /
         min(c_miss * p_target, c_fa * (1 - p_target))``; ``linkability`` ``D_sys`` (default
         bins, None with fewer than 10 target trials); trial counts; a 40-bin ``histogram`` of
@@ -405,14 +419,15 @@ class SpeakerVerification:
         dimension; ``converged`` means doubling the speakers from 50% to 100% lowered the EER
         by at most 0.02.
         """
-        if not hasattr(self, "scaler_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train) first")
-        design = trial_design(test.speakers, enroll_fraction=self.enroll_fraction, seed=self.seed)
+        check_is_fitted(self, "scaler_")
+        design = trial_design(test.grouping, enroll_fraction=self.enroll_fraction, seed=self.seed)
         S = self.score_matrix(test, design)
         target, nontarget = trial_scores(S, design.trial_model)
         value, threshold = eer(target, nontarget)
-        ci = speaker_bootstrap_ci(lambda c: eer(*trial_scores(S, design.trial_model, c))[0],
-                                  design.speakers.size, n_boot=self.n_boot, seed=self.seed)
+        cis = leakage_ci(lambda c: eer(*trial_scores(S, design.trial_model, c))[0], design.speakers.size,
+                         binomial=(int(round(value * target.size)), int(target.size)), n_boot=self.n_boot,
+                         alphas=selection_alphas(self.n_comparisons), seed=self.seed)
+        ci = cis[0]
         dcf, dcf_threshold = min_dcf(target, nontarget, p_target=self.p_target, c_miss=self.c_miss, c_fa=self.c_fa)
         d_sys = linkability(target, nontarget)[0] if target.size >= 10 else None
         edges = np.histogram_bin_edges(np.concatenate([target, nontarget]), bins=HISTOGRAM_BINS)
@@ -426,6 +441,10 @@ class SpeakerVerification:
                           "target": np.histogram(target, bins=edges)[0].tolist(),
                           "nontarget": np.histogram(nontarget, bins=edges)[0].tolist()},
         }
+        if len(cis) > 1:
+            metrics.update(selection_ci95=list(cis[1]), n_comparisons=int(self.n_comparisons))
+        if design.same_recording:
+            metrics.update(same_recording_speakers=len(design.same_recording), same_recording_note=SAME_RECORDING_NOTE)
         curve = []
         for frac in CURVE_FRACTIONS:
             if frac == 1.0:
@@ -460,7 +479,7 @@ SCORERS = ("lda", "plda", "cosine", "frame")
 
 
 @dataclass
-class VerificationSettings:
+class VerificationSettings(FamilySettings):
     """Open-set verification settings (TOML section ``[verification]``).
 
     ``scorers``: projections learned on the training speakers (``lda``, ``plda``, ``cosine``)
@@ -468,6 +487,10 @@ class VerificationSettings:
     training speakers. The headline is the scorer with the lowest test EER (the worst case for
     privacy, as for speaker ID); every scorer is listed beside it.
     """
+
+    BUDGET = ("n_boot", "frame_max_epochs", "frame_channels", "frame_max_train_frames")
+    BUDGET_LISTS = ("scorers",)
+    QUICK = {"scorers": ["lda"], "n_boot": 200}
 
     scorers: list[str] = field(default_factory=lambda: ["lda", "plda", "frame"])
     test_fraction: float = 0.5
@@ -486,42 +509,34 @@ class VerificationSettings:
         if not [s for s in self.scorers if s != "frame"]:
             raise ConfigError(f"{prefix}scorers: name at least one of lda, plda, cosine")
         for key in ("test_fraction", "enroll_fraction", "p_target"):
-            value = getattr(self, key)
-            if not 0 < value < 1:
-                raise ConfigError(f"{prefix}{key}={value!r}: must be in (0, 1)")
+            check_range(prefix, key, getattr(self, key), 0, 1)
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
-        from attacks.frame_speaker_id import check_frame_budget
-
         check_frame_budget(self, prefix)
 
-    def weakening(self) -> list[str]:
-        """Settings that make verification weaker than the full suite."""
-        if "frame" not in self.scorers:
-            return ["verification: no frame-level (ECAPA) scorer"]
-        if self.frame_max_epochs < 10:
-            return [f"verification.frame_max_epochs={self.frame_max_epochs}: tiny frame-scorer budget"]
-        return []
+
+def split_verification(labels: EmbeddingSet, settings: VerificationSettings, seed: int) -> Split:
+    """Speaker-disjoint split: the attacker's speakers never appear among the test speakers."""
+    return speaker_disjoint_split(labels.speakers, test_fraction=settings.test_fraction, seed=seed)
 
 
-def run_verification(view: EmbeddingSet, settings: VerificationSettings, *, seed: int, frame_rate: float,
-                     out_dir: Path | None = None) -> dict:
-    """All configured verification scorers on one layer, on a speaker-disjoint split.
+def feasibility(labels: EmbeddingSet, settings: VerificationSettings) -> str | None:
+    """Why verification cannot run on these labels: too few speakers, or test speakers that cannot enrol."""
+    try:
+        split = split_verification(labels, settings, 0)
+        design = trial_design(labels.grouping.subset(split.test), enroll_fraction=settings.enroll_fraction)
+    except CorpusError as err:
+        return f"{err}; use --segment SECONDS to cut long recordings, or drop 'verification' from the audit"
+    del design
+    return None
 
-    Raises :class:`CorpusError` (naming ``verification.test_fraction`` / ``--segment``) when the
-    corpus cannot give two test speakers with two utterances each.
-    """
-    usable = [s for s, n in zip(*np.unique(view.speakers, return_counts=True)) if n >= 2]
-    if len(usable) < 4:
-        raise CorpusError(
-            f"verification needs >= 4 speakers with >= 2 utterances each (2 to train, 2 to test), "
-            f"found {len(usable)}; use --segment SECONDS to cut long recordings, or drop "
-            "'verification' from the audit"
-        )
-    split = speaker_disjoint_split(view.speakers, test_fraction=settings.test_fraction, seed=seed)
-    train, test = view.subset(split.train), view.subset(split.test)
-    common = dict(enroll_fraction=settings.enroll_fraction, p_target=settings.p_target, seed=seed,
-                  n_boot=settings.n_boot)
+
+def attack_verification(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings,
+                        ctx: LayerContext) -> dict:
+    """All configured verification scorers on one layer: trained on ``train``'s speakers, tested on ``test``'s."""
+    n_comparisons = len(settings.scorers) * ctx.run.n_layers
+    common = dict(enroll_fraction=settings.enroll_fraction, p_target=settings.p_target, seed=ctx.seed,
+                  n_boot=settings.n_boot, n_comparisons=n_comparisons)
     fitted, results = {}, {}
     for name in settings.scorers:
         if name == "frame":
@@ -529,33 +544,64 @@ def run_verification(view: EmbeddingSet, settings: VerificationSettings, *, seed
         fitted[name] = SpeakerVerification(backend=name, **common).fit(train)
         results[name] = fitted[name].evaluate(test).to_dict()
     if "frame" in settings.scorers:
-        results["frame"] = _frame_scorer(train, test, settings, common, seed=seed, frame_rate=frame_rate)
+        results["frame"] = _frame_scorer(train, test, settings, common, ctx)
     scored = [n for n, r in results.items() if r.get("eer") is not None]
     best = min(scored, key=lambda n: results[n]["eer"])
     headline = dict(results[best])
     headline["strongest_by"] = (f"lowest test EER of {len(scored)} scorers (worst case for privacy); each scorer's "
                                 "settings were chosen on held-out training speakers only")
+    headline["n_attackers_compared"] = len(scored)
     headline["validation_pick"] = min(fitted, key=lambda n: min(fitted[n].val_scores_.values())
                                       if fitted[n].val_scores_ else 1.0)
     headline["scorers"] = results
-    headline["split"] = split.describe()
     return headline
 
 
-def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings, common: dict, *,
-                  seed: int, frame_rate: float) -> dict:
+def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings, common: dict,
+                  ctx: LayerContext) -> dict:
     """Cosine verification on the embedding of a frame-level attacker trained on the training speakers."""
-    from attacks.frame_speaker_id import budgeted_frame_attacker
-
     if train.frame_source is None:
         return AttackResult.skip("verification", "frame-ecapa", "pooled-only layer: no frames").to_dict()
-    encoder = budgeted_frame_attacker(settings, seed=seed, frame_rate=frame_rate, learning_curve=False).fit(train)
-
-    def as_set(data: EmbeddingSet) -> EmbeddingSet:
-        return EmbeddingSet(encoder.transform(data), data.speakers, data.utt_ids)
-
-    result = SpeakerVerification(backend="cosine", **common).fit(as_set(train)).evaluate(as_set(test))
+    encoder = budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate,
+                                      learning_curve=False).fit(train)
+    result = SpeakerVerification(backend="cosine", **common).fit(train.with_pooled(encoder.transform(train))).evaluate(
+        test.with_pooled(encoder.transform(test)))
     result.attacker = "frame-ecapa+cosine"
     result.budget["encoder"] = {"epochs": len(encoder.history_), "converged": encoder.converged_,
                                 "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2)}
     return result.to_dict()
+
+
+def verification_table(results: dict) -> Table:
+    """One row per layer: EER with CI, minDCF and linkability of the strongest scorer, plus every scorer's EER."""
+    table = Table("Speaker verification per layer (open set, unseen speakers)",
+                  ["layer", "name", "EER (95% CI)", "minDCF (p=0.01)", "D_sys", "strongest scorer",
+                   "its EER at 25/50/100% of training speakers", "all scorers (EER)"])
+    same = False
+    for la in results["layers"]:
+        ver = layer_attack(la, "verification")
+        if ver is None:
+            continue
+        if not is_ok(ver):
+            table.rows.append([str(la["index"]), la["name"], skip_cell(ver)] + [""] * 5)
+            continue
+        same = same or bool(ver.get("same_recording_speakers"))
+        others = ", ".join(f"{n} {fmt_pct(r.get('eer'))}" if is_ok(r) else f"{n} skipped"
+                           for n, r in ver.get("scorers", {}).items())
+        table.rows.append([str(la["index"]), la["name"], f"{fmt_pct(ver['eer'])} {fmt_ci(ver['ci95'])}",
+                           fmt_num(ver.get("min_dcf_norm")), fmt_num(ver.get("linkability")), ver["attacker"],
+                           curve_cell(ver, "eer"), others])
+    table.notes.append("EER as in speechbrain (threshold sweep over scores and midpoints); minDCF normalised, "
+                       "p_target = 0.01, C_miss = C_fa = 1; D_sys = global linkability (Gomez-Barrero et al.), "
+                       "0 = unlinkable, 1 = fully linkable. Enrolment and trial utterances of a test speaker come "
+                       "from different recordings (sessions where there are several). CIs resample test speakers and "
+                       "contain the exact binomial interval over target trials.")
+    if same:
+        table.notes.append("Some test speakers have one recording only: " + SAME_RECORDING_NOTE + ".")
+    return table
+
+
+FAMILY = AttackFamily(
+    name="verification", settings=VerificationSettings, split=split_verification, attack=attack_verification,
+    table=verification_table, feasibility=feasibility,
+    description="open-set verification / linkage: are two utterances of unseen people the same person?")

@@ -83,11 +83,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from audit.extractor import build_extractor
-    from audit.pipeline import AuditPipeline
+    from audit.pipeline import prepare_corpus
     from audit.store import EmbeddingStore
 
     cfg = _config(args)
-    corpus = AuditPipeline._prepare_corpus(cfg)
+    corpus = prepare_corpus(cfg)
     store = EmbeddingStore.build(build_extractor(cfg.model), corpus, cache_dir=cfg.cache_dir,
                                  batch_size=cfg.batch_size, progress=cfg.progress)
     st = store.stats

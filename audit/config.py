@@ -19,7 +19,9 @@ A TOML file holds the same settings as the CLI flags::
     categorical = ["gender"]
     numeric = ["speech_rate"]
 
-Unknown keys and wrongly typed values raise :class:`ConfigError` naming the key.
+A table named after an attack family (built-in or a plugin's) sets that family's settings; the
+sections are not listed here by hand but come from the registry (:mod:`attacks`). Unknown keys
+and wrongly typed values raise :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -29,23 +31,23 @@ import tomllib
 import types
 import typing
 import warnings
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from attacks import DEFAULT_ATTACKS, LAYER_ATTACKS
-from attacks.attributes import AttributeSettings
-from attacks.inversion import InversionSettings
-from attacks.speaker_id import SpeakerIDSettings
-from attacks.verification import VerificationSettings
+from attacks import default_attacks, load_families
 from audit.errors import ConfigError
-
-ATTACK_SECTIONS = tuple(LAYER_ATTACKS)
+from audit.family import AttackFamily
 
 
 @dataclass
 class AuditConfig:
-    """Everything that determines an audit run (written into results.json for reproduction)."""
+    """Everything that determines an audit run (written into results.json for reproduction).
+
+    ``families`` holds one settings object per registered attack family (its TOML section,
+    e.g. ``[speaker_id]``), filled with the family's defaults where the config is silent;
+    ``attacks`` names the families to run (None: the registry's defaults).
+    """
 
     model: str = "whisper-tiny.en"
     corpus: str = "synthetic"
@@ -58,14 +60,28 @@ class AuditConfig:
     cache_dir: str | None = None
     batch_size: int = 8
     progress: bool = True
-    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
-    speaker_id: SpeakerIDSettings = field(default_factory=SpeakerIDSettings)
-    verification: VerificationSettings = field(default_factory=VerificationSettings)
-    attributes: AttributeSettings = field(default_factory=AttributeSettings)
-    inversion: InversionSettings = field(default_factory=InversionSettings)
+    attacks: list[str] | None = None
+    families: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        registry = load_families()
+        if self.attacks is None:
+            self.attacks = default_attacks(registry)
+        for name, family in registry.items():
+            self.families.setdefault(name, family.settings())
+
+    @staticmethod
+    def registry() -> dict[str, AttackFamily]:
+        """The attack families this config can name."""
+        return load_families()
+
+    def settings(self, name: str) -> Any:
+        """The settings of attack family ``name``."""
+        return self.families[name]
 
     def validate(self) -> "AuditConfig":
         """Check values; return self. Raises :class:`ConfigError` naming the key."""
+        known = tuple(self.registry())
         if isinstance(self.layers, str) and self.layers != "all":
             self.layers = parse_layers(self.layers)
         if isinstance(self.layers, list) and (not self.layers or any(i < 0 for i in self.layers)):
@@ -78,33 +94,42 @@ class AuditConfig:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r}: must be >= 1")
         for name in self.attacks:
-            if name not in ATTACK_SECTIONS:
-                raise ConfigError(f"attacks: unknown attack family {name!r} (known: {', '.join(ATTACK_SECTIONS)})")
+            if name not in known:
+                raise ConfigError(f"attacks: unknown attack family {name!r} (known: {', '.join(known)})")
         if not self.attacks:
-            raise ConfigError(f"attacks: empty; name at least one family ({', '.join(ATTACK_SECTIONS)})")
-        for section in ATTACK_SECTIONS:
-            getattr(self, section).validate()
+            raise ConfigError(f"attacks: empty; name at least one family ({', '.join(known)})")
+        for name in known:
+            self.families[name].validate(f"{name}.")
         return self
 
     def weakening_settings(self) -> list[str]:
-        """Settings that make this audit weaker than a full one (warned about and reported)."""
+        """Settings that make this audit weaker than a full one (warned about and reported).
+
+        ``--quick``; a default family the user left out; and, in every family that runs, a
+        budget below the family's defaults (fewer attackers, fewer epochs, a narrower
+        network, fewer bootstrap resamples, a capped training set, a skipped judge).
+        """
         weak = []
         if self.quick:
-            weak.append("--quick: reduced attacker budgets (speaker ID by logistic regression only, verification by "
-                        "LDA only, 200 bootstrap resamples)")
-        weak += [f"attack family {name!r} not run" for name in ATTACK_SECTIONS if name not in self.attacks]
-        return weak + [w for name in self.attacks for w in getattr(self, name).weakening()]
+            weak.append("--quick: reduced attacker budgets (each family's quick settings, listed below)")
+        registry = self.registry()
+        weak += [f"attack family {name!r} not run" for name, f in registry.items()
+                 if f.default and name not in self.attacks]
+        return weak + [w for name in self.attacks for w in self.families[name].weakening(f"{name}.")]
 
     def effective(self) -> "AuditConfig":
-        """The config with --quick applied (smaller attacker budgets), warning loudly about it."""
-        for line in self.weakening_settings():
+        """A copy with --quick applied (each family's quick budget), warning loudly about every weakening."""
+        cfg = replace(self, families={n: (s.quick() if self.quick else s) for n, s in self.families.items()},
+                      where=list(self.where), attacks=list(self.attacks))
+        for line in cfg.weakening_settings():
             warnings.warn(f"weakened audit: {line}", stacklevel=2)
-        if self.quick:
-            self.speaker_id.attackers = ["logreg"]
-            self.verification.scorers = ["lda"]
-            for section in ATTACK_SECTIONS:
-                getattr(self, section).n_boot = 200
-        return self
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready config: the plain settings plus one table per family."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "families"}
+        out.update({name: asdict(s) for name, s in self.families.items()})
+        return out
 
     def run_name(self) -> str:
         """Folder name under reports/ when ``out`` is not given."""
@@ -157,7 +182,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 def _fill(cls, data: dict, prefix: str, source: str):
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} - {"families"}
     kwargs = {}
     for key, value in data.items():
         if key not in known:
@@ -176,8 +201,23 @@ def _fill(cls, data: dict, prefix: str, source: str):
 
 
 def config_from_dict(data: dict, *, source: str = "config") -> AuditConfig:
-    """Build and validate an :class:`AuditConfig` from a plain dict (e.g. parsed TOML)."""
-    cfg = _fill(AuditConfig, data, "", source)
+    """Build and validate an :class:`AuditConfig` from a plain dict (e.g. parsed TOML).
+
+    A top-level table named after a registered attack family (``[speaker_id]``) fills that
+    family's settings; any other key must be an :class:`AuditConfig` field.
+    """
+    registry = load_families()
+    families = {}
+    plain = {}
+    for key, value in data.items():
+        if key in registry:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a table [{key}]")
+            families[key] = _fill(registry[key].settings, value, f"{key}.", source)
+        else:
+            plain[key] = value
+    cfg = _fill(AuditConfig, plain, "", source)
+    cfg.families.update(families)
     try:
         return cfg.validate()
     except ConfigError as exc:

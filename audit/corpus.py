@@ -20,7 +20,7 @@ from pathlib import Path
 from audit.audio import audio_duration
 from audit.errors import CorpusError
 
-RESERVED_COLUMNS = ("path", "speaker", "transcript", "duration_s", "utt_id")
+RESERVED_COLUMNS = ("path", "speaker", "transcript", "duration_s", "utt_id", "recording", "session")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,10 @@ class Utterance:
     """One row of a corpus: an audio span with its speaker, transcript and attributes.
 
     ``start``/``end`` select a span of the file in seconds (``end=None``: to the end), so
-    segmenting a long recording never copies audio.
+    segmenting a long recording never copies audio. ``recording`` names the source recording
+    (its file unless a manifest says otherwise) and ``session`` the recording session (a
+    LibriSpeech chapter, a manifest ``session`` or ``chapter`` column, else the recording):
+    splits group by them so that one recording never feeds both sides of a split.
     """
 
     utt_id: str
@@ -39,6 +42,14 @@ class Utterance:
     attributes: dict[str, str] = field(default_factory=dict)
     start: float = 0.0
     end: float | None = None
+    recording: str = ""
+    session: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.recording:
+            object.__setattr__(self, "recording", self.path)
+        if not self.session:
+            object.__setattr__(self, "session", self.recording)
 
 
 @dataclass
@@ -112,8 +123,9 @@ class Corpus:
     def segmented(self, seconds: float) -> "Corpus":
         """Cut every utterance into consecutive ``seconds``-long segments.
 
-        Each segment keeps its speaker and attributes; transcripts are dropped because no
-        word timing is known. A tail shorter than half a segment is dropped; an utterance
+        Each segment keeps its speaker, attributes, ``recording`` and ``session`` (so splits
+        keep a recording's segments together); transcripts are dropped because no word timing
+        is known. A tail shorter than half a segment is dropped; an utterance
         shorter than one segment stays whole.
         """
         if not seconds or seconds <= 0:
@@ -147,8 +159,9 @@ def load_manifest(location: str | Path) -> Corpus:
     """Load a CSV manifest (a folder holding ``manifest.csv``, or the CSV file itself).
 
     Required columns: ``path`` (relative to the manifest's folder or absolute) and
-    ``speaker``; optional ``transcript``, ``duration_s``, ``utt_id``; every other column
-    becomes an attribute. A row naming a missing file is an error that names the row.
+    ``speaker``; optional ``transcript``, ``duration_s``, ``utt_id``, ``recording`` (the
+    source recording, default: the file) and ``session`` (default: a ``chapter`` column, else
+    the recording); every other column becomes an attribute. A row naming a missing file is an error that names the row.
     """
     location = Path(location)
     csv_path = location / "manifest.csv" if location.is_dir() else location
@@ -182,7 +195,10 @@ def load_manifest(location: str | Path) -> Corpus:
                 raise CorpusError(f"{csv_path}:{lineno}: bad duration_s {dur_text!r}") from exc
             attrs = {k: (v or "").strip() for k, v in row.items() if k not in RESERVED_COLUMNS and k is not None}
             transcript = (row.get("transcript") or "").strip() or None
-            utts.append(Utterance(utt_id, str(path), speaker, transcript, duration, attrs))
+            recording = (row.get("recording") or "").strip() or str(path)
+            session = (row.get("session") or "").strip() or attrs.get("chapter") or recording
+            utts.append(Utterance(utt_id, str(path), speaker, transcript, duration, attrs,
+                                  recording=recording, session=f"{speaker}/{session}"))
     if not utts:
         raise CorpusError(f"{csv_path}: manifest has no rows")
     return Corpus(str(location), utts)
@@ -228,7 +244,7 @@ def load_librispeech(root: str | Path) -> Corpus:
             spk, chapter = flac.parent.parent.name, flac.parent.name
             attrs = {"chapter": chapter, **speakers.get(spk, {})}
             utts.append(Utterance(flac.stem, str(flac.resolve()), spk, lines[flac.stem],
-                                  audio_duration(flac), attrs))
+                                  audio_duration(flac), attrs, session=f"{spk}/{chapter}"))
     if not utts:
         raise CorpusError(f"librispeech:{root}: no <speaker>/<chapter>/*.trans.txt found")
     return Corpus(f"librispeech:{root}", utts)
@@ -257,9 +273,14 @@ def load_corpus(spec: str, *, seed: int = 0, progress: bool = True) -> Corpus:
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 
 
-def speech_rate(u: Utterance) -> float | None:
-    """Characters per second: alphanumeric characters of the transcript / duration (None without one)."""
-    if not u.transcript or u.duration <= 0:
+def speech_rate(u: Utterance, voiced_seconds: float | None = None) -> float | None:
+    """Characters per second: alphanumeric characters of the transcript / speaking time.
+
+    Speaking time is ``voiced_seconds`` (voice activity detection, silence and padding left
+    out) when given, else the utterance's duration. None without a transcript or speech.
+    """
+    seconds = u.duration if voiced_seconds is None else voiced_seconds
+    if not u.transcript or not seconds or seconds <= 0:
         return None
-    return len(_ALNUM.findall(u.transcript)) / u.duration
+    return len(_ALNUM.findall(u.transcript)) / seconds
 

@@ -15,6 +15,7 @@ import numpy as np
 from audit.audio import load_audio
 from audit.corpus import Corpus, speech_rate
 from audit.errors import StoreError
+from audit.splits import Grouping
 from audit.store import EmbeddingStore
 
 
@@ -26,7 +27,9 @@ class EmbeddingSet:
     ``attributes`` maps a name (``gender``, ``speech_rate``, ...) to an object array with None
     where the value is unknown; ``transcripts`` holds the reference text (None where unknown);
     ``audio_source(i)`` decodes row ``i``'s 16 kHz audio, used only by the inversion attack's
-    targets and judges.
+    targets and judges; ``grouping`` holds each row's recording, session and start time so
+    that any split made inside an attacker keeps recordings together (default: every row its
+    own recording).
     """
 
     pooled: np.ndarray
@@ -37,6 +40,11 @@ class EmbeddingSet:
     layer: int | None = None
     transcripts: np.ndarray | None = None
     audio_source: Callable[[int], np.ndarray] | None = None
+    grouping: Grouping | None = None
+
+    def __post_init__(self) -> None:
+        if self.grouping is None:
+            self.grouping = Grouping.of(self.speakers)
 
     def __len__(self) -> int:
         return int(self.pooled.shape[0])
@@ -64,7 +72,14 @@ class EmbeddingSet:
         return EmbeddingSet(self.pooled[index], self.speakers[index], [self.utt_ids[i] for i in index],
                             {k: v[index] for k, v in self.attributes.items()}, _reindexed(self.frame_source, index),
                             self.layer, None if self.transcripts is None else self.transcripts[index],
-                            _reindexed(self.audio_source, index))
+                            _reindexed(self.audio_source, index), self.grouping.subset(index))
+
+    def with_pooled(self, pooled: np.ndarray) -> "EmbeddingSet":
+        """The same rows and labels with other pooled vectors and no frames (e.g. an attacker's embeddings)."""
+        if pooled.shape[0] != len(self):
+            raise StoreError(f"with_pooled: {pooled.shape[0]} rows for a set of {len(self)}")
+        return EmbeddingSet(pooled, self.speakers, self.utt_ids, self.attributes, None, self.layer,
+                            self.transcripts, self.audio_source, self.grouping)
 
 
 def _reindexed(source: Callable[[int], np.ndarray] | None, index: np.ndarray) -> Callable[[int], np.ndarray] | None:
@@ -74,12 +89,26 @@ def _reindexed(source: Callable[[int], np.ndarray] | None, index: np.ndarray) ->
     return lambda i: source(int(index[i]))
 
 
-def corpus_attributes(corpus: Corpus) -> dict[str, np.ndarray]:
-    """Attribute columns of a corpus as object arrays, plus derived ``speech_rate`` (chars/s)."""
+def corpus_attributes(corpus: Corpus, voiced_seconds: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """Attribute columns of a corpus as object arrays, plus derived ``speech_rate`` (chars/s).
+
+    ``voiced_seconds`` (one per utterance, from the store's voice activity detection) is the
+    speech rate's denominator; without it the file duration is used.
+    """
     names = sorted({k for u in corpus for k in u.attributes})
     out = {name: np.array(corpus.attribute_values(name), dtype=object) for name in names}
-    out["speech_rate"] = np.array([speech_rate(u) for u in corpus], dtype=object)
+    voiced = [None] * len(corpus) if voiced_seconds is None else list(voiced_seconds)
+    out["speech_rate"] = np.array([speech_rate(u, v) for u, v in zip(corpus, voiced)], dtype=object)
+    if voiced_seconds is not None:
+        out["voiced_seconds"] = np.array([float(v) for v in voiced], dtype=object)
     return out
+
+
+def corpus_grouping(corpus: Corpus) -> Grouping:
+    """Speaker, recording, session and start time of every utterance."""
+    utts = corpus.utterances
+    return Grouping.of([u.speaker for u in utts], [u.recording for u in utts], [u.session for u in utts],
+                       [u.start for u in utts])
 
 
 def layer_set(store: EmbeddingStore, corpus: Corpus, layer: int, *, pooling: str = "meanstd") -> EmbeddingSet:
@@ -88,6 +117,7 @@ def layer_set(store: EmbeddingStore, corpus: Corpus, layer: int, *, pooling: str
         raise StoreError(f"{store.root}: store utterances do not match corpus {corpus.name}")
     utts = corpus.utterances
     return EmbeddingSet(store.pooled(layer, pooling), np.array(corpus.speakers), list(store.utt_ids),
-                        corpus_attributes(corpus), lambda i: store.frames(layer, i), layer,
+                        corpus_attributes(corpus, store.voiced_seconds()), lambda i: store.frames(layer, i), layer,
                         np.array([u.transcript for u in utts], dtype=object),
-                        lambda i: load_audio(utts[i].path, start=utts[i].start, end=utts[i].end))
+                        lambda i: load_audio(utts[i].path, start=utts[i].start, end=utts[i].end),
+                        corpus_grouping(corpus))

@@ -15,6 +15,7 @@ or shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +31,9 @@ __all__ = [
     "roc_auc",
     "regression_scores",
     "speaker_bootstrap_ci",
+    "leakage_ci",
+    "proportion_ci",
+    "clopper_pearson",
     "CI_METHOD",
 ]
 
@@ -746,9 +750,59 @@ def linkability(
     }
 
 
-CI_METHOD = ("percentile bootstrap over test speakers: speakers drawn with replacement (within "
-             "strata when given), every row of a drawn speaker kept, resamples where the statistic "
-             "is undefined redrawn")
+CI_METHOD = ("speaker-clustered percentile bootstrap (test speakers drawn with replacement, within strata "
+             "when given, every row of a drawn speaker kept; resamples where the statistic is undefined "
+             "redrawn), widened where the statistic is a proportion to contain the exact Clopper-Pearson "
+             "binomial interval, so no interval is zero-width")
+
+
+def clopper_pearson(k: int, n: int, *, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided ``1 - alpha`` interval of a binomial proportion ``k / n``.
+
+    ``low = Beta(alpha/2; k, n - k + 1)`` (0 when ``k = 0``) and ``high = Beta(1 - alpha/2;
+    k + 1, n - k)`` (1 when ``k = n``): never zero-width for finite ``n``.
+
+    Examples
+    --------
+    >>> low, high = clopper_pearson(20, 20)
+    >>> round(low, 3), high
+    (0.832, 1.0)
+    """
+    from scipy.stats import beta
+
+    k, n = int(k), int(n)
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"clopper_pearson needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got alpha={alpha!r}")
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
+
+
+def _speaker_bootstrap_values(stat: Callable[[np.ndarray], float], n_speakers: int, *,
+                              strata: np.ndarray | None, n_boot: int, seed: int, min_distinct: int) -> np.ndarray:
+    """``n_boot`` values of ``stat(counts)`` over speaker resamples (see :func:`speaker_bootstrap_ci`)."""
+    if n_speakers < min_distinct:
+        raise ValueError(f"speaker bootstrap needs >= {min_distinct} speakers, got n_speakers={n_speakers}")
+    groups = [np.arange(n_speakers)] if strata is None else \
+        [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    rng = np.random.default_rng(seed)
+    values: list[float] = []
+    attempts = 0
+    while len(values) < n_boot:
+        attempts += 1
+        if attempts > 20 * n_boot:
+            raise ValueError(f"speaker bootstrap: statistic undefined on {attempts - 1 - len(values)} of "
+                             f"{attempts - 1} resamples of {n_speakers} speakers")
+        drawn = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
+        counts = np.bincount(drawn, minlength=n_speakers)
+        if np.count_nonzero(counts) < min_distinct:
+            continue
+        value = float(stat(counts))
+        if np.isfinite(value):
+            values.append(value)
+    return np.asarray(values)
 
 
 def speaker_bootstrap_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *,
@@ -763,7 +817,8 @@ def speaker_bootstrap_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *
     weights speaker ``s``'s rows by ``counts[s]``. Resamples with fewer than ``min_distinct``
     distinct speakers, or where ``stat`` returns a non-finite value (undefined, e.g. a single
     class), are redrawn. The interval is ``(q(alpha/2), q(1 - alpha/2))`` of the ``n_boot``
-    values with ``np.quantile`` (linear interpolation).
+    values with ``np.quantile`` (linear interpolation). Prefer :func:`leakage_ci`, which adds
+    the exact binomial floor for proportions.
 
     Parameters
     ----------
@@ -783,26 +838,100 @@ def speaker_bootstrap_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *
     -------
     (low, high) : tuple of float
     """
-    if n_speakers < min_distinct:
-        raise ValueError(f"speaker bootstrap needs >= {min_distinct} speakers, got n_speakers={n_speakers}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got alpha={alpha!r}")
-    groups = [np.arange(n_speakers)] if strata is None else \
-        [np.flatnonzero(strata == s) for s in np.unique(strata)]
-    rng = np.random.default_rng(seed)
-    values: list[float] = []
-    attempts = 0
-    while len(values) < n_boot:
-        attempts += 1
-        if attempts > 20 * n_boot:
-            raise ValueError(f"speaker bootstrap: statistic undefined on {attempts - 1 - len(values)} of "
-                             f"{attempts - 1} resamples of {n_speakers} speakers")
-        drawn = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
-        counts = np.bincount(drawn, minlength=n_speakers)
-        if np.count_nonzero(counts) < min_distinct:
-            continue
-        value = float(stat(counts))
-        if np.isfinite(value):
-            values.append(value)
-    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    return leakage_ci(stat, n_speakers, strata=strata, n_boot=n_boot, alphas=(alpha,), seed=seed,
+                      min_distinct=min_distinct)[0]
+
+
+def leakage_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *, binomial: tuple[int, int] | None = None,
+               strata: np.ndarray | None = None, n_boot: int = 1000, alphas: Sequence[float] = (0.05,),
+               seed: int = 0, min_distinct: int = 2) -> list[tuple[float, float]]:
+    """The project's one confidence interval for a leakage figure, at each level ``1 - alpha``.
+
+    A speaker-clustered percentile bootstrap (:func:`speaker_bootstrap_ci`'s resampling; the
+    same resamples serve every level) and, for a proportion of ``binomial = (k, n)`` outcomes
+    (top-1 hits, EER as the error rate of ``n`` target trials), its union with the exact
+    Clopper-Pearson interval (:func:`clopper_pearson`) at the same level, so a figure of 100%
+    on finite data never gets the zero-width CI ``[100, 100]``. Pass ``alpha / m`` to get an
+    interval that stays valid for the best of ``m`` compared figures (Bonferroni).
+
+    Parameters
+    ----------
+    stat, n_speakers, strata, n_boot, seed, min_distinct
+        As :func:`speaker_bootstrap_ci`.
+    binomial : (int, int) or None, default=None
+        Successes and trials of a proportion; None for statistics that are not proportions.
+    alphas : sequence of float, default=(0.05,)
+
+    Returns
+    -------
+    list of (low, high)
+        One interval per ``alpha``.
+
+    Examples
+    --------
+    >>> hits = np.ones(20)  # 2 speakers x 10 test utterances, all identified
+    >>> spk = np.repeat([0, 1], 10)
+    >>> ((low, high),) = leakage_ci(lambda c: np.average(hits, weights=c[spk]), 2, binomial=(20, 20))
+    >>> bool(low < 1.0 == high)
+    True
+    """
+    for a in alphas:
+        if not 0 < a < 1:
+            raise ValueError(f"alpha must be in (0, 1), got alpha={a!r}")
+    values = _speaker_bootstrap_values(stat, n_speakers, strata=strata, n_boot=n_boot, seed=seed,
+                                       min_distinct=min_distinct)
+    out = []
+    for a in alphas:
+        low, high = (float(q) for q in np.quantile(values, [a / 2, 1 - a / 2]))
+        if binomial is not None:
+            cl, ch = clopper_pearson(*binomial, alpha=a)
+            low, high = min(low, cl), max(high, ch)
+        out.append((low, high))
+    return out
+
+
+def proportion_ci(hits: np.ndarray, clusters: np.ndarray, *, n_boot: int = 1000,
+                  alphas: Sequence[float] = (0.05,), seed: int = 0) -> list[tuple[float, float]]:
+    """:func:`leakage_ci` of the mean of per-row ``hits`` (0/1), rows clustered by ``clusters`` (speakers)."""
+    h = _check_binary(hits, "hits").astype(np.float64)
+    _, idx = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters = int(idx.max()) + 1 if idx.size else 0
+    min_distinct = 1 if n_clusters < 2 else 2
+    return leakage_ci(lambda counts: float(np.average(h, weights=counts[idx])), n_clusters,
+                      binomial=(int(h.sum()), int(h.size)), n_boot=n_boot, alphas=alphas, seed=seed,
+                      min_distinct=min_distinct)
+
+
+def selection_alphas(n_comparisons: int, alpha: float = 0.05) -> tuple[float, ...]:
+    """``(alpha,)``, plus the Bonferroni level ``alpha / m`` when ``m = n_comparisons > 1`` figures are compared."""
+    return (alpha,) if n_comparisons <= 1 else (alpha, alpha / n_comparisons)
+
+
+def closed_set_metrics(proba: np.ndarray, classes: np.ndarray, y_true: np.ndarray, *, n_boot: int = 1000,
+                       seed: int = 0, n_comparisons: int = 1) -> dict:
+    """Top-1/top-5 accuracy with :func:`proportion_ci` 95% CIs (clustered by test speaker) and macro-F1.
+
+    With ``n_comparisons = m > 1`` the top-1 also gets ``selection_ci95``, the interval at level
+    ``1 - 0.05 / m``: valid for the best of ``m`` compared attackers x layers.
+    """
+    from sklearn.metrics import f1_score
+
+    label_pos = {c: i for i, c in enumerate(classes)}
+    missing = sorted(set(y_true.tolist()) - set(label_pos))
+    if missing:
+        raise ValueError(f"closed-set test speakers never seen in training: {missing[:5]}")
+    y = np.array([label_pos[s] for s in y_true])
+    k5 = min(5, len(classes))
+    alphas = selection_alphas(n_comparisons)
+    hits1, hits5 = topk_accuracy(proba, y, 1), topk_accuracy(proba, y, k5)
+    ci1 = proportion_ci(hits1, y_true, n_boot=n_boot, alphas=alphas, seed=seed)
+    (ci5,) = proportion_ci(hits5, y_true, n_boot=n_boot, seed=seed)
+    pred = classes[np.argmax(proba, axis=1)]
+    out = {"top1": float(hits1.mean()), "ci95": list(ci1[0]), "top5": float(hits5.mean()), "top5_ci95": list(ci5),
+           "top5_k": k5, "macro_f1": float(f1_score(y_true, pred, average="macro")),
+           "n_speakers": int(len(classes)), "n_test": int(y.size), "n_test_speakers": int(np.unique(y_true).size),
+           "chance_top5": chance_topk(len(classes), k5), "ci_method": CI_METHOD}
+    if len(ci1) > 1:
+        out["selection_ci95"] = list(ci1[1])
+        out["n_comparisons"] = int(n_comparisons)
+    return out

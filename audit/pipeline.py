@@ -10,23 +10,26 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict
+import warnings
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from attacks import LAYER_ATTACKS, PREFLIGHT
+from attacks import load_families
 from audit import plots
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
-from audit.embeddings import layer_set
-from audit.errors import ConfigError
+from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
+from audit.errors import ConfigError, CorpusError
 from audit.extractor import Extractor, build_extractor
+from audit.family import AttackFamily, RunContext
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
+from audit.splits import Split
 from audit.store import EmbeddingStore
+from audit.summary import headline, leakiest
 
 THREAT_MODEL = (
     "The attacker holds the audited layer's embeddings (frame-level sequences or per-utterance "
@@ -51,6 +54,24 @@ def environment() -> dict:
             "numpy": np.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def prepare_corpus(cfg: AuditConfig) -> Corpus:
+    """The corpus a config audits: loaded, filtered by ``where`` and cut by ``segment``."""
+    corpus = load_corpus(cfg.corpus, seed=cfg.seed, progress=cfg.progress)
+    if cfg.where:
+        corpus = corpus.where(cfg.where)
+    if cfg.segment:
+        corpus = corpus.segmented(cfg.segment)
+    return corpus
+
+
+def corpus_labels(corpus: Corpus) -> EmbeddingSet:
+    """The corpus's labels (speakers, recordings, attributes) as an embedding-free set, for splits and checks."""
+    return EmbeddingSet(np.zeros((len(corpus), 0), dtype=np.float32), np.array(corpus.speakers),
+                        [u.utt_id for u in corpus], corpus_attributes(corpus),
+                        transcripts=np.array([u.transcript for u in corpus], dtype=object),
+                        grouping=corpus_grouping(corpus))
+
+
 class AuditPipeline:
     """Run one audit from an :class:`AuditConfig`; ``run()`` returns the results dict."""
 
@@ -58,59 +79,89 @@ class AuditPipeline:
         self.config = config
 
     def run(self) -> dict:
-        """Extract (or reuse) embeddings, attack every selected layer, write the report."""
+        """Check feasibility, extract (or reuse) embeddings, attack every selected layer, write the report.
+
+        Everything that can fail without the audited model's embeddings (config, corpus,
+        splits and feasibility of every family, the families' own models) is checked before
+        extraction.
+        """
         cfg = self.config.validate().effective()
         t0 = time.perf_counter()
         out = Path(cfg.out or Path("reports") / cfg.run_name())
-        corpus = self._prepare_corpus(cfg)
+        registry = load_families()
+        corpus = prepare_corpus(cfg)
+        splits, infeasible = self._prepare_splits(cfg, registry, corpus_labels(corpus))
         extractor = build_extractor(cfg.model)
         layers = self._prepare_layers(cfg, extractor)
-        for name in cfg.attacks:
-            if name in PREFLIGHT:
-                PREFLIGHT[name](getattr(cfg, name), seed=cfg.seed)
+        run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers))
+        for name in splits:
+            if registry[name].preflight is not None:
+                registry[name].preflight(cfg.settings(name), run)
         out.mkdir(parents=True, exist_ok=True)
         store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                                      progress=cfg.progress)
         # Small dense problems: multi-threaded BLAS only adds synchronisation cost (measured 20x slower
         # logistic regression with 2 threads on a busy 2-core machine), so attackers run on one BLAS thread.
         with threadpool_limits(limits=1, user_api="blas"):
-            layer_results = [self._attack_layer(cfg, store, corpus, layer, out)
+            layer_results = [self._attack_layer(cfg, registry, splits, store, corpus, layer, run)
                              for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
         results = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "speech-audit", "version": _version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "config": asdict(cfg),
+            "config": cfg.to_dict(),
             "environment": environment(),
             "model": {**extractor.describe(), "fingerprint": extractor.fingerprint()},
             "corpus": {"spec": cfg.corpus, "description": corpus.describe(), "n_utterances": len(corpus),
                        "n_speakers": len(set(corpus.speakers)), "total_seconds": round(corpus.total_seconds, 2),
+                       "n_recordings": len({u.recording for u in corpus}),
+                       "n_sessions": len({u.session for u in corpus}),
                        "filters": list(corpus.filters), "segment_seconds": corpus.segment_seconds,
                        "fingerprint": corpus.fingerprint()},
             "store": {"path": str(store.root), "cache_hit": store.stats.cache_hit,
                       "shards_computed": store.stats.shards_computed,
                       "model_seconds": round(store.stats.model_seconds, 2),
                       "audio_seconds": round(store.stats.audio_seconds, 2),
-                      "wall_seconds": round(store.stats.wall_seconds, 2)},
+                      "wall_seconds": round(store.stats.wall_seconds, 2),
+                      "duration_source": store.duration_source},
             "threat_model": THREAT_MODEL,
             "weakened": cfg.weakening_settings(),
+            "families_not_measurable": infeasible,
+            "splits": {name: split.describe() for name, split in splits.items()},
             "layers": layer_results,
         }
-        results["summary"] = _summary(layer_results)
+        results["summary"] = headline(layer_results)
+        results["leakiest"] = leakiest(layer_results)
         results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, results["summary"], out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        write_report(results, out)
+        write_report(results, out, registry)
         results["out"] = str(out)
         return results
 
     @staticmethod
-    def _prepare_corpus(cfg: AuditConfig) -> Corpus:
-        corpus = load_corpus(cfg.corpus, seed=cfg.seed, progress=cfg.progress)
-        if cfg.where:
-            corpus = corpus.where(cfg.where)
-        if cfg.segment:
-            corpus = corpus.segmented(cfg.segment)
-        return corpus
+    def _prepare_splits(cfg: AuditConfig, registry: dict[str, AttackFamily],
+                        labels: EmbeddingSet) -> tuple[dict[str, Split], dict[str, str]]:
+        """Each selected family's split, made from labels before extraction; families that cannot run, with why.
+
+        A family that cannot run on this corpus is left out with a one-line warning naming the
+        reason (recorded in the results); when none can run, the audit stops with that reason.
+        """
+        splits, infeasible = {}, {}
+        for name in cfg.attacks:
+            family, settings = registry[name], cfg.settings(name)
+            reason = family.feasibility(labels, settings)
+            if reason is None:
+                try:
+                    splits[name] = family.split(labels, settings, cfg.seed)
+                except CorpusError as err:
+                    reason = str(err)
+            if reason is not None:
+                infeasible[name] = reason
+                warnings.warn(f"attack family {name!r} cannot run on this corpus: {reason}", stacklevel=2)
+        if not splits:
+            raise CorpusError("no attack family can run on this corpus: "
+                              + "; ".join(f"{n}: {r}" for n, r in infeasible.items()))
+        return splits, infeasible
 
     @staticmethod
     def _prepare_layers(cfg: AuditConfig, extractor: Extractor) -> list[int]:
@@ -122,13 +173,15 @@ class AuditPipeline:
         return list(cfg.layers)
 
     @staticmethod
-    def _attack_layer(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, layer: int, out: Path) -> dict:
+    def _attack_layer(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
+                      store: EmbeddingStore, corpus: Corpus, layer: int, run: RunContext) -> dict:
         view = layer_set(store, corpus, layer)
-        rate = store.frame_rates[layer]
+        ctx = run.layer(layer, store.frame_rates[layer])
         attacks, seconds = {}, {}
-        for name in cfg.attacks:
+        for name, split in splits.items():
             t0 = time.perf_counter()
-            attacks[name] = LAYER_ATTACKS[name](view, getattr(cfg, name), seed=cfg.seed, frame_rate=rate, out_dir=out)
+            result = registry[name].attack(view.subset(split.train), view.subset(split.test), cfg.settings(name), ctx)
+            attacks[name] = result
             seconds[name] = round(time.perf_counter() - t0, 2)
         return {**store.layer_info(layer), "attacks": attacks, "attack_seconds": seconds}
 
@@ -138,11 +191,12 @@ class AuditPipeline:
         if not summary:
             return []
         written = []
+        attributes = cfg.settings("attributes")
         for tag, layer in (("most", summary["leakiest_layer"]), ("least", summary["least_leaky_layer"])):
             view = layer_set(store, corpus, layer, pooling="mean")
             rows = np.random.default_rng(cfg.seed).permutation(len(view))[:1500]
             colours = {"speaker": view.speakers[rows]}
-            for name in cfg.attributes.categorical + cfg.attributes.numeric:
+            for name in attributes.categorical + attributes.numeric:
                 values = view.attributes.get(name)
                 if values is not None and any(v is not None for v in values[rows]):
                     colours[name] = values[rows]
@@ -151,28 +205,6 @@ class AuditPipeline:
                                 title=f"{cfg.model} layer {layer} ({tag} leaky): t-SNE of mean-pooled embeddings")
             written.append(name)
         return written
-
-
-def _summary(layers: list[dict]) -> dict:
-    """Most and least leaky layer by speaker-ID top-1, or by verification EER when speaker ID was not run."""
-    scored = [(la["attacks"]["speaker_id"]["top1"], la) for la in layers
-              if "top1" in (la["attacks"].get("speaker_id") or {})]
-    if scored:
-        top1, worst = max(scored, key=lambda t: t[0])
-        low, best = min(scored, key=lambda t: t[0])
-        sid = worst["attacks"]["speaker_id"]
-        return {"measure": "speaker_id_top1", "leakiest_layer": worst["index"], "leakiest_top1": top1,
-                "leakiest_ci95": sid["ci95"], "leakiest_attacker": sid["attacker"], "chance": sid["chance"],
-                "least_leaky_layer": best["index"], "least_leaky_top1": low}
-    scored = [(la["attacks"]["verification"]["eer"], la) for la in layers
-              if "eer" in (la["attacks"].get("verification") or {})]
-    if scored:
-        eer, worst = min(scored, key=lambda t: t[0])
-        high, best = max(scored, key=lambda t: t[0])
-        return {"measure": "verification_eer", "leakiest_layer": worst["index"], "leakiest_eer": eer,
-                "leakiest_ci95": worst["attacks"]["verification"]["ci95"], "least_leaky_layer": best["index"],
-                "least_leaky_eer": high}
-    return {}
 
 
 def _version() -> str:
@@ -184,4 +216,4 @@ def _version() -> str:
         return "unknown"
 
 
-__all__ = ["AuditPipeline", "THREAT_MODEL"]
+__all__ = ["AuditPipeline", "THREAT_MODEL", "corpus_labels", "prepare_corpus"]

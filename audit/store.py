@@ -7,7 +7,9 @@ Layout of ``<cache>/<key>/`` (``key`` hashes the model weights, extractor settin
 * ``frames_<l>.npy``  — float16 ``(total_frames, D)`` for layer ``l`` (memory-mapped on read);
 * ``offsets_<l>.npy`` — int64 ``(N + 1,)``: utterance ``i`` owns rows ``offsets[i]:offsets[i+1]``;
 * ``mean_<l>.npy`` / ``std_<l>.npy`` — float32 ``(N, D)`` pooled statistics (computed in float32
-  before the frames are rounded to float16).
+  before the frames are rounded to float16);
+* ``voiced_seconds.npy`` — float64 ``(N,)`` speaking time of each utterance by voice activity
+  detection (:mod:`audit.vad`), measured while the audio is decoded for the model anyway.
 
 Extraction runs shard by shard (a fixed partition of the corpus by utterance count and audio
 duration); each shard is written atomically to ``shards/`` and skipped when present, so a killed
@@ -34,7 +36,7 @@ from audit.corpus import Corpus
 from audit.errors import StoreError
 from audit.extractor import Extractor
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -160,6 +162,15 @@ class EmbeddingStore:
         off = self.offsets(layer)
         return np.asarray(self._frames[layer][off[i]:off[i + 1]], dtype=np.float32)
 
+    def voiced_seconds(self) -> np.ndarray:
+        """Speaking time ``(N,)`` of each utterance (voice activity detection), in seconds."""
+        return np.load(self.root / "voiced_seconds.npy")
+
+    @property
+    def duration_source(self) -> str:
+        """How :meth:`voiced_seconds` was measured."""
+        return str(self.index.get("duration_source", "unknown"))
+
     def layer_info(self, layer: int) -> dict:
         """Name, dimension and frame rate of a layer."""
         self._check_layer(layer)
@@ -206,6 +217,8 @@ class EmbeddingStore:
 
 def _extract_shard(extractor: Extractor, utts, path: Path, batch_size: int) -> float:
     """Extract one shard and write it atomically; returns seconds spent in the model."""
+    from audit.vad import voiced_seconds
+
     wavs = [load_audio(u.path, start=u.start, end=u.end) for u in utts]
     results: list[list[np.ndarray] | None] = [None] * len(utts)
     t_model = 0.0
@@ -215,7 +228,7 @@ def _extract_shard(extractor: Extractor, utts, path: Path, batch_size: int) -> f
         t_model += time.perf_counter() - t
         for i, layers in zip(batch, outs):
             results[i] = layers
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {"voiced": np.array([voiced_seconds(w) for w in wavs], dtype=np.float64)}
     for layer in range(extractor.num_layers):
         per_utt = [r[layer] for r in results]
         for u, a in zip(utts, per_utt):
@@ -237,11 +250,16 @@ def _extract_shard(extractor: Extractor, utts, path: Path, batch_size: int) -> f
 def _consolidate(root: Path, shard_dir: Path, n_shards: int, extractor: Extractor, corpus: Corpus) -> None:
     """Stream shards into per-layer files, then write index.json last (the completion marker)."""
     shard_paths = [shard_dir / f"{k:05d}.npz" for k in range(n_shards)]
+    from audit.vad import DURATION_SOURCE
+
     lengths = {layer: [] for layer in range(extractor.num_layers)}
+    voiced = []
     for p in shard_paths:
         with np.load(p) as z:
+            voiced.append(z["voiced"])
             for layer in lengths:
                 lengths[layer].append(z[f"lengths_{layer}"])
+    _save_npy(root / "voiced_seconds.npy", np.concatenate(voiced))
     for layer in range(extractor.num_layers):
         lens = np.concatenate(lengths[layer])
         if lens.size != len(corpus):
@@ -267,6 +285,7 @@ def _consolidate(root: Path, shard_dir: Path, n_shards: int, extractor: Extracto
              "layer_names": extractor.layer_names, "hidden_sizes": extractor.hidden_sizes,
              "frame_rates": extractor.frame_rates, "extractor": extractor.describe(),
              "corpus": corpus.describe(), "corpus_fingerprint": corpus.fingerprint(),
-             "extractor_fingerprint": extractor.fingerprint(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+             "extractor_fingerprint": extractor.fingerprint(), "duration_source": DURATION_SOURCE,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _atomic_save(root / "index.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
     shutil.rmtree(shard_dir, ignore_errors=True)

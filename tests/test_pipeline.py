@@ -33,7 +33,7 @@ def test_run_writes_results_and_summary(tmp_path):
         assert set(layer["attack_seconds"]) == {"speaker_id", "verification", "attributes"}
         ver = layer["attacks"]["verification"]
         assert 0 <= ver["eer"] <= 1 and ver["ci95"][0] <= ver["eer"] <= ver["ci95"][1]
-        assert {"lda", "plda", "frame"} <= set(ver["scorers"]) and ver["split"]["kind"] == "speaker-disjoint"
+        assert {"lda", "plda", "frame"} <= set(ver["scorers"])
         # the headline is the worst case for privacy: the lowest test EER of all scorers
         assert ver["eer"] == min(r["eer"] for r in ver["scorers"].values() if r.get("eer") is not None)
         assert ver["validation_pick"] in {"lda", "plda"}
@@ -54,6 +54,10 @@ def test_run_writes_results_and_summary(tmp_path):
     assert "its top-1 at 25/50/100% data" in summary and f"| {curve0} |" in summary
     assert all("n_train_speakers" in c for c in saved["layers"][0]["attacks"]["verification"]["learning_curve"])
     assert "weakened" in saved and saved["weakened"]  # logreg-only is a weakening setting
+    assert saved["splits"]["verification"]["kind"] == "speaker-disjoint"
+    assert saved["splits"]["speaker_id"]["group_by"] == "recording"
+    # the run's headline says how many attackers x layers it was picked from
+    assert saved["summary"]["n_compared"] == 3 and "3 layers" in saved["summary"]["picked_from"]
 
 
 def test_quick_is_warned_and_reported(tmp_path):
@@ -85,12 +89,21 @@ def test_verification_only_run_reports_and_maps_by_eer(tmp_path):
     assert any(f.startswith("map_most_leaky_layer") for f in results["files"])
 
 
-def test_impossible_verification_fails_naming_the_setting(tmp_path):
+def test_impossible_family_is_named_before_extraction(tmp_path):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=4)
+    cache = tmp_path / "s"
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
-                            "cache_dir": str(tmp_path / "s"), "quick": True, "progress": False})
-    with pytest.raises(CorpusError, match="verification needs >= 4 speakers.*--segment"):
+                            "cache_dir": str(cache), "quick": True, "progress": False, "attacks": ["verification"]})
+    with pytest.raises(CorpusError, match="no attack family can run.*verification.*--segment"):
         AuditPipeline(cfg).run()
+    assert not cache.exists()  # refused before any extraction
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
+                            "cache_dir": str(cache), "quick": True, "progress": False})
+    with pytest.warns(UserWarning, match="'verification' cannot run on this corpus"):
+        results = AuditPipeline(cfg).run()
+    assert "speaker-disjoint split impossible" in results["families_not_measurable"]["verification"]
+    assert "verification" not in results["layers"][0]["attacks"]
+    assert "Not measurable on this corpus" in (tmp_path / "r" / "summary.md").read_text()
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -149,10 +162,10 @@ def test_inversion_family_writes_listenable_examples(tmp_path):
     with pytest.warns(UserWarning, match="skip_judges"):
         results = AuditPipeline(cfg).run()
     inv = results["layers"][0]["attacks"]["inversion"]
-    assert inv["split"]["kind"] == "speaker-disjoint"
+    assert results["splits"]["inversion"]["kind"] == "speaker-disjoint"
     assert inv["voice_profile"]["lsd_db"] > 0 and inv["voice_profile"]["budget"]
     frame = inv["frame"]
-    assert frame["mel"]["mcd_db"] > 0 and -1 <= frame["signal"]["stoi"] <= 1
+    assert frame["mel"]["logmel_cd_db"] > 0 and frame["signal"]["mcd_db"] > 0 and -1 <= frame["signal"]["stoi"] <= 1
     assert frame["vocoder_copy_signal"]["mcd_db"] < frame["signal"]["mcd_db"]
     assert frame["judges"].startswith("skipped")
     wavs = [f for f in frame["files"] if f.endswith(".wav")]

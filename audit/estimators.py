@@ -1,0 +1,78 @@
+"""The attackers' small estimator base (the project's own sklearn ``base.py``).
+
+Written once and used by every attack family: the fitted check, seeded torch code, fitting an
+sklearn model while recording whether it converged, choosing a hyper-parameter on validation
+data, and the learning curve (the attacker refitted on 25/50/100% of its training data, so a
+reviewer can see whether more data would have made it stronger).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+#: Fractions of the training data an attacker's learning curve is measured at.
+CURVE_FRACTIONS = (0.25, 0.5, 1.0)
+#: sklearn's early stopping holds out 10%: below this many rows that slice is too small to use.
+MIN_EARLY_STOPPING_ROWS = 50
+
+
+class NotFittedError(RuntimeError):
+    """An attacker was asked to evaluate or transform before ``fit``."""
+
+
+def check_is_fitted(estimator: Any, attribute: str) -> None:
+    """Raise :class:`NotFittedError` unless ``estimator`` has the learned ``attribute``."""
+    if not hasattr(estimator, attribute):
+        raise NotFittedError(f"{type(estimator).__name__} is not fitted: call fit(train) first")
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run torch code under ``seed`` without disturbing the caller's global RNG."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def fit_quiet(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, bool]:
+    """Fit an sklearn ``model``; return it and whether it converged (no ConvergenceWarning)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X, y)
+    return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a per-label ``fraction`` of rows (at least one row per label)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for value in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == value))
+        keep.append(idx[: max(1, int(round(fraction * idx.size)))])
+    return np.sort(np.concatenate(keep))
+
+
+def grid_search(grid: Sequence[Any], score: Callable[[Any], float]) -> tuple[Any, dict[str, float]]:
+    """The grid value with the highest validation ``score(value)`` (first on ties) and every score."""
+    scores = {str(v): float(score(v)) for v in grid}
+    best = grid[int(np.argmax([scores[str(v)] for v in grid]))]
+    return best, scores
+
+
+def learning_curve(metric: str, full_value: float, refit_value: Callable[[float], float],
+                   fractions: Sequence[float] = CURVE_FRACTIONS) -> list[dict[str, float]]:
+    """Rows ``{"fraction", metric}``: ``refit_value(f)`` for ``f < 1`` and the fitted attacker's value at 1."""
+    return [{"fraction": f, metric: full_value if f == 1.0 else float(refit_value(f))} for f in fractions]
+
+
+__all__ = ["CURVE_FRACTIONS", "MIN_EARLY_STOPPING_ROWS", "NotFittedError", "check_is_fitted", "fit_quiet",
+           "grid_search", "learning_curve", "seeded", "stratified_fraction"]

@@ -1,0 +1,149 @@
+"""What an attack family hands the system: its registry entry, its settings base, the run context.
+
+A family is one module in ``attacks/`` (or in another package, registered through the
+``speech_audit.attacks`` entry point) that ends with one :class:`AttackFamily` value. The
+entry carries everything the rest of the system needs, so the config, the pipeline, the
+defense runner and the report never name a family by hand:
+
+* ``settings``: a dataclass deriving from :class:`FamilySettings` (its TOML section), with
+  ``validate(prefix)``, ``quick()`` (the ``--quick`` budget) and ``weakening(prefix)``;
+* ``split(labels, settings, seed) -> Split``: the split the family's threat model needs, made
+  from labels only (so it runs before extraction, and a defense runner can hand the same sets
+  to the attack);
+* ``feasibility(labels, settings) -> reason | None``: checked before extraction;
+* ``attack(train, test, settings, ctx) -> dict``: the attack on one layer, given its sets;
+* ``preflight(settings, run)``: loads anything the family needs besides the audited model
+  (vocoders, judges) before extraction, keeping it in the run context;
+* ``table(results) -> Table``: the family's per-layer report table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from audit.embeddings import EmbeddingSet
+from audit.errors import ConfigError
+from audit.results import Table
+from audit.splits import Split
+
+
+@dataclass
+class RunContext:
+    """State shared by every layer of one run: seed, output folder, and work done once per run.
+
+    ``n_layers`` is the number of layers compared, so a headline picked from several layers
+    can say how many it was picked from. :meth:`once` replaces module-global caches: loaded
+    judges and vocoders, and layer-independent analyses of the original audio, live here.
+    """
+
+    seed: int = 0
+    out_dir: Path | None = None
+    progress: bool = False
+    n_layers: int = 1
+    _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``key`` is asked for in this run, the kept value afterwards."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def layer(self, index: int | None, frame_rate: float) -> "LayerContext":
+        """The context of one layer of this run."""
+        return LayerContext(self, index, frame_rate)
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """One layer's context: its index and frame rate, plus the run's."""
+
+    run: RunContext
+    index: int | None
+    frame_rate: float
+
+    @property
+    def seed(self) -> int:
+        """The run's seed."""
+        return self.run.seed
+
+    @property
+    def out_dir(self) -> Path | None:
+        """Where listenable examples and plots of this run go (None: nowhere)."""
+        return self.run.out_dir
+
+
+class FamilySettings:
+    """Base of a family's settings dataclass: budget-based weakening and the ``--quick`` budget.
+
+    ``BUDGET`` names numeric settings where a value below the default weakens the attack;
+    ``BUDGET_LISTS`` names list settings (attackers, scorers) where leaving out a default
+    member weakens it. ``QUICK`` holds the ``--quick`` overrides.
+    """
+
+    BUDGET: ClassVar[tuple[str, ...]] = ()
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ()
+    QUICK: ClassVar[dict[str, Any]] = {}
+
+    def validate(self, prefix: str) -> None:
+        """Raise :class:`ConfigError` naming the bad key (families override)."""
+
+    def quick(self) -> "FamilySettings":
+        """A copy with the ``--quick`` budget (the caller's settings are not changed)."""
+        return dataclasses.replace(self, **self.QUICK)
+
+    def weakening(self, prefix: str) -> list[str]:
+        """Settings below the family's default budget, each as one line naming the key."""
+        default = type(self)()
+        weak = []
+        for key in self.BUDGET_LISTS:
+            missing = [v for v in getattr(default, key) if v not in getattr(self, key)]
+            if missing:
+                weak.append(f"{prefix}{key}={getattr(self, key)!r}: leaves out {', '.join(map(str, missing))}")
+        for key in self.BUDGET:
+            value, full = getattr(self, key), getattr(default, key)
+            if value is not None and full is not None and value < full:
+                weak.append(f"{prefix}{key}={value!r}: below the default budget {full!r}")
+        return weak + self._extra_weakening(prefix)
+
+    def _extra_weakening(self, prefix: str) -> list[str]:
+        """Family-specific weakenings beyond the budget keys."""
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+def check_range(prefix: str, key: str, value: Any, low: float, high: float | None = None, *,
+                open_low: bool = True, open_high: bool = True) -> None:
+    """Raise :class:`ConfigError` naming ``prefix + key`` unless ``value`` lies in the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if open_low else value >= low) and (
+            high is None or (value < high if open_high else value <= high))
+    if not ok:
+        lo = "(" if open_low else "["
+        hi = "inf)" if high is None else (f"{high})" if open_high else f"{high}]")
+        raise ConfigError(f"{prefix}{key}={value!r}: must be in {lo}{low}, {hi}")
+
+
+@dataclass(frozen=True)
+class AttackFamily:
+    """One attack family's registry entry (see the module docstring)."""
+
+    name: str
+    settings: type
+    split: Callable[[EmbeddingSet, Any, int], Split]
+    attack: Callable[[EmbeddingSet, EmbeddingSet, Any, LayerContext], dict]
+    table: Callable[[dict], Table]
+    feasibility: Callable[[EmbeddingSet, Any], str | None] = lambda labels, settings: None
+    preflight: Callable[[Any, RunContext], None] | None = None
+    default: bool = True
+    description: str = ""
+
+
+__all__ = ["AttackFamily", "FamilySettings", "LayerContext", "RunContext", "check_range"]

@@ -1,0 +1,77 @@
+"""The run's headline figures, computed once from per-layer results (the report only renders them).
+
+Every headline is the worst case for privacy (the leakiest layer, its strongest attacker) and
+says how many attackers x layers it was picked from; its ``selection_ci95`` is the interval
+at level ``1 - 0.05 / m`` for those ``m`` comparisons (Bonferroni), so picking the maximum of
+many noisy figures does not make chance look like leakage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.results import is_ok, layer_attack
+
+#: (label, path into a layer's attacks, metric, "max" if higher is leakier else "min").
+IDENTITY_MEASURES = (("identity (speaker-ID top-1)", ("speaker_id",), "top1", "max"),
+                     ("identity (verification EER)", ("verification",), "eer", "min"))
+
+
+def _scored(layers: list[dict], path: tuple[str, ...], metric: str) -> list[tuple[float, dict, dict]]:
+    return [(r[metric], la, r) for la in layers
+            if is_ok(r := layer_attack(la, *path)) and r.get(metric) is not None]
+
+
+def leakiest(layers: list[dict]) -> dict[str, dict[str, Any]]:
+    """Leakiest layer per measure: speaker-ID top-1, verification EER and each attribute's AUC or R².
+
+    Each entry: ``layer``, ``name``, ``metric``, ``value``, ``ci95`` (the attacker's own),
+    ``selection_ci95`` (valid for the pick, where the family computed one), ``chance``,
+    ``attacker`` and ``n_compared`` (attackers x layers the value was picked from).
+    """
+    measures = [(label, path, metric, pick) for label, path, metric, pick in IDENTITY_MEASURES]
+    for la in layers:
+        for key, res in (layer_attack(la, "attributes") or {}).items():
+            if is_ok(res) and not key.endswith("_cca") and isinstance(res, dict):
+                metric = "roc_auc" if "roc_auc" in res else "r2"
+                label = f"{key} ({'AUC' if metric == 'roc_auc' else 'R²'})"
+                if label not in [m[0] for m in measures]:
+                    measures.append((label, ("attributes", key), metric, "max"))
+    out: dict[str, dict[str, Any]] = {}
+    for label, path, metric, pick in measures:
+        scored = _scored(layers, path, metric)
+        if not scored:
+            continue
+        value, la, res = (max if pick == "max" else min)(scored, key=lambda t: t[0])
+        per_layer = res.get("n_attackers_compared", 1)
+        out[label] = {"layer": la["index"], "name": la["name"], "metric": metric, "value": value,
+                      "ci95": res.get("auc_ci95") if metric == "roc_auc" else res.get("ci95"),
+                      "selection_ci95": res.get("selection_ci95"), "chance": res.get("chance"),
+                      "attacker": res.get("attacker"), "n_compared": int(per_layer * len(scored)),
+                      "n_layers_compared": len(scored)}
+    return out
+
+
+def headline(layers: list[dict]) -> dict[str, Any]:
+    """Most and least leaky layer by speaker-ID top-1, or by verification EER when speaker ID was not run."""
+    for label, path, metric, pick in IDENTITY_MEASURES:
+        scored = _scored(layers, path, metric)
+        if not scored:
+            continue
+        leaky = (max if pick == "max" else min)(scored, key=lambda t: t[0])
+        least = (min if pick == "max" else max)(scored, key=lambda t: t[0])
+        value, la, res = leaky
+        name = "top1" if metric == "top1" else "eer"
+        return {"measure": f"{path[0]}_{metric}", "leakiest_layer": la["index"], f"leakiest_{name}": value,
+                "leakiest_ci95": res["ci95"], "leakiest_selection_ci95": res.get("selection_ci95") or res["ci95"],
+                "leakiest_attacker": res["attacker"], "chance": res["chance"],
+                "n_compared": int(res.get("n_attackers_compared", 1) * len(scored)),
+                "n_layers_compared": len(scored), "least_leaky_layer": least[1]["index"],
+                f"least_leaky_{name}": least[0],
+                "picked_from": (f"the {'highest' if pick == 'max' else 'lowest'} of "
+                                f"{res.get('n_attackers_compared', 1)} attackers x {len(scored)} layers; "
+                                "selection CI Bonferroni-adjusted for that many comparisons")}
+    return {}
+
+
+__all__ = ["IDENTITY_MEASURES", "headline", "leakiest"]
