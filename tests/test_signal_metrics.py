@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,19 +13,25 @@ from scipy.fft import dct
 
 from audit.errors import AudioError
 from audit.signal_metrics import (
+    MCD_SETTINGS,
     MEL_SETTINGS,
     cepstrum_from_logmel,
     log_mel_spectrogram,
     log_spectral_distance,
+    logmel_cepstral_distance,
     lsd_from_logmel,
     mcd,
-    mcd_from_logmel,
-    mel_cepstrum,
+    mcd_from_mcep,
+    mel_cepstrum_sptk,
     stoi,
 )
 from audit.vocoder import GriffinLimVocoder, log_mel
 
 SR = 16000
+DB_SQRT2 = 10 / math.log(10) * math.sqrt(2)
+"""MCD of one frame whose cepstra differ by 1.0 in one coefficient d >= 1 (6.1419 dB)."""
+
+LIBRI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech_subset"
 
 
 def _speechlike(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
@@ -38,6 +47,13 @@ def _speechlike(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
     envelope = np.clip(np.sin(2 * np.pi * 4.0 * t), 0.0, None) ** 2
     wav = envelope * voiced + 0.003 * rng.standard_normal(t.size)
     return (0.3 * wav / np.max(np.abs(wav))).astype(np.float32)
+
+
+def _pysptk():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import pysptk
+    return pysptk
 
 
 @pytest.fixture(scope="module")
@@ -61,22 +77,76 @@ def test_log_mel_shape_and_floor(speech):
     np.testing.assert_allclose(silent, math.log(1e-5), rtol=1e-6)
 
 
-def test_mel_cepstrum_is_orthonormal_dct_without_c0(speech):
-    c = mel_cepstrum(speech, order=24)
-    lm = log_mel_spectrogram(speech)
-    assert c.shape == (lm.shape[0], 24)
-    np.testing.assert_allclose(c, dct(lm.astype(np.float64), type=2, norm="ortho", axis=1)[:, 1:25])
-    constant = cepstrum_from_logmel(np.full((3, 80), -2.0))
-    np.testing.assert_allclose(constant, 0.0, atol=1e-12)
+# ---------------------------------------------------------------- textbook MCD (pysptk)
+
+
+def test_mcd_from_mcep_hand_values():
+    zero = np.zeros(25)
+    one_coefficient = zero.copy()
+    one_coefficient[7] = 1.0
+    value, extra = mcd_from_mcep(zero, one_coefficient)
+    assert value == pytest.approx(DB_SQRT2, rel=1e-12) and value == pytest.approx(6.1419, abs=1e-4)
+    assert (extra["n_frames"], extra["order"]) == (1, 24)
+    gain_only = zero.copy()
+    gain_only[0] = 5.0
+    assert mcd_from_mcep(zero, gain_only)[0] == 0.0
+    # two frames: |diff| = 1 (d = 1) and 5 (3 and 4 in d = 2, 3), c0 differences ignored
+    ref = np.zeros((2, 25))
+    deg = np.array([[9.0, 1.0] + [0.0] * 23, [-2.0, 0.0, 3.0, 4.0] + [0.0] * 21])
+    value, extra = mcd_from_mcep(ref, deg)
+    assert value == pytest.approx(DB_SQRT2 * (1 + 5) / 2, rel=1e-12)
+    np.testing.assert_allclose(extra["per_frame"], [DB_SQRT2, 5 * DB_SQRT2])
+    assert extra["per_frame_max"] == pytest.approx(5 * DB_SQRT2)
+    # frames are cut to the shorter sequence (no DTW)
+    assert mcd_from_mcep(ref, deg[:1])[1]["n_frames"] == 1
+    with pytest.raises(ValueError, match="coefficients"):
+        mcd_from_mcep(np.zeros((3, 25)), np.zeros((3, 24)))
+    with pytest.raises(ValueError, match="NaN"):
+        mcd_from_mcep(np.full(25, np.nan), zero)
+
+
+def test_mel_cepstrum_sptk_matches_a_direct_pysptk_call(speech):
+    pysptk = _pysptk()
+    c = mel_cepstrum_sptk(speech)
+    n_frames = 1 + (speech.size - 1024) // 256
+    assert c.shape == (n_frames, 25) and c.dtype == np.float64
+    window = pysptk.sptk.hamming(1024)
+    x = speech.astype(np.float64) * 32768.0
+    for t in (0, 17, n_frames - 1):
+        frame = x[t * 256 : t * 256 + 1024] * window
+        direct = pysptk.mcep(frame, order=24, alpha=0.42, eps=1e-6, etype=1)
+        np.testing.assert_allclose(c[t], direct, rtol=1e-10, atol=1e-12)
+    short = mel_cepstrum_sptk(speech[:700], order=12)
+    padded = np.concatenate([x[:700], np.zeros(324)]) * window
+    np.testing.assert_allclose(short[0], pysptk.mcep(padded, 12, 0.42, eps=1e-6, etype=1), rtol=1e-10)
+    assert short.shape == (1, 13)
 
 
 def test_identical_signals_score_perfectly(speech):
     value, extra = mcd(speech, speech)
     assert value == 0.0
-    assert extra["order"] == 24 and extra["n_frames"] == 1 + speech.size // 160
+    assert extra["order"] == 24 and extra["n_frames"] == 1 + (speech.size - 1024) // 256
+    for words in ("pysptk", "order 24", "alpha 0.42", "FFT 1024", "hop 256", "Hamming", "c0 excluded", "no DTW"):
+        assert words in extra["definition"]
+    assert MCD_SETTINGS.to_dict()["definition"] == extra["definition"]
     assert log_spectral_distance(speech, speech)[0] == 0.0
     assert stoi(speech, speech) > 0.99
     assert stoi(speech, speech, extended=True) > 0.99
+
+
+def test_mcd_matches_definition_by_hand(speech, noise):
+    a, b = mel_cepstrum_sptk(speech), mel_cepstrum_sptk(noise)
+    expected = np.mean(10 / np.log(10) * np.sqrt(2 * np.sum((a[:, 1:] - b[:, 1:]) ** 2, axis=1)))
+    value, extra = mcd(speech, noise)
+    assert value == pytest.approx(expected, rel=1e-12)
+    assert extra["per_frame_median"] == pytest.approx(np.median(extra["per_frame"]))
+
+
+def test_mcd_grows_with_added_noise(speech):
+    rng = np.random.default_rng(2)
+    white = rng.standard_normal(speech.size)
+    values = [mcd(speech, (speech + level * white).astype(np.float32))[0] for level in (0.001, 0.01, 0.1)]
+    assert 0.0 < values[0] < values[1] < values[2]
 
 
 def test_noise_scores_clearly_worse(speech, noise):
@@ -100,26 +170,32 @@ def test_mcd_is_gain_invariant_because_c0_is_excluded(speech, noise):
     assert log_spectral_distance(speech, louder)[0] == pytest.approx(6.0, abs=0.05)
 
 
-def test_mcd_matches_definition_by_hand(speech, noise):
-    a, b = mel_cepstrum(speech), mel_cepstrum(noise)
-    expected = np.mean(10 / np.log(10) * np.sqrt(2 * np.sum((a - b) ** 2, axis=1)))
-    assert mcd(speech, noise)[0] == pytest.approx(expected, rel=1e-9)
-
-
-def test_mcd_from_logmel_matches_mcd(speech, noise):
-    degraded = (speech + 0.3 * noise).astype(np.float32)
-    direct = mcd(speech, degraded)[0]
-    from_logmel = mcd_from_logmel(log_mel(speech), log_mel(degraded))[0]
-    assert from_logmel == pytest.approx(direct, rel=1e-6)
-    assert mcd_from_logmel(log_mel(speech), log_mel(speech))[0] == 0.0
-
-
-def test_frames_truncate_to_the_shorter_signal(speech, noise):
-    _, extra = mcd(speech, noise[: noise.size // 2])
-    assert extra["n_frames"] == 1 + (noise.size // 2) // 160
-    ref, deg = log_mel(speech), log_mel(noise)
-    assert mcd_from_logmel(ref, deg[:50])[1]["n_frames"] == 50
+def test_mcd_frames_truncate_to_the_shorter_signal(speech, noise):
+    half = noise[: noise.size // 2]
+    assert mcd(speech, half)[1]["n_frames"] == 1 + (half.size - 1024) // 256
     assert stoi(speech, np.concatenate([speech, noise])) > 0.99
+
+
+# ---------------------------------------------------------------- log-mel distances (own scale)
+
+
+def test_logmel_cepstrum_is_orthonormal_dct_without_c0(speech):
+    lm = log_mel_spectrogram(speech)
+    c = cepstrum_from_logmel(lm, order=24)
+    assert c.shape == (lm.shape[0], 24)
+    np.testing.assert_allclose(c, dct(lm.astype(np.float64), type=2, norm="ortho", axis=1)[:, 1:25])
+    constant = cepstrum_from_logmel(np.full((3, 80), -2.0))
+    np.testing.assert_allclose(constant, 0.0, atol=1e-12)
+
+
+def test_logmel_cepstral_distance_definition(speech, noise):
+    ref, deg = log_mel(speech), log_mel((speech + 0.3 * noise).astype(np.float32))
+    value, extra = logmel_cepstral_distance(ref, deg)
+    a, b = cepstrum_from_logmel(ref), cepstrum_from_logmel(deg)
+    assert value == pytest.approx(np.mean(10 / np.log(10) * np.sqrt(2 * np.sum((a - b) ** 2, axis=1))), rel=1e-9)
+    assert (extra["order"], extra["n_frames"]) == (24, ref.shape[0])
+    assert logmel_cepstral_distance(ref, ref)[0] == 0.0
+    assert logmel_cepstral_distance(ref, deg[:50])[1]["n_frames"] == 50
 
 
 def test_lsd_from_logmel_definition(speech, noise):
@@ -136,10 +212,16 @@ def test_bad_inputs_fail_clearly(speech):
         mcd(speech[None], speech)
     with pytest.raises(AudioError, match="NaN"):
         stoi(speech, np.full(100, np.nan))
+    with pytest.raises(ValueError, match="power of two"):
+        mcd(speech, speech, n_fft=1000)
+    with pytest.raises(ValueError, match="alpha"):
+        mel_cepstrum_sptk(speech, alpha=1.0)
     with pytest.raises(ValueError, match="order"):
-        mcd_from_logmel(log_mel(speech), log_mel(speech), order=80)
+        mel_cepstrum_sptk(speech, order=0)
+    with pytest.raises(ValueError, match="order"):
+        logmel_cepstral_distance(log_mel(speech), log_mel(speech), order=80)
     with pytest.raises(ValueError, match="mel bins"):
-        mcd_from_logmel(np.zeros((4, 80)), np.zeros((4, 40)))
+        logmel_cepstral_distance(np.zeros((4, 80)), np.zeros((4, 40)))
 
 
 def test_griffin_lim_vocoder_copy(speech, noise):
@@ -157,3 +239,26 @@ def test_griffin_lim_vocoder_copy(speech, noise):
         vocoder.synthesize(lm[:, :40])
     with pytest.raises(ValueError, match="momentum"):
         GriffinLimVocoder(momentum=1.0)
+
+
+@pytest.mark.slow
+def test_mcd_of_real_speech_is_on_the_published_scale():
+    """Griffin-Lim copy of a LibriSpeech test-other clip: a few dB (published vocoder MCDs are 1-3 dB).
+
+    White noise at amplitude 0.01 on the same clip reads several times more.
+    The log-mel cepstral distance of the same pairs is on its own, larger scale.
+    """
+    if not (LIBRI / "manifest.csv").is_file():
+        pytest.skip(f"shared data {LIBRI} not present")
+    from audit.audio import load_audio
+
+    with open(LIBRI / "manifest.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["utt_id"] == "1688-142285-0004")
+    wav = load_audio(LIBRI / row["path"])
+    vocoder = GriffinLimVocoder()
+    copy = vocoder.synthesize(vocoder.analyze(wav), length=wav.size)
+    noisy = (wav + 0.01 * np.random.default_rng(0).standard_normal(wav.size)).astype(np.float32)
+    copy_mcd, noisy_mcd = mcd(wav, copy)[0], mcd(wav, noisy)[0]
+    assert 1.0 < copy_mcd < 3.5
+    assert noisy_mcd > 2.5 * copy_mcd
+    assert logmel_cepstral_distance(log_mel(wav), log_mel(copy))[0] > 2.0 * copy_mcd
