@@ -186,7 +186,7 @@ def _fill(cls, data: dict, prefix: str, source: str):
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {prefix}{key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{source}: unknown key {prefix + key!r} (known: {', '.join(sorted(known))})")
         hint = hints[key]
         if isinstance(hint, type) and is_dataclass(hint):
             if not isinstance(value, dict):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks.attributes import CCAProbe, GenderInference, SpeechRateRegression, attribute_split, cca_correlation
+from attacks.attributes import (AttributeSettings, CCAProbe, GenderInference, SpeechRateRegression, attack_attributes,
+                                attribute_split, cca_correlation)
 from audit.embeddings import EmbeddingSet
 from audit.errors import CorpusError
+from audit.family import RunContext
 
 
 def make_set(*, gender_leak: float = 0.0, rate_leak: bool = False, n_speakers: int = 24, n_utts: int = 8,
@@ -183,3 +185,17 @@ def test_clipped_regressor_keeps_predictions_in_the_training_range():
     X = np.arange(10.0)[:, None]
     model = ClippedRegressor(LinearRegression()).fit(X, 2 * X[:, 0] + 1)
     assert model.predict(np.array([[-100.0], [4.0], [100.0]])).tolist() == [1.0, 9.0, 19.0]
+
+
+def test_speech_rate_uses_voiced_duration_and_is_not_measurable_when_it_does_not_vary():
+    from audit.corpus import Utterance, speech_rate
+
+    u = Utterance("u", "/x.wav", "s", "HELLO WORLD", 1.0)  # 10 characters in a clip padded to 1 s
+    assert speech_rate(u) == 10.0 and speech_rate(u, 0.5) == 20.0 and speech_rate(u, 0.0) is None
+    full = make_set(rate_leak=True)
+    constant = dict(full.attributes, voiced_seconds=np.full(len(full), 0.98, dtype=object))
+    data = EmbeddingSet(full.pooled, full.speakers, full.utt_ids, constant)
+    train, test = disjoint(data)
+    out = attack_attributes(train, test, AttributeSettings(n_boot=200), RunContext().layer(0, 50.0))
+    assert "speech rate not measurable: voiced durations barely vary" in out["speech_rate"]["skipped"]
+    assert out["speech_rate_cca"]["skipped"] and not out["gender"].get("skipped")

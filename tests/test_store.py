@@ -41,6 +41,10 @@ def test_store_layout_and_pooled_stats(tone_corpus, tmp_path):
     np.testing.assert_allclose(frames, direct, atol=2e-2 * np.abs(direct).max())
     np.testing.assert_allclose(store.pooled(2, "mean")[5], direct.mean(0), rtol=1e-4, atol=1e-5)
     assert store.pooled(1).shape == (len(corpus), 64)
+    # the speaking time (voice activity detection) of every clip is measured while its audio is decoded
+    voiced = store.voiced_seconds()
+    assert voiced.shape == (len(corpus),) and "webrtcvad" in store.duration_source
+    assert np.all(voiced <= np.array([u.duration for u in corpus]) + 0.03) and voiced.max() > 0.5
 
 
 def test_second_build_does_no_model_work(tone_corpus, tmp_path):
