@@ -798,15 +798,24 @@ def _decoder(settings: InversionSettings, input_rate: float, target_rate: float,
                             max_epochs=settings.max_epochs, patience=8, num_threads=1, seed=seed)
 
 
-def _analyse(run: RunContext, data: EmbeddingSet, name: str,
-             analysis: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-    """``analysis`` of every utterance's audio, computed once per run for the same utterances."""
-    return run.once(("analysis", name, tuple(data.utt_ids)),
-                    lambda: [analysis(_audio(run, data, i)) for i in range(len(data))])
+def _analyse(run: RunContext, data: EmbeddingSet,
+             analyses: dict[str, Callable[[np.ndarray], np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Every named analysis of every utterance's audio, once per run, decoding each utterance once."""
+    keys = {name: ("analysis", name, tuple(data.utt_ids)) for name in analyses}
+    missing = [name for name, key in keys.items() if not run.has(key)]
+    if missing:
+        computed: dict[str, list[np.ndarray]] = {name: [] for name in missing}
+        for i in range(len(data)):
+            wav = data.audio(i)
+            for name in missing:
+                computed[name].append(analyses[name](wav))
+        for name in missing:
+            run.once(keys[name], lambda name=name: computed[name])
+    return {name: run.once(key, list) for name, key in keys.items()}
 
 
 def _audio(run: RunContext, data: EmbeddingSet, i: int) -> np.ndarray:
-    """Row ``i``'s audio, decoded once per run."""
+    """Row ``i``'s audio, decoded once per run (used for the few originals the judges hear)."""
     return run.once(("audio", data.utt_ids[i]), lambda: data.audio(i))
 
 
@@ -867,7 +876,13 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
     train = train.subset(used)
     frame_ok = train.frame_source is not None and frame_rate >= settings.min_frame_rate
     out: dict[str, Any] = {"n_train_used": int(used.size)}
-    train_mels, test_mels = _analyse(run, train, "log_mel", log_mel), _analyse(run, test, "log_mel", log_mel)
+    vocoder = _vocoder(settings, run) if frame_ok else None
+    # A neural vocoder's decoder predicts that vocoder's own log-mel; the voice profile uses the project's.
+    analyses = {"log_mel": log_mel}
+    if frame_ok and settings.vocoder != "griffinlim":
+        analyses[f"vocoder:{settings.vocoder}"] = vocoder.analyze
+    train_an, test_an = _analyse(run, train, analyses), _analyse(run, test, analyses)
+    train_mels, test_mels = train_an["log_mel"], test_an["log_mel"]
     profile = VoiceProfileDecoder(seed=seed, n_boot=settings.n_boot).fit(train.pooled, train_mels)
     out["voice_profile"] = profile.evaluate(test.pooled, test_mels, speakers=test.speakers).to_dict()
     if not frame_ok:
@@ -875,11 +890,8 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
                   f"frames at {frame_rate:.2f} Hz cannot be aligned to audio (< {settings.min_frame_rate:g} Hz)")
         out["frame"] = AttackResult.skip("inversion", "conv-decoder", f"{reason}: voice-profile attack only").to_dict()
         return out
-    vocoder = _vocoder(settings, run)
     if settings.vocoder != "griffinlim":
-        # A neural vocoder's decoder predicts that vocoder's own log-mel.
-        train_mels = _analyse(run, train, f"vocoder:{settings.vocoder}", vocoder.analyze)
-        test_mels = _analyse(run, test, f"vocoder:{settings.vocoder}", vocoder.analyze)
+        train_mels, test_mels = train_an[f"vocoder:{settings.vocoder}"], test_an[f"vocoder:{settings.vocoder}"]
     decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
     decoder.fit([train.frames(i) for i in range(len(train))], train_mels)
     n_frames = [m.shape[0] for m in test_mels]

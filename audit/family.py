@@ -52,6 +52,10 @@ class RunContext:
             self._memo[key] = compute()
         return self._memo[key]
 
+    def has(self, key: Hashable) -> bool:
+        """True when ``key`` was already computed in this run."""
+        return key in self._memo
+
     def layer(self, index: int | None, frame_rate: float) -> "LayerContext":
         """The context of one layer of this run."""
         return LayerContext(self, index, frame_rate)
