@@ -1,11 +1,15 @@
 """Closed-set speaker identification on pooled embeddings.
 
-Threat: the attacker holds labelled embeddings of the same speakers (other utterances) and
+Threat: the attacker holds labelled embeddings of the same speakers (other recordings) and
 asks "who is speaking?" for new ones. Attackers: multinomial logistic regression and an MLP,
 both with standardised inputs and hyper-parameters chosen on a validation part of the
-training split (never on the test split). Reported: top-1/top-5 accuracy with bootstrap 95%
-CIs, chance level, macro-F1, the training budget and a learning curve (25/50/100% of the
-training data) so a reviewer can see the attacker was not the weak link.
+training split (never on the test split), plus the frame-level ECAPA attacker
+(:mod:`attacks.frame_speaker_id`). Reported: top-1/top-5 accuracy with speaker-clustered
+95% CIs that contain the exact binomial interval (:func:`audit.metrics.closed_set_metrics`),
+chance level, macro-F1, the training budget and a learning curve (25/50/100% of the training
+data) so a reviewer can see the attacker was not the weak link. The split comes from outside
+(:func:`split_speaker_id`, grouped by recording and session), so a defense runner can hand
+the attacker defended sets.
 """
 
 from __future__ import annotations
