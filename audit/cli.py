@@ -69,13 +69,14 @@ def _run(args: argparse.Namespace) -> int:
     results = AuditPipeline(_config(args)).run()
     out = Path(results["out"])
     s = results.get("summary", {})
-    if s.get("measure") == "verification_eer":
-        print(f"leakiest layer {s['leakiest_layer']}: verification EER {100 * s['leakiest_eer']:.1f}% "
-              f"(95% CI {100 * s['leakiest_ci95'][0]:.1f}-{100 * s['leakiest_ci95'][1]:.1f}%), unlinkable = 50%")
-    elif s:
-        print(f"leakiest layer {s['leakiest_layer']}: speaker-ID top-1 {100 * s['leakiest_top1']:.1f}% "
-              f"(95% CI {100 * s['leakiest_ci95'][0]:.1f}-{100 * s['leakiest_ci95'][1]:.1f}%), "
-              f"chance {100 * s['chance']:.1f}%")
+    if s:
+        ci, sel = s["leakiest_ci95"], s["leakiest_selection_ci95"]
+        what = ("verification EER", s.get("leakiest_eer"), "unlinkable = 50%") \
+            if s["measure"] == "verification_eer" else \
+            ("speaker-ID top-1", s.get("leakiest_top1"), f"chance {100 * s['chance']:.1f}%")
+        print(f"leakiest layer {s['leakiest_layer']}: {what[0]} {100 * what[1]:.1f}% "
+              f"(95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%; best of {s['n_compared']} attackers x layers, "
+              f"adjusted CI {100 * sel[0]:.1f}-{100 * sel[1]:.1f}%), {what[2]}")
     print(f"report: {out / 'summary.md'}  results: {out / 'results.json'}  "
           f"(store {'reused' if results['store']['cache_hit'] else 'built'}, {results['wall_seconds']:.1f} s)")
     return 0

@@ -140,7 +140,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith("speech-audit: error:") and err.count("\n") == 1
 
 
-def test_cli_flags_override_config(tmp_path):
+def test_cli_flags_override_config(tmp_path, capsys):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=3, n_utts=4)
     cfg_path = tmp_path / "a.toml"
     cfg_path.write_text(f'model = "tiny-random-wav2vec2"\ncorpus = "{corpus}"\nlayers = [0]\n'
@@ -148,6 +148,7 @@ def test_cli_flags_override_config(tmp_path):
     assert main(["run", "--config", str(cfg_path), "--layers", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [la["index"] for la in saved["layers"]] == [2] and saved["config"]["layers"] == [2]
+    assert "best of 1 attackers x layers" in capsys.readouterr().out
 
 
 def test_inversion_family_writes_listenable_examples(tmp_path):
