@@ -214,8 +214,12 @@ def config_from_dict(data: dict, *, source: str = "config") -> AuditConfig:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key} must be a table [{key}]")
             families[key] = _fill(registry[key].settings, value, f"{key}.", source)
-        else:
+        elif key in {f.name for f in fields(AuditConfig)} - {"families"}:
             plain[key] = value
+        else:
+            fields_known = sorted({f.name for f in fields(AuditConfig)} - {"families"})
+            raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(fields_known)}; "
+                              f"family tables: {', '.join(f'[{n}]' for n in registry)})")
     cfg = _fill(AuditConfig, plain, "", source)
     cfg.families.update(families)
     try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -116,10 +116,6 @@ class FamilySettings:
     def _extra_weakening(self, prefix: str) -> list[str]:
         """Family-specific weakenings beyond the budget keys."""
         return []
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
 
 def check_range(prefix: str, key: str, value: Any, low: float, high: float | None = None, *,
