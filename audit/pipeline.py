@@ -34,8 +34,8 @@ from audit.summary import headline, leakiest
 THREAT_MODEL = (
     "The attacker holds the audited layer's embeddings (frame-level sequences or per-utterance "
     "averages) and a labelled side corpus of its own, and trains on it; every attacker is evaluated on "
-    "held-out data. (1) Closed-set identification: the side corpus has other utterances of the same "
-    "people; the attacker names the speaker of a new utterance. (2) Open-set verification/linkage: the "
+    "held-out data. (1) Closed-set identification: the side corpus has other recordings of the same "
+    "people (other sessions where there are several); the attacker names the speaker of a new utterance. (2) Open-set verification/linkage: the "
     "attacker learns from other people and decides whether two utterances of unseen people come from "
     "the same person (EER, minDCF, linkability). (3) Attribute inference: from other people's labelled "
     "embeddings the attacker infers gender and speaking rate of unseen people. Leakage above chance "
