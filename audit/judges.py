@@ -26,7 +26,7 @@ import torch
 from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
 from audit.extractor import resolve_hf_folder, speechbrain_source
-from audit.metrics import accuracy_ci, bootstrap_ci, eer
+from audit.metrics import bootstrap_ci, clopper_pearson, eer, proportion_ci
 from audit.signal_metrics import MCD_SETTINGS, MEL_SETTINGS, log_spectral_distance, mcd, stoi
 from audit.text import wer_counts
 from audit.whisper_offline import split_even
@@ -346,13 +346,15 @@ def _linking(scores: np.ndarray, true: np.ndarray, *, n_boot: int, seed: int,
     nontarget = scores[~target_mask].reshape(n, k - 1)
     value, threshold = eer(target, nontarget.ravel())
     correct = np.argmax(scores, axis=1) == true
-    top1, top1_ci = accuracy_ci(correct, n_boot=n_boot, seed=seed)
+    top1 = float(correct.mean())
     out = {"target_cosine": float(target.mean()), "nontarget_cosine": float(nontarget.mean()),
            "eer": value, "eer_threshold": threshold, "top1": top1}
     if with_ci:
-        out["eer_ci95"] = _ci(bootstrap_ci(lambda idx: eer(target[idx], nontarget[idx].ravel())[0],
-                                           np.arange(n), n_boot=n_boot, seed=seed))
-        out["top1_ci95"] = _ci(top1_ci)
+        low, high = bootstrap_ci(lambda idx: eer(target[idx], nontarget[idx].ravel())[0], np.arange(n),
+                                 n_boot=n_boot, seed=seed)
+        exact = clopper_pearson(int(round(value * n)), n)  # floor: never zero-width
+        out["eer_ci95"] = _ci((min(low, exact[0]), max(high, exact[1])))
+        out["top1_ci95"] = _ci(proportion_ci(correct, true, n_boot=n_boot, seed=seed)[0])
     return out
 
 
@@ -381,7 +383,8 @@ def speaker_leakage(
       target vs non-target scores, CI from a bootstrap over utterances with the
       enrolments held fixed) and ``top1``: the fraction of reconstructions
       whose highest-scoring enrolment is their true speaker ("linked to the
-      right speaker top1 of the time", CI by :func:`audit.metrics.accuracy_ci`),
+      right speaker top1 of the time", CI by :func:`audit.metrics.proportion_ci`:
+      clustered by speaker, never zero-width),
       next to ``chance = 1 / K``.
     * ``original_*``: the same trials with ``o_i`` in place of ``r_i`` (what
       the judge achieves on the clean originals: the ceiling).
