@@ -40,6 +40,8 @@ def test_leaky_embedding_is_linkable(backend):
     assert result.skipped is None
     assert m["eer"] < 0.02
     assert m["ci95"][0] <= m["eer"] <= m["ci95"][1] < 0.05
+    # the CI contains the exact binomial interval over the 300 target trials: never zero-width
+    assert m["ci95"][1] > m["ci95"][0] and m["ci95"][1] >= 0.01
     assert m["linkability"] > 0.93
     assert result.chance == 0.5
     assert m["n_test_speakers"] == 30 and m["n_target"] == 30 * 10 and m["n_nontarget"] == 30 * 10 * 29
