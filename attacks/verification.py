@@ -524,10 +524,9 @@ def feasibility(labels: EmbeddingSet, settings: VerificationSettings) -> str | N
     """Why verification cannot run on these labels: too few speakers, or test speakers that cannot enrol."""
     try:
         split = split_verification(labels, settings, 0)
-        design = trial_design(labels.grouping.subset(split.test), enroll_fraction=settings.enroll_fraction)
+        trial_design(labels.grouping.subset(split.test), enroll_fraction=settings.enroll_fraction)
     except CorpusError as err:
         return f"{err}; use --segment SECONDS to cut long recordings, or drop 'verification' from the audit"
-    del design
     return None
 
 
