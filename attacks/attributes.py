@@ -683,15 +683,6 @@ def split_attributes(labels: EmbeddingSet, settings: AttributeSettings, seed: in
                            seed=seed)
 
 
-def feasibility(labels: EmbeddingSet, settings: AttributeSettings) -> str | None:
-    """Why attribute inference cannot run: too few speakers for a speaker-disjoint split."""
-    try:
-        split_attributes(labels, settings, 0)
-    except CorpusError as err:
-        return str(err)
-    return None
-
-
 def _voiced_problem(data: EmbeddingSet) -> str | None:
     """Why speech rate is not measurable: voiced durations that do not vary (or are unknown)."""
     voiced = data.attributes.get("voiced_seconds")
@@ -768,5 +759,5 @@ def attribute_table(results: dict) -> Table:
 
 FAMILY = AttackFamily(
     name="attributes", settings=AttributeSettings, split=split_attributes, attack=attack_attributes,
-    table=attribute_table, feasibility=feasibility,
+    table=attribute_table,
     description="attribute inference: gender and speaking rate of unseen people")

@@ -802,16 +802,13 @@ def _analyse(run: RunContext, data: EmbeddingSet,
              analyses: dict[str, Callable[[np.ndarray], np.ndarray]]) -> dict[str, list[np.ndarray]]:
     """Every named analysis of every utterance's audio, once per run, decoding each utterance once."""
     keys = {name: ("analysis", name, tuple(data.utt_ids)) for name in analyses}
-    missing = [name for name, key in keys.items() if not run.has(key)]
-    if missing:
-        computed: dict[str, list[np.ndarray]] = {name: [] for name in missing}
+    computed: dict[str, list[np.ndarray]] = {name: [] for name, key in keys.items() if not run.has(key)}
+    if computed:
         for i in range(len(data)):
             wav = data.audio(i)
-            for name in missing:
-                computed[name].append(analyses[name](wav))
-        for name in missing:
-            run.once(keys[name], lambda name=name: computed[name])
-    return {name: run.once(key, list) for name, key in keys.items()}
+            for name, values in computed.items():
+                values.append(analyses[name](wav))
+    return {name: run.once(key, lambda name=name: computed[name]) for name, key in keys.items()}
 
 
 def _audio(run: RunContext, data: EmbeddingSet, i: int) -> np.ndarray:
@@ -846,15 +843,6 @@ def preflight_inversion(settings: InversionSettings, run: RunContext) -> None:
 def split_inversion(labels: EmbeddingSet, settings: InversionSettings, seed: int) -> Split:
     """Speaker-disjoint split: the attacker's side corpus holds other people."""
     return speaker_disjoint_split(labels.speakers, test_fraction=settings.test_fraction, seed=seed)
-
-
-def feasibility(labels: EmbeddingSet, settings: InversionSettings) -> str | None:
-    """Why inversion cannot run: too few speakers for a side corpus and test speakers."""
-    try:
-        split_inversion(labels, settings, 0)
-    except CorpusError as err:
-        return str(err)
-    return None
 
 
 def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: InversionSettings,
@@ -1024,5 +1012,5 @@ def inversion_table(results: dict) -> Table:
 
 FAMILY = AttackFamily(
     name="inversion", settings=InversionSettings, split=split_inversion, attack=attack_inversion,
-    table=inversion_table, feasibility=feasibility, preflight=preflight_inversion, default=False,
+    table=inversion_table, preflight=preflight_inversion, default=False,
     description="inversion: embeddings decoded back into listenable speech, judged for content and voice")

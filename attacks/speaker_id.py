@@ -208,12 +208,8 @@ def split_speaker_id(labels: EmbeddingSet, settings: SpeakerIDSettings, seed: in
     return closed_set_split(labels.grouping, test_fraction=settings.test_fraction, seed=seed)
 
 
-def feasibility(labels: EmbeddingSet, settings: SpeakerIDSettings) -> str | None:
-    """Why closed-set identification cannot run on these labels (None when it can)."""
-    try:
-        split = split_speaker_id(labels, settings, 0)
-    except CorpusError as err:
-        return str(err)
+def feasibility(labels: EmbeddingSet, split: Split, settings: SpeakerIDSettings) -> str | None:
+    """Why closed-set identification cannot run on this split (None when it can)."""
     kept = np.unique(labels.speakers[split.test]).size
     return None if kept >= 2 else f"closed-set identification needs >= 2 splittable speakers, found {kept}"
 

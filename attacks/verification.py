@@ -515,18 +515,23 @@ class VerificationSettings(FamilySettings):
         check_frame_budget(self, prefix)
 
 
+_VERIFICATION_HINT = "use --segment SECONDS to cut long recordings, or drop 'verification' from the audit"
+
+
 def split_verification(labels: EmbeddingSet, settings: VerificationSettings, seed: int) -> Split:
     """Speaker-disjoint split: the attacker's speakers never appear among the test speakers."""
-    return speaker_disjoint_split(labels.speakers, test_fraction=settings.test_fraction, seed=seed)
-
-
-def feasibility(labels: EmbeddingSet, settings: VerificationSettings) -> str | None:
-    """Why verification cannot run on these labels: too few speakers, or test speakers that cannot enrol."""
     try:
-        split = split_verification(labels, settings, 0)
+        return speaker_disjoint_split(labels.speakers, test_fraction=settings.test_fraction, seed=seed)
+    except CorpusError as err:
+        raise CorpusError(f"{err}; {_VERIFICATION_HINT}") from err
+
+
+def feasibility(labels: EmbeddingSet, split: Split, settings: VerificationSettings) -> str | None:
+    """Why verification cannot run on this split: test speakers that cannot give enrolment and trials."""
+    try:
         trial_design(labels.grouping.subset(split.test), enroll_fraction=settings.enroll_fraction)
     except CorpusError as err:
-        return f"{err}; use --segment SECONDS to cut long recordings, or drop 'verification' from the audit"
+        return f"{err}; {_VERIFICATION_HINT}"
     return None
 
 

@@ -10,7 +10,8 @@ defense runner and the report never name a family by hand:
 * ``split(labels, settings, seed) -> Split``: the split the family's threat model needs, made
   from labels only (so it runs before extraction, and a defense runner can hand the same sets
   to the attack);
-* ``feasibility(labels, settings) -> reason | None``: checked before extraction;
+* ``feasibility(labels, split, settings) -> reason | None``: checks beyond the split itself
+  (a split that cannot be made is already a reason), run on the audit's split before extraction;
 * ``attack(train, test, settings, ctx) -> dict``: the attack on one layer, given its sets;
 * ``preflight(settings, run)``: loads anything the family needs besides the audited model
   (vocoders, judges) before extraction, keeping it in the run context;
@@ -140,7 +141,7 @@ class AttackFamily:
     split: Callable[[EmbeddingSet, Any, int], Split]
     attack: Callable[[EmbeddingSet, EmbeddingSet, Any, LayerContext], dict]
     table: Callable[[dict], Table]
-    feasibility: Callable[[EmbeddingSet, Any], str | None] = lambda labels, settings: None
+    feasibility: Callable[[EmbeddingSet, Split, Any], str | None] = lambda labels, split, settings: None
     preflight: Callable[[Any, RunContext], None] | None = None
     default: bool = True
     description: str = ""

@@ -149,13 +149,14 @@ class AuditPipeline:
         splits, infeasible = {}, {}
         for name in cfg.attacks:
             family, settings = registry[name], cfg.settings(name)
-            reason = family.feasibility(labels, settings)
+            try:
+                split = family.split(labels, settings, cfg.seed)
+                reason = family.feasibility(labels, split, settings)
+            except CorpusError as err:
+                reason = str(err)
             if reason is None:
-                try:
-                    splits[name] = family.split(labels, settings, cfg.seed)
-                except CorpusError as err:
-                    reason = str(err)
-            if reason is not None:
+                splits[name] = split
+            else:
                 infeasible[name] = reason
                 warnings.warn(f"attack family {name!r} cannot run on this corpus: {reason}", stacklevel=2)
         if not splits:
