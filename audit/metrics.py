@@ -22,7 +22,6 @@ import numpy as np
 
 __all__ = [
     "bootstrap_ci",
-    "accuracy_ci",
     "topk_accuracy",
     "chance_topk",
     "eer",
@@ -227,57 +226,6 @@ def bootstrap_ci(
         )
     low, high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
-
-
-def accuracy_ci(
-    correct: np.ndarray,
-    *,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> tuple[float, tuple[float, float]]:
-    """Accuracy (mean of a boolean vector) and its percentile bootstrap CI.
-
-    Definition: ``acc = k / N`` with ``k = sum(correct)``. The bootstrap
-    resamples the count directly: the number of successes in ``N`` draws with
-    replacement from ``correct`` is ``Binomial(N, acc)``, so
-    ``t_b = Binomial(N, acc) / N`` (``b = 1..n_boot``) has exactly the
-    distribution of the row bootstrap of the mean, in O(n_boot) time. The CI
-    is ``(q(alpha/2), q(1 - alpha/2))`` with ``np.quantile`` (linear).
-
-    Parameters
-    ----------
-    correct : ndarray of shape (N,)
-        Bool, or 0/1, per test item.
-    n_boot : int, default=1000
-    alpha : float, default=0.05
-    seed : int, default=0
-        Seed of ``np.random.default_rng`` (deterministic per seed; the draws
-        differ from ``bootstrap_ci(np.mean, correct, seed=seed)``).
-
-    Returns
-    -------
-    acc : float
-    (low, high) : tuple of float
-
-    Examples
-    --------
-    >>> acc, (low, high) = accuracy_ci(np.r_[np.ones(80), np.zeros(20)])
-    >>> acc
-    0.8
-    >>> bool(0.7 < low < 0.8 < high < 0.9)
-    True
-    """
-    c = _check_binary(correct, "correct")
-    n_boot = _check_int(n_boot, "n_boot", 1)
-    alpha = _check_alpha(alpha)
-    n = c.size
-    k = int(c.sum())
-    acc = k / n
-    rng = np.random.default_rng(seed)
-    draws = rng.binomial(n, acc, size=n_boot) / n
-    low, high = np.quantile(draws, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(acc), (float(low), float(high))
 
 
 # --------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from sklearn.metrics import (
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from audit.metrics import (
-    accuracy_ci,
     bootstrap_ci,
+    proportion_ci,
     chance_topk,
     eer,
     linkability,
@@ -242,29 +242,25 @@ def test_linkability_validation():
 # ---------------------------------------------------------------- bootstrap
 
 
-def test_accuracy_ci_covers_true_mean_and_is_deterministic():
+def test_proportion_ci_covers_true_mean_and_is_deterministic():
     rng = np.random.default_rng(0)
     p, n = 0.3, 20000
     correct = rng.random(n) < p
-    acc, (low, high) = accuracy_ci(correct, seed=1)
-    assert acc == correct.mean()
+    rows = np.arange(n)  # every row its own cluster
+    ((low, high),) = proportion_ci(correct, rows, seed=1)
+    acc = correct.mean()
     assert low < acc < high
     half_width = 1.96 * np.sqrt(p * (1 - p) / n)
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
     assert abs(acc - p) < 2 * half_width
-    assert accuracy_ci(correct, seed=1) == (acc, (low, high))
-    assert accuracy_ci(correct, seed=2) != (acc, (low, high))
+    assert proportion_ci(correct, rows, seed=1) == [(low, high)]
     # coverage of the true mean over 300 independent Bernoulli samples ~ 95%
     covered = 0
     for rep in range(300):
         sample = rng.random(2000) < p
-        _, (lo, hi) = accuracy_ci(sample, seed=rep)
+        ((lo, hi),) = proportion_ci(sample, np.arange(2000), n_boot=200, seed=rep)
         covered += lo <= p <= hi
     assert 0.90 <= covered / 300 <= 0.99
-    # the count shortcut agrees with the row bootstrap of the mean
-    b_low, b_high = bootstrap_ci(np.mean, correct[:2000], n_boot=500, seed=3)
-    _, (c_low, c_high) = accuracy_ci(correct[:2000], n_boot=500, seed=3)
-    assert b_low == pytest.approx(c_low, abs=0.01) and b_high == pytest.approx(c_high, abs=0.01)
 
 
 def test_bootstrap_ci_coverage():
@@ -301,9 +297,9 @@ def test_bootstrap_validation():
     with pytest.raises(ValueError, match="alpha=1.5"):
         bootstrap_ci(np.mean, np.ones(3), alpha=1.5)
     with pytest.raises(ValueError, match="n_boot=0"):
-        accuracy_ci(np.ones(3, bool), n_boot=0)
-    with pytest.raises(ValueError, match=r"correct\[1\]=2"):
-        accuracy_ci(np.array([1, 2, 0]))
+        bootstrap_ci(np.mean, np.ones(3), n_boot=0)
+    with pytest.raises(ValueError, match=r"hits\[1\]=2"):
+        proportion_ci(np.array([1, 2, 0]), np.arange(3))
     with pytest.raises(ValueError, match="non-finite"):
         bootstrap_ci(lambda a: np.nan, np.ones(3), n_boot=5)
 
