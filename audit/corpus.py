@@ -161,7 +161,8 @@ def load_manifest(location: str | Path) -> Corpus:
     Required columns: ``path`` (relative to the manifest's folder or absolute) and
     ``speaker``; optional ``transcript``, ``duration_s``, ``utt_id``, ``recording`` (the
     source recording, default: the file) and ``session`` (default: a ``chapter`` column, else
-    the recording); every other column becomes an attribute. A row naming a missing file is an error that names the row.
+    the recording); every other column becomes an attribute. A row naming a missing file is
+    an error that names the row.
     """
     location = Path(location)
     csv_path = location / "manifest.csv" if location.is_dir() else location

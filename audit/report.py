@@ -16,9 +16,6 @@ from audit.family import AttackFamily
 from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack
 
 
-_pct, _ci, _num, _attack, _ok = fmt_pct, fmt_ci, fmt_num, layer_attack, is_ok
-
-
 def _cell(text: str) -> str:
     """A Markdown table cell: pipes and HTML special characters escaped, newlines flattened."""
     return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
@@ -52,11 +49,11 @@ def summary_markdown(results: dict, registry: dict[str, AttackFamily]) -> str:
         lines += ["## Leakiest layers", ""]
         for label, v in leaks.items():
             is_rate = v["metric"] in ("top1", "eer")
-            value = _pct(v["value"]) if is_rate else _num(v["value"])
-            ci = _ci(v["ci95"]) if is_rate else _ci(v["ci95"], 1, ".2f")
-            chance = f", chance {_pct(v['chance']) if is_rate else _num(v['chance'], '.2f')}" if v.get("chance") is not None else ""
+            value = fmt_pct(v["value"]) if is_rate else fmt_num(v["value"])
+            ci = fmt_ci(v["ci95"]) if is_rate else fmt_ci(v["ci95"], 1, ".2f")
+            chance = f", chance {fmt_pct(v['chance']) if is_rate else fmt_num(v['chance'], '.2f')}" if v.get("chance") is not None else ""
             sel = (f"; picked from {v['n_compared']} attackers x layers, selection-adjusted CI "
-                   f"{_ci(v['selection_ci95'])}" if v.get("selection_ci95") else
+                   f"{fmt_ci(v['selection_ci95'])}" if v.get("selection_ci95") else
                    f"; picked from {v['n_compared']} attackers x layers")
             lines.append(f"- **{label}**: layer {v['layer']} ({_cell(v['name'])}): {value} {ci}{chance}{sel}")
         lines.append("")
@@ -64,16 +61,16 @@ def summary_markdown(results: dict, registry: dict[str, AttackFamily]) -> str:
     if s.get("measure") == "verification_eer":
         lines += [f"**What it means:** with a projection learned on other people, two utterances of unseen speakers "
                   f"from layer {s['leakiest_layer']} are linked to the same or different person with an EER of "
-                  f"{_pct(s['leakiest_eer'])} (95% CI {_ci(s['leakiest_ci95'])}; {s['picked_from']}: "
-                  f"{_ci(s['leakiest_selection_ci95'])}; 50% = unlinkable). The least leaky "
-                  f"layer ({s['least_leaky_layer']}) gives {_pct(s['least_leaky_eer'])}.", ""]
+                  f"{fmt_pct(s['leakiest_eer'])} (95% CI {fmt_ci(s['leakiest_ci95'])}; {s['picked_from']}: "
+                  f"{fmt_ci(s['leakiest_selection_ci95'])}; 50% = unlinkable). The least leaky "
+                  f"layer ({s['least_leaky_layer']}) gives {fmt_pct(s['least_leaky_eer'])}.", ""]
     elif s:
         ratio = s["leakiest_top1"] / s["chance"] if s["chance"] else float("nan")
         lines += [f"**What it means:** an attacker with a few labelled utterances per speaker names the speaker of "
-                  f"a new utterance from layer {s['leakiest_layer']} {_pct(s['leakiest_top1'])} of the time "
-                  f"(95% CI {_ci(s['leakiest_ci95'])}; {s['picked_from']}: {_ci(s['leakiest_selection_ci95'])}), "
-                  f"{ratio:.1f}x chance ({_pct(s['chance'])}). "
-                  f"The least leaky layer ({s['least_leaky_layer']}) still gives {_pct(s['least_leaky_top1'])}. "
+                  f"a new utterance from layer {s['leakiest_layer']} {fmt_pct(s['leakiest_top1'])} of the time "
+                  f"(95% CI {fmt_ci(s['leakiest_ci95'])}; {s['picked_from']}: {fmt_ci(s['leakiest_selection_ci95'])}), "
+                  f"{ratio:.1f}x chance ({fmt_pct(s['chance'])}). "
+                  f"The least leaky layer ({s['least_leaky_layer']}) still gives {fmt_pct(s['least_leaky_top1'])}. "
                   "Any layer whose CI lies above chance identifies speakers: treat its embeddings as personal data.",
                   ""]
     for family in registry.values():
@@ -122,8 +119,8 @@ def _settings_lines(results: dict) -> list[str]:
 def _series(results: dict, path: tuple, metric: str, ci_key: str = "ci95") -> dict:
     vals, lo, hi = [], [], []
     for la in results["layers"]:
-        r = _attack(la, *path)
-        good = _ok(r) and r.get(metric) is not None
+        r = layer_attack(la, *path)
+        good = is_ok(r) and r.get(metric) is not None
         vals.append(r[metric] if good else None)
         ci = r.get(ci_key) if good else None
         lo.append(ci[0] if ci else None)
@@ -143,9 +140,9 @@ def write_plots(results: dict, out: Path) -> list[str]:
 
     sid = _series(results, ("speaker_id",), "top1")
     if has(sid):
-        chance = next(_attack(la, "speaker_id")["chance"] for la in results["layers"] if _ok(_attack(la, "speaker_id")))
+        chance = next(layer_attack(la, "speaker_id")["chance"] for la in results["layers"] if is_ok(layer_attack(la, "speaker_id")))
         per_attacker = {f"{n}": _series(results, ("speaker_id", "attackers", n), "top1")
-                        for n in (_attack(results["layers"][0], "speaker_id") or {}).get("attackers", {})}
+                        for n in (layer_attack(results["layers"][0], "speaker_id") or {}).get("attackers", {})}
         per_attacker = {k: {**v, "lo": None, "hi": None} for k, v in per_attacker.items() if has(v)}
         plots.layer_curves(out / "speaker_id_by_layer.png", layers, names, {"strongest": sid, **per_attacker},
                            ylabel="speaker-ID top-1", title=f"{spec}: closed-set speaker identification",
@@ -154,14 +151,14 @@ def write_plots(results: dict, out: Path) -> list[str]:
     ver = _series(results, ("verification",), "eer")
     if has(ver):
         scorers = {n: _series(results, ("verification", "scorers", n), "eer")
-                   for n in (_attack(results["layers"][0], "verification") or {}).get("scorers", {})}
+                   for n in (layer_attack(results["layers"][0], "verification") or {}).get("scorers", {})}
         series = {"strongest": ver, **{n: {**v, "lo": None, "hi": None} for n, v in scorers.items() if has(v)}}
         plots.layer_curves(out / "verification_eer_by_layer.png", layers, names, series, ylabel="EER",
                            title=f"{spec}: open-set verification (lower = leakier)", chance=0.5, ylim=(0, 0.55))
         written.append("verification_eer_by_layer.png")
-        best = min((la for la in results["layers"] if _ok(_attack(la, "verification"))),
-                   key=lambda la: _attack(la, "verification")["eer"])
-        hist = _attack(best, "verification").get("histogram")
+        best = min((la for la in results["layers"] if is_ok(layer_attack(la, "verification"))),
+                   key=lambda la: layer_attack(la, "verification")["eer"])
+        hist = layer_attack(best, "verification").get("histogram")
         if hist:
             plots.score_histogram(out / "verification_scores_leakiest.png", hist,
                                   title=f"layer {best['index']} ({best['name']}): target vs non-target scores")
@@ -169,7 +166,7 @@ def write_plots(results: dict, out: Path) -> list[str]:
     attr_series = {}
     for la in results["layers"]:
         for key, res in (la.get("attacks", {}).get("attributes") or {}).items():
-            if _ok(res) and not key.endswith("_cca"):
+            if is_ok(res) and not key.endswith("_cca"):
                 metric, ci = ("roc_auc", "auc_ci95") if "roc_auc" in res else ("r2", "ci95")
                 attr_series.setdefault(f"{key} {'AUC' if metric == 'roc_auc' else 'R²'}",
                                        _series(results, ("attributes", key), metric, ci))
@@ -182,8 +179,8 @@ def write_plots(results: dict, out: Path) -> list[str]:
         written.append("attributes_by_layer.png")
     curves = {}
     for la in results["layers"]:
-        for n, r in ((_attack(la, "speaker_id") or {}).get("attackers") or {}).items():
-            if _ok(r) and r.get("learning_curve"):
+        for n, r in ((layer_attack(la, "speaker_id") or {}).get("attackers") or {}).items():
+            if is_ok(r) and r.get("learning_curve"):
                 curves[f"L{la['index']} {n}"] = r["learning_curve"]
     if curves:
         plots.learning_curves(out / "speaker_id_learning_curves.png", curves, metric="top1",
