@@ -33,7 +33,7 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.preprocessing import StandardScaler
 
 from attacks.frame_speaker_id import budgeted_frame_attacker, check_frame_budget
-from audit.embeddings import EmbeddingSet
+from audit.embeddings import EmbeddingSet, splice
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import CURVE_FRACTIONS, check_is_fitted
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
@@ -576,6 +576,13 @@ def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: Verificatio
     return result.to_dict()
 
 
+def ignorant_test(clean: EmbeddingSet, defended: EmbeddingSet, settings: VerificationSettings,
+                  seed: int) -> EmbeddingSet:
+    """The defended test set with undefended enrolment rows (the same enrolment/trial design the attack uses)."""
+    design = trial_design(clean.grouping, enroll_fraction=settings.enroll_fraction, seed=seed)
+    return splice(defended, clean, np.concatenate(design.enrol))
+
+
 def verification_table(results: dict) -> Table:
     """One row per layer: EER with CI, minDCF and linkability of the strongest scorer, plus every scorer's EER."""
     table = Table("Speaker verification per layer (open set, unseen speakers)",
@@ -607,5 +614,5 @@ def verification_table(results: dict) -> Table:
 
 FAMILY = AttackFamily(
     name="verification", settings=VerificationSettings, split=split_verification, attack=attack_verification,
-    table=verification_table, feasibility=feasibility,
+    table=verification_table, feasibility=feasibility, enrolment_test=ignorant_test,
     description="open-set verification / linkage: are two utterances of unseen people the same person?")

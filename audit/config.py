@@ -19,13 +19,23 @@ A TOML file holds the same settings as the CLI flags::
     categorical = ["gender"]
     numeric = ["speech_rate"]
 
+    utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
+    defense_fraction = 0.5    # share of speakers in the defense partition (disjoint from evaluated speakers)
+
+    [[defense]]
+    name = "noise"
+    sweep = { sigma = [0, 0.5, 1, 2] }
+    layers = ["leakiest", "last"]
+
 A table named after an attack family (built-in or a plugin's) sets that family's settings; the
-sections are not listed here by hand but come from the registry (:mod:`attacks`). Unknown keys
-and wrongly typed values raise :class:`ConfigError` naming the key.
+sections are not listed here by hand but come from the registry (:mod:`attacks`); so do the
+``[[defense]]`` tables' names and keys (:mod:`defenses`). Unknown keys and wrongly typed values
+raise :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 import types
@@ -36,8 +46,51 @@ from pathlib import Path
 from typing import Any
 
 from attacks import default_attacks, load_families
+from audit.defense import DefenseFamily
 from audit.errors import ConfigError
 from audit.family import AttackFamily
+from audit.utility import UtilitySettings, UtilityTask
+from defenses import load_defenses
+
+#: Attacker scenarios of a defense comparison, weakest to strongest (VoicePrivacy's names).
+SCENARIOS = ("ignorant", "lazy_informed", "semi_informed")
+#: ``layers`` entries of a ``[[defense]]`` table besides layer indices.
+LAYER_NAMES = ("leakiest", "last")
+#: Keys of a ``[[defense]]`` table that are not the defense's own settings.
+DEFENSE_KEYS = ("name", "sweep", "layers")
+
+
+@dataclass
+class DefenseSpec:
+    """One ``[[defense]]`` table: a defense, its fixed parameters, an optional sweep, the layers it defends."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list] = field(default_factory=dict)
+    layers: list[int | str] = field(default_factory=lambda: ["leakiest"])
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every parameter setting of the table: the fixed parameters plus one point of the sweep's product."""
+        keys = list(self.sweep)
+        return [{**self.params, **dict(zip(keys, values))}
+                for values in itertools.product(*(self.sweep[k] for k in keys))] or [dict(self.params)]
+
+    def settings(self, family: DefenseFamily, params: dict[str, Any], prefix: str) -> Any:
+        """The defense's settings object for one parameter setting (TOML aliases mapped), validated."""
+        aliases = getattr(family.settings, "KEY_ALIASES", {})
+        known = {f.name for f in fields(family.settings)}
+        kwargs = {}
+        hints = typing.get_type_hints(family.settings)
+        for key, value in params.items():
+            attr = aliases.get(key, key)
+            if attr not in known:
+                names = sorted({next((k for k, v in aliases.items() if v == n), n) for n in known})
+                raise ConfigError(f"{prefix}{key}: unknown parameter of defense {self.name!r} "
+                                  f"(known: {', '.join(names) or 'none'})")
+            kwargs[attr] = _check_type(f"{prefix}{key}", value, hints[attr])
+        settings = family.settings(**kwargs)
+        settings.validate(prefix)
+        return settings
 
 
 @dataclass
@@ -46,7 +99,10 @@ class AuditConfig:
 
     ``families`` holds one settings object per registered attack family (its TOML section,
     e.g. ``[speaker_id]``), filled with the family's defaults where the config is silent;
-    ``attacks`` names the families to run (None: the registry's defaults).
+    ``attacks`` names the families to run (None: the registry's defaults). ``defenses`` holds
+    the ``[[defense]]`` tables; each is fitted on a defense partition of ``defense_fraction``
+    of the speakers, disjoint from the evaluated speakers (``defense_fit_on = "evaluated"``
+    fits on the evaluated speakers instead, only to show how much that flatters a defense).
     """
 
     model: str = "whisper-tiny.en"
@@ -61,6 +117,12 @@ class AuditConfig:
     batch_size: int = 8
     progress: bool = True
     attacks: list[str] | None = None
+    utility: str = "auto"
+    utility_probe: UtilitySettings = field(default_factory=UtilitySettings)
+    defense_fraction: float = 0.5
+    defense_fit_on: str = "disjoint"
+    defense_scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    defenses: list[DefenseSpec] = field(default_factory=list)
     families: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,7 +162,52 @@ class AuditConfig:
             raise ConfigError(f"attacks: empty; name at least one family ({', '.join(known)})")
         for name in known:
             self.families[name].validate(f"{name}.")
+        self._validate_defenses()
         return self
+
+    def _validate_defenses(self) -> None:
+        """Defense tables, sweeps, layers, scenarios and the utility task, each error naming its key."""
+        if self.utility not in ("auto", "none"):
+            UtilityTask.parse(self.utility)
+        self.utility_probe.validate("utility_probe.")
+        if not (isinstance(self.defense_fraction, float) and 0 < self.defense_fraction < 1):
+            raise ConfigError(f"defense_fraction={self.defense_fraction!r}: must be in (0, 1)")
+        if self.defense_fit_on not in ("disjoint", "evaluated"):
+            raise ConfigError(f"defense_fit_on={self.defense_fit_on!r}: expected 'disjoint' or 'evaluated'")
+        for name in self.defense_scenarios:
+            if name not in SCENARIOS:
+                raise ConfigError(f"defense_scenarios: unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+        if "semi_informed" not in self.defense_scenarios:
+            raise ConfigError("defense_scenarios: must include 'semi_informed' (a defense is judged by the "
+                              "retrained attacker)")
+        registry = load_defenses()
+        for i, spec in enumerate(self.defenses):
+            prefix = f"defense[{i}]."
+            if spec.name not in registry:
+                raise ConfigError(f"{prefix}name: unknown defense {spec.name!r} (known: {', '.join(registry)})")
+            family = registry[spec.name]
+            for key, values in spec.sweep.items():
+                if key not in family.sweepable:
+                    raise ConfigError(f"{prefix}sweep.{key}: not a sweepable parameter of {spec.name!r} "
+                                      f"(sweepable: {', '.join(family.sweepable) or 'none'})")
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"{prefix}sweep.{key}={values!r}: expected a non-empty list of values")
+                if key in spec.params:
+                    raise ConfigError(f"{prefix}{key}: set both as a parameter and in sweep")
+            spec.settings(family, spec.params, prefix)
+            for params in spec.grid():
+                swept = {k: v for k, v in params.items() if k in spec.sweep}
+                try:
+                    spec.settings(family, params, prefix)
+                except ConfigError as exc:
+                    raise ConfigError(f"{prefix}sweep {swept}: {exc}") from exc
+            if not isinstance(spec.layers, list) or not spec.layers:
+                raise ConfigError(f"{prefix}layers={spec.layers!r}: expected a non-empty list of layer indices, "
+                                  f"'leakiest' or 'last'")
+            for layer in spec.layers:
+                ok = layer in LAYER_NAMES or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0)
+                if not ok:
+                    raise ConfigError(f"{prefix}layers: {layer!r} is not a layer index, 'leakiest' or 'last'")
 
     def weakening_settings(self) -> list[str]:
         """Settings that make this audit weaker than a full one (warned about and reported).
@@ -115,19 +222,29 @@ class AuditConfig:
         registry = self.registry()
         weak += [f"attack family {name!r} not run" for name, f in registry.items()
                  if f.default and name not in self.attacks]
+        if self.defenses:
+            if self.defense_fit_on == "evaluated":
+                weak.append("defense_fit_on='evaluated': defenses are fitted on the evaluated speakers themselves, "
+                            "which flatters them (a deployed defense never sees its users' speech)")
+            weak += [f"defense_scenarios: scenario {s!r} not run" for s in SCENARIOS
+                     if s not in self.defense_scenarios]
         return weak + [w for name in self.attacks for w in self.families[name].weakening(f"{name}.")]
 
     def effective(self) -> "AuditConfig":
         """A copy with --quick applied (each family's quick budget), warning loudly about every weakening."""
         cfg = replace(self, families={n: (s.quick() if self.quick else s) for n, s in self.families.items()},
-                      where=list(self.where), attacks=list(self.attacks))
+                      where=list(self.where), attacks=list(self.attacks),
+                      utility_probe=self.utility_probe.quick() if self.quick else self.utility_probe)
         for line in cfg.weakening_settings():
             warnings.warn(f"weakened audit: {line}", stacklevel=2)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready config: the plain settings plus one table per family."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "families"}
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("families", "defenses", "utility_probe")}
+        out["utility_probe"] = asdict(self.utility_probe)
+        out["defense"] = [asdict(spec) for spec in self.defenses]
         out.update({name: asdict(s) for name, s in self.families.items()})
         return out
 
@@ -182,7 +299,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 def _fill(cls, data: dict, prefix: str, source: str):
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)} - {"families"}
+    known = {f.name for f in fields(cls)} - {"families", "defenses"}
     kwargs = {}
     for key, value in data.items():
         if key not in known:
@@ -209,23 +326,44 @@ def config_from_dict(data: dict, *, source: str = "config") -> AuditConfig:
     registry = load_families()
     families = {}
     plain = {}
+    defenses = []
     for key, value in data.items():
-        if key in registry:
+        if key == "defense":
+            defenses = parse_defense_tables(value, source)
+        elif key in registry:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key} must be a table [{key}]")
             families[key] = _fill(registry[key].settings, value, f"{key}.", source)
-        elif key in {f.name for f in fields(AuditConfig)} - {"families"}:
+        elif key in {f.name for f in fields(AuditConfig)} - {"families", "defenses"}:
             plain[key] = value
         else:
-            fields_known = sorted({f.name for f in fields(AuditConfig)} - {"families"})
+            fields_known = sorted({f.name for f in fields(AuditConfig)} - {"families", "defenses"})
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(fields_known)}; "
                               f"family tables: {', '.join(f'[{n}]' for n in registry)})")
     cfg = _fill(AuditConfig, plain, "", source)
     cfg.families.update(families)
+    cfg.defenses = defenses
     try:
         return cfg.validate()
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
+
+
+def parse_defense_tables(value: Any, source: str) -> list[DefenseSpec]:
+    """``[[defense]]`` tables as :class:`DefenseSpec` values (shape only; :meth:`AuditConfig.validate` checks content)."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{source}: defense must be an array of tables [[defense]]")
+    specs = []
+    for i, table in enumerate(value):
+        if "name" not in table or not isinstance(table["name"], str):
+            raise ConfigError(f"{source}: defense[{i}].name: missing (the defense to run, e.g. name = \"noise\")")
+        sweep = table.get("sweep", {})
+        if not isinstance(sweep, dict):
+            raise ConfigError(f"{source}: defense[{i}].sweep must be a table, e.g. sweep = {{ sigma = [0, 1] }}")
+        layers = table.get("layers", ["leakiest"])
+        specs.append(DefenseSpec(table["name"], {k: v for k, v in table.items() if k not in DEFENSE_KEYS},
+                                 dict(sweep), layers if isinstance(layers, list) else [layers]))
+    return specs
 
 
 def load_config(path: str | Path) -> AuditConfig:

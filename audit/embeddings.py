@@ -82,6 +82,26 @@ class EmbeddingSet:
                             self.transcripts, self.audio_source, self.grouping)
 
 
+def splice(base: EmbeddingSet, other: EmbeddingSet, rows: Sequence[int] | np.ndarray) -> EmbeddingSet:
+    """``base`` with rows ``rows`` taken from ``other`` (same utterances, e.g. the undefended view).
+
+    Used for attacker scenarios where some of the test data reach the attacker undefended
+    (VoicePrivacy's *ignorant* attacker enrols on original speech). Both sets must hold the
+    same utterances in the same order and vectors of the same dimension.
+    """
+    if base.utt_ids != other.utt_ids or base.pooled.shape != other.pooled.shape:
+        raise StoreError("splice: the two sets must hold the same utterances with vectors of the same dimension")
+    rows = np.asarray(rows, dtype=int)
+    pooled = base.pooled.copy()
+    pooled[rows] = other.pooled[rows]
+    frame_source = None
+    if base.frame_source is not None and other.frame_source is not None:
+        chosen = set(rows.tolist())
+        frame_source = lambda i: (other if int(i) in chosen else base).frames(int(i))  # noqa: E731
+    return EmbeddingSet(pooled, base.speakers, base.utt_ids, base.attributes, frame_source, base.layer,
+                        base.transcripts, base.audio_source, base.grouping)
+
+
 def _reindexed(source: Callable[[int], np.ndarray] | None, index: np.ndarray) -> Callable[[int], np.ndarray] | None:
     """``source`` seen through a row selection (None stays None)."""
     if source is None:

@@ -15,7 +15,11 @@ defense runner and the report never name a family by hand:
 * ``attack(train, test, settings, ctx) -> dict``: the attack on one layer, given its sets;
 * ``preflight(settings, run)``: loads anything the family needs besides the audited model
   (vocoders, judges) before extraction, keeping it in the run context;
-* ``table(results) -> Table``: the family's per-layer report table.
+* ``table(results) -> Table``: the family's per-layer report table;
+* ``enrolment_test(clean, defended, settings, seed) -> EmbeddingSet``: for families whose test
+  set holds enrolment data (verification), the test set of VoicePrivacy's *ignorant* attacker,
+  who enrols on undefended speech and scores defended trials. Families with it also get the
+  *lazy-informed* scenario (enrolment and trials defended, scorer trained undefended).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from audit.embeddings import EmbeddingSet
-from audit.errors import ConfigError
+from audit.errors import ConfigError, CorpusError
 from audit.results import Table
 from audit.splits import Split
 
@@ -145,6 +149,24 @@ class AttackFamily:
     preflight: Callable[[Any, RunContext], None] | None = None
     default: bool = True
     description: str = ""
+    enrolment_test: Callable[[EmbeddingSet, EmbeddingSet, Any, int], EmbeddingSet] | None = None
 
 
-__all__ = ["AttackFamily", "FamilySettings", "LayerContext", "RunContext", "check_range"]
+def plan_splits(families: dict[str, AttackFamily], settings: Callable[[str], Any], labels: EmbeddingSet,
+                seed: int) -> tuple[dict[str, Split], dict[str, str]]:
+    """Each family's split made from labels (before extraction), and the families that cannot run, with why."""
+    splits, infeasible = {}, {}
+    for name, family in families.items():
+        try:
+            split = family.split(labels, settings(name), seed)
+            reason = family.feasibility(labels, split, settings(name))
+        except CorpusError as err:
+            reason = str(err)
+        if reason is None:
+            splits[name] = split
+        else:
+            infeasible[name] = reason
+    return splits, infeasible
+
+
+__all__ = ["AttackFamily", "FamilySettings", "LayerContext", "RunContext", "check_range", "plan_splits"]

@@ -21,10 +21,11 @@ from attacks import load_families
 from audit import plots
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
+from audit.defense_runner import plan_defenses, run_defenses
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.extractor import Extractor, build_extractor
-from audit.family import AttackFamily, RunContext
+from audit.family import AttackFamily, RunContext, plan_splits
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
 from audit.splits import Split
@@ -90,7 +91,9 @@ class AuditPipeline:
         out = Path(cfg.out or Path("reports") / cfg.run_name())
         registry = load_families()
         corpus = prepare_corpus(cfg)
-        splits, infeasible = self._prepare_splits(cfg, registry, corpus_labels(corpus))
+        labels = corpus_labels(corpus)
+        splits, infeasible = self._prepare_splits(cfg, registry, labels)
+        defense_plan = plan_defenses(cfg, registry, labels)
         extractor = build_extractor(cfg.model)
         layers = self._prepare_layers(cfg, extractor)
         run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers))
@@ -132,6 +135,11 @@ class AuditPipeline:
         }
         results["summary"] = headline(layer_results)
         results["leakiest"] = leakiest(layer_results)
+        if defense_plan is not None:
+            results["defense_plan"] = defense_plan.describe(labels)
+            with threadpool_limits(limits=1, user_api="blas"):
+                results["defenses"] = run_defenses(defense_plan, cfg, registry, store, corpus,
+                                                   results["summary"].get("leakiest_layer"), run)
         results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, results["summary"], out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
         write_report(results, out, registry)
@@ -146,19 +154,9 @@ class AuditPipeline:
         A family that cannot run on this corpus is left out with a one-line warning naming the
         reason (recorded in the results); when none can run, the audit stops with that reason.
         """
-        splits, infeasible = {}, {}
-        for name in cfg.attacks:
-            family, settings = registry[name], cfg.settings(name)
-            try:
-                split = family.split(labels, settings, cfg.seed)
-                reason = family.feasibility(labels, split, settings)
-            except CorpusError as err:
-                reason = str(err)
-            if reason is None:
-                splits[name] = split
-            else:
-                infeasible[name] = reason
-                warnings.warn(f"attack family {name!r} cannot run on this corpus: {reason}", stacklevel=2)
+        splits, infeasible = plan_splits({n: registry[n] for n in cfg.attacks}, cfg.settings, labels, cfg.seed)
+        for name, reason in infeasible.items():
+            warnings.warn(f"attack family {name!r} cannot run on this corpus: {reason}", stacklevel=2)
         if not splits:
             raise CorpusError("no attack family can run on this corpus: "
                               + "; ".join(f"{n}: {r}" for n, r in infeasible.items()))

@@ -54,6 +54,43 @@ def layer_curves(path: Path, layers: Sequence[int], names: Sequence[str], series
     return path
 
 
+def pareto_plot(path: Path, points: Sequence[dict], front: Sequence[dict], *, title: str) -> Path:
+    """Retained utility against the strongest attacker's speaker-ID top-1, one marker per setting.
+
+    Each point is ``{"label", "leak", "leak_ci95", "retained", "retained_ci95", "chance"}``; the
+    Pareto ``front`` is drawn as a line, chance as a dashed vertical line. Labels sit next to
+    the markers, so nothing is told by colour alone.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.8, 4.4), dpi=120)
+    for p in points:
+        xerr = yerr = None
+        if p.get("leak_ci95"):
+            xerr = [[p["leak"] - p["leak_ci95"][0]], [p["leak_ci95"][1] - p["leak"]]]
+        if p.get("retained_ci95"):
+            yerr = [[p["retained"] - p["retained_ci95"][0]], [p["retained_ci95"][1] - p["retained"]]]
+        on_front = any(p is q for q in front)
+        ax.errorbar([p["leak"]], [p["retained"]], xerr=xerr, yerr=yerr, fmt="o" if on_front else "s", ms=5,
+                    capsize=2, lw=0.8, color="C0" if on_front else "C7")
+        ax.annotate(p["label"], (p["leak"], p["retained"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if front:
+        ax.plot([p["leak"] for p in front], [p["retained"] for p in front], "-", color="C0", lw=1.2,
+                label="Pareto front (circles)")
+    chance = next((p["chance"] for p in points if p.get("chance") is not None), None)
+    if chance is not None:
+        ax.axvline(chance, color="gray", ls="--", lw=1, label=f"chance top-1 ({chance:.1%})")
+    ax.set_xlabel("speaker-ID top-1 of the strongest attacker (lower = more private)")
+    ax.set_ylabel("retained utility (defended / undefended)")
+    ax.set_xlim(left=0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def embedding_map(path: Path, X: np.ndarray, colour_by: dict[str, np.ndarray], *, title: str,
                   method: str = "tsne", seed: int = 0) -> Path:
     """2-D map of pooled embeddings (PCA to 50 dims, then t-SNE or PCA), one panel per colouring."""

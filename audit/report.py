@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from audit import plots
+from audit.defense_tables import defense_table, pareto_front, privacy_utility_points
 from audit.family import AttackFamily
 from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack
 
@@ -75,6 +76,9 @@ def summary_markdown(results: dict, registry: dict[str, AttackFamily]) -> str:
                   ""]
     for family in registry.values():
         lines += markdown_table(family.table(results))
+    defenses = defense_table(results)
+    if defenses is not None:
+        lines += markdown_table(defenses)
     lines += _settings_lines(results)
     files = sorted(p for p in results.get("files", []))
     if files:
@@ -186,6 +190,13 @@ def write_plots(results: dict, out: Path) -> list[str]:
         plots.learning_curves(out / "speaker_id_learning_curves.png", curves, metric="top1",
                               title="speaker-ID attackers: top-1 vs training data (flat = converged)")
         written.append("speaker_id_learning_curves.png")
+    for layer in sorted({e["layer"] for e in results.get("defenses") or []}):
+        points = privacy_utility_points(results["defenses"], layer)
+        if points:
+            name = f"pareto_layer{layer}.png"
+            plots.pareto_plot(out / name, points, pareto_front(points),
+                              title=f"{spec} layer {layer}: privacy vs utility per defense setting")
+            written.append(name)
     return written
 
 

@@ -45,7 +45,8 @@ def write_tone_corpus(root: Path, *, n_speakers: int = 4, n_utts: int = 6, secon
             wav = voice(90 + 35 * s, 500 + 400 * s, seconds + 0.1 * u, seed=100 * s + u)
             sf.write(root / rel, wav, 16000, subtype="PCM_16")
             rows.append({"path": rel, "speaker": f"spk{s}", "transcript": "HELLO WORLD",
-                         "duration_s": f"{wav.size / 16000:.3f}", "gender": "F" if s % 2 else "M"})
+                         "duration_s": f"{wav.size / 16000:.3f}", "gender": "F" if s % 2 else "M",
+                         "digit": str(u % 3)})
     with open(root / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

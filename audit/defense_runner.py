@@ -1,0 +1,314 @@
+"""The defense comparison: fit each defense on the owner's speakers, attack and probe the rest.
+
+A defense is the model owner's transform, trained once on the owner's data and applied to
+people it never saw. So the corpus is split by speaker into a *defense partition* (the owner's
+speakers: every defense is fitted there) and an *evaluation partition* (everyone else: the
+attack families and the utility probe run there with their usual splits). Everything that can
+be decided from labels (partition, splits, utility task, feasibility) is planned before
+extraction by :func:`plan_defenses`; :func:`run_defenses` then measures every defense setting
+on every layer it names, under three attacker scenarios (VoicePrivacy's):
+
+* ``ignorant``: attackers trained on undefended embeddings, tested on defended ones (a family
+  with enrolment data, verification, enrols on undefended speech);
+* ``lazy_informed``: families with enrolment only: scorer trained on undefended embeddings,
+  enrolment and trials both defended;
+* ``semi_informed``: every attacker retrained from scratch on defended embeddings, with the
+  attack suite's own budgets and validation.
+
+A defense is judged by the strongest scenario. The undefended reference on the same partition
+is the entry ``name = "none"``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from audit.config import AuditConfig, DefenseSpec
+from audit.defense import DefenseContext, DefenseFailed, DefenseFamily
+from audit.embeddings import EmbeddingSet, layer_set
+from audit.errors import ConfigError, CorpusError
+from audit.family import AttackFamily, RunContext, plan_splits
+from audit.splits import Split, speaker_disjoint_split
+from audit.store import EmbeddingStore
+from audit.utility import UtilityScore, UtilityTask, measure_utility, resolve_task, retained, utility_split
+from defenses import load_defenses
+
+#: Fewest speakers a defense partition may have (an adversary and LEACE need several classes).
+MIN_DEFENSE_SPEAKERS = 2
+
+
+@dataclass
+class DefensePlan:
+    """Everything about a defense comparison that labels decide, made before extraction.
+
+    Row indices in ``fit_rows`` and ``eval_rows`` index the corpus; ``splits`` (per attack
+    family) and ``utility_split`` index the evaluation partition.
+    """
+
+    fit_rows: np.ndarray
+    eval_rows: np.ndarray
+    fit_on: str
+    task: UtilityTask | None
+    utility_split: Any
+    splits: dict[str, Split]
+    infeasible: dict[str, str]
+    settings: list[tuple[DefenseSpec, dict[str, Any], Any]] = field(default_factory=list)
+    utility_note: str | None = None
+
+    def describe(self, labels: EmbeddingSet) -> dict:
+        """JSON-ready partition sizes, splits and which families could not run on the evaluated speakers."""
+        return {"fit_on": self.fit_on,
+                "defense_partition": {"n_speakers": int(np.unique(labels.speakers[self.fit_rows]).size),
+                                      "n_utterances": int(self.fit_rows.size)},
+                "evaluation_partition": {"n_speakers": int(np.unique(labels.speakers[self.eval_rows]).size),
+                                         "n_utterances": int(self.eval_rows.size)},
+                "speakers_disjoint": self.fit_on == "disjoint",
+                "utility_task": None if self.task is None else self.task.name,
+                "utility_note": self.utility_note,
+                "utility_split": None if self.utility_split is None else self.utility_split.describe(),
+                "splits": {name: split.describe() for name, split in self.splits.items()},
+                "families_not_measurable": dict(self.infeasible)}
+
+
+def plan_defenses(cfg: AuditConfig, families: dict[str, AttackFamily], labels: EmbeddingSet) -> DefensePlan | None:
+    """The defense comparison's partition, splits and settings, or None when the config names no defense.
+
+    Raises :class:`ConfigError` naming the key when the defense partition is too small, the
+    utility task cannot be supported by the corpus, or no attack family can run on the
+    evaluated speakers.
+    """
+    if not cfg.defenses:
+        return None
+    try:
+        part = speaker_disjoint_split(labels.speakers, test_fraction=1 - cfg.defense_fraction, seed=cfg.seed)
+    except CorpusError as err:
+        raise ConfigError(f"defense_fraction={cfg.defense_fraction}: cannot split the speakers into a defense "
+                          f"and an evaluation partition: {err}") from err
+    n_fit = int(np.unique(labels.speakers[part.train]).size)
+    if n_fit < MIN_DEFENSE_SPEAKERS or part.test.size == 0:
+        raise ConfigError(f"defense_fraction={cfg.defense_fraction}: the defense partition has {n_fit} speakers "
+                          f"(need >= {MIN_DEFENSE_SPEAKERS}) and the evaluation partition "
+                          f"{int(np.unique(labels.speakers[part.test]).size)}; use a corpus with more speakers")
+    eval_rows = np.sort(part.test)
+    fit_rows = np.sort(part.train) if cfg.defense_fit_on == "disjoint" else eval_rows
+    evaluated = labels.subset(eval_rows)
+    task, note = _plan_task(cfg, labels)
+    usplit = None
+    if task is not None:
+        try:
+            usplit = utility_split(evaluated, task, cfg.utility_probe, cfg.seed)
+        except CorpusError as err:
+            raise ConfigError(f"utility={task.name!r}: cannot split the evaluated speakers for the probe: {err}") from err
+    splits, infeasible = plan_splits({n: families[n] for n in cfg.attacks}, cfg.settings, evaluated, cfg.seed)
+    for name, reason in infeasible.items():
+        warnings.warn(f"defense comparison: attack family {name!r} cannot run on the evaluated speakers: {reason}",
+                      stacklevel=2)
+    if not splits:
+        raise ConfigError("defense: no attack family can run on the evaluation partition ("
+                          + "; ".join(f"{n}: {r}" for n, r in infeasible.items()) + "); lower defense_fraction "
+                          "or use a corpus with more speakers")
+    registry = load_defenses()
+    settings = [(spec, params, spec.settings(registry[spec.name], params, f"defense[{i}]."))
+                for i, spec in enumerate(cfg.defenses) for params in spec.grid()]
+    return DefensePlan(fit_rows, eval_rows, cfg.defense_fit_on, task, usplit, splits, infeasible, settings, note)
+
+
+def _plan_task(cfg: AuditConfig, labels: EmbeddingSet) -> tuple[UtilityTask | None, str | None]:
+    """The utility task, checked against the corpus; ``auto`` without transcripts means none, said in a note."""
+    task = resolve_task(cfg.utility, labels)
+    if task is None:
+        note = ("utility not measured: utility='none'" if cfg.utility == "none" else
+                "utility not measured: the corpus lacks transcripts for the ctc probe; set utility = "
+                "'classification:COLUMN' to probe a label column")
+        warnings.warn(f"defense comparison: {note}", stacklevel=2)
+        return None, note
+    reason = task.feasibility(labels)
+    if reason is not None:
+        raise ConfigError(f"utility={cfg.utility!r}: {reason}")
+    return task, None
+
+
+def defended_layers(cfg_layers: list[int | str], leakiest: int | None, last: int) -> list[int]:
+    """Layer indices a ``[[defense]]`` table names, with ``leakiest`` and ``last`` resolved, in order, once each."""
+    out: list[int] = []
+    for layer in cfg_layers:
+        index = leakiest if layer == "leakiest" else last if layer == "last" else int(layer)
+        if index is None:
+            raise ConfigError("defense layers: 'leakiest' needs an attacked layer with a leakage figure")
+        if index not in out:
+            out.append(index)
+    return out
+
+
+def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, AttackFamily], store: EmbeddingStore,
+                 corpus: Any, leakiest: int | None, run: RunContext) -> list[dict]:
+    """Every defense setting on every layer it names, the undefended reference first (see the module docstring)."""
+    last = store.num_layers - 1
+    for i, spec in enumerate(cfg.defenses):
+        bad = [la for la in defended_layers(spec.layers, leakiest, last) if la > last]
+        if bad:
+            raise ConfigError(f"defense[{i}].layers: {bad} out of range (the model has layers 0..{last})")
+    layers = []
+    for spec in cfg.defenses:
+        for la in defended_layers(spec.layers, leakiest, last):
+            if la not in layers:
+                layers.append(la)
+    registry = load_defenses()
+    entries = []
+    jobs = [(la, spec, params, settings) for la in layers for spec, params, settings in plan.settings
+            if la in defended_layers(spec.layers, leakiest, last)]
+    bar = tqdm(total=len(jobs) + len(layers), desc="defense settings", disable=not run.progress)
+    for la in layers:
+        comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, la), run.layer(la, store.frame_rates[la]))
+        entries.append(comparison.reference())
+        bar.update()
+        for job_layer, spec, params, settings in jobs:
+            if job_layer == la:
+                entries.append(comparison.defended(registry[spec.name], params, settings))
+                bar.update()
+    bar.close()
+    return entries
+
+
+class _LayerComparison:
+    """One layer's comparison: the undefended reference (measured once) and each defense setting."""
+
+    def __init__(self, plan: DefensePlan, cfg: AuditConfig, families: dict[str, AttackFamily], view: EmbeddingSet,
+                 ctx: Any) -> None:
+        self.plan, self.cfg, self.ctx = plan, cfg, ctx
+        self.families = {name: families[name] for name in plan.splits}
+        self.clean = view.subset(plan.eval_rows)
+        self.fit_view = view.subset(plan.fit_rows)
+        self.undefended_utility: UtilityScore | None = None
+
+    def reference(self) -> dict:
+        """The entry ``name = "none"``: every family and the utility probe on undefended embeddings."""
+        t0 = time.perf_counter()
+        attacks = self._attacks(self.clean, self.clean)
+        self.undefended_utility = self._utility(self.clean)
+        utility = None
+        if self.undefended_utility is not None:
+            utility = self._utility_entry(self.undefended_utility, 1.0, None)
+        return {"name": "none", "params": {}, "layer": self.ctx.index, "status": "ok",
+                "fit": None, "scenarios": {"semi_informed": attacks},
+                "strongest": strongest({"semi_informed": attacks}), "utility": utility,
+                "wall_seconds": round(time.perf_counter() - t0, 2)}
+
+    def defended(self, family: DefenseFamily, params: dict, settings: Any) -> dict:
+        """One defense setting: fit on the defense partition, transform the evaluated speakers, attack, probe."""
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"name": family.name, "params": params, "layer": self.ctx.index}
+        defense = family.build(settings, DefenseContext(seed=self.cfg.seed, utility=self.plan.task,
+                                                        frame_rate=self.ctx.frame_rate, progress=self.cfg.progress))
+        try:
+            with np.errstate(all="ignore"):
+                defense.fit(self.fit_view)
+                defended = defense.transform(self.clean)
+        except (DefenseFailed, ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError) as err:
+            warnings.warn(f"defense {family.name} {params}: failed: {err}", stacklevel=2)
+            return {**entry, "status": "failed", "reason": f"{type(err).__name__}: {err}",
+                    "history": getattr(defense, "history_", None), "wall_seconds": round(time.perf_counter() - t0, 2)}
+        entry["status"] = "ok"
+        entry["fit"] = {**defense.fit_info_, "loss_history": defense.history_, **defense.report()}
+        if "training_adversary" in entry["fit"]:
+            entry["training_adversary"] = entry["fit"].pop("training_adversary")
+        entry["dims"] = {"frames": int(defended.frames(0).shape[1]), "pooled": int(defended.pooled.shape[1])}
+        entry["scenarios"] = self._scenarios(defended)
+        entry["strongest"] = strongest(entry["scenarios"])
+        score = self._utility(defended)
+        if score is not None and self.undefended_utility is not None:
+            value, ci = retained(score, self.undefended_utility, n_boot=self.cfg.utility_probe.n_boot,
+                                 seed=self.cfg.seed)
+            entry["utility"] = self._utility_entry(score, value, ci)
+        else:
+            entry["utility"] = None
+        entry["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        return entry
+
+    def _scenarios(self, defended: EmbeddingSet) -> dict:
+        scenarios = {}
+        same_dims = defended.pooled.shape[1] == self.clean.pooled.shape[1] and (
+            defended.frames(0).shape[1] == self.clean.frames(0).shape[1])
+        wanted = self.cfg.defense_scenarios
+        if "ignorant" in wanted or "lazy_informed" in wanted:
+            if same_dims:
+                if "ignorant" in wanted:
+                    scenarios["ignorant"] = self._attacks(self.clean, defended, ignorant=True)
+                if "lazy_informed" in wanted:
+                    scenarios["lazy_informed"] = self._attacks(self.clean, defended, only_enrolment=True)
+            else:
+                reason = (f"the defense changes the dimension ({self.clean.pooled.shape[1]} -> "
+                          f"{defended.pooled.shape[1]} pooled): an attacker trained on undefended embeddings "
+                          "cannot read defended ones")
+                for name in ("ignorant", "lazy_informed"):
+                    if name in wanted:
+                        scenarios[name] = {"not_applicable": reason}
+        scenarios["semi_informed"] = self._attacks(defended, defended)
+        return scenarios
+
+    def _attacks(self, train_view: EmbeddingSet, test_view: EmbeddingSet, *, ignorant: bool = False,
+                 only_enrolment: bool = False) -> dict:
+        """Each family's attack: fitted on ``train_view``'s train rows, tested on ``test_view``'s test rows."""
+        out = {}
+        for name, family in self.families.items():
+            if only_enrolment and family.enrolment_test is None:
+                continue
+            split, settings = self.plan.splits[name], self.cfg.settings(name)
+            train, test = train_view.subset(split.train), test_view.subset(split.test)
+            if ignorant and family.enrolment_test is not None:
+                test = family.enrolment_test(self.clean.subset(split.test), test, settings, self.ctx.seed)
+            t0 = time.perf_counter()
+            try:
+                result = family.attack(train, test, settings, self.ctx)
+            except (CorpusError, ValueError, np.linalg.LinAlgError) as err:
+                result = {"skipped": True, "reason": f"{type(err).__name__}: {err}"}
+            result["attack_seconds"] = round(time.perf_counter() - t0, 2)
+            out[name] = result
+        return out
+
+    def _utility(self, view: EmbeddingSet) -> UtilityScore | None:
+        if self.plan.task is None:
+            return None
+        split = self.plan.utility_split
+        return measure_utility(self.plan.task, view.subset(split.train), view.subset(split.test),
+                               self.cfg.utility_probe, self.cfg.seed)
+
+    def _utility_entry(self, score: UtilityScore, value: float | None, ci: list | None) -> dict:
+        ref = self.undefended_utility
+        return {**score.to_dict(), "undefended": None if ref is None else ref.value,
+                "undefended_ci95": None if ref is None else ref.ci95,
+                "retained": value, "retained_ci95": ci}
+
+
+def _leak(result: dict | None, metric: str) -> dict | None:
+    """``metric`` of an attack result with its CI, chance and attacker, or None when it was not measured."""
+    if not result or result.get("skipped") or result.get(metric) is None:
+        return None
+    return {"value": result[metric], "ci95": result.get("ci95"), "chance": result.get("chance"),
+            "attacker": result.get("attacker")}
+
+
+def strongest(scenarios: dict) -> dict:
+    """The strongest scenario's closed-set top-1 (highest) and open-set EER (lowest), each with its CI and chance."""
+    best: dict[str, Any] = {}
+    for metric, family, better in (("top1", "speaker_id", max), ("eer", "verification", min)):
+        found = [(name, _leak(attacks.get(family), metric)) for name, attacks in scenarios.items()
+                 if isinstance(attacks, dict) and "not_applicable" not in attacks]
+        found = [(name, leak) for name, leak in found if leak is not None]
+        if found:
+            name, leak = better(found, key=lambda item: item[1]["value"])
+            best[metric] = {**leak, "scenario": name, "n_scenarios": len(found)}
+    if "top1" in best:
+        best["scenario"] = best["top1"]["scenario"]
+    elif "eer" in best:
+        best["scenario"] = best["eer"]["scenario"]
+    return best
+
+
+__all__ = ["DefensePlan", "defended_layers", "plan_defenses", "run_defenses", "strongest"]

@@ -1,0 +1,166 @@
+"""The defense comparison as format-neutral tables, built once from ``results["defenses"]``.
+
+Nothing here measures: every cell is read from the results, so the Markdown summary, the plots
+and any other renderer show the same figures. :func:`pareto_front` decides which settings no
+other setting beats on both privacy (the strongest attacker's top-1, lower is better) and
+retained utility (higher is better).
+"""
+
+from __future__ import annotations
+
+from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok
+
+SCENARIO_SHORT = {"ignorant": "ign", "lazy_informed": "lazy", "semi_informed": "semi"}
+
+
+def setting_label(entry: dict) -> str:
+    """``name`` plus its parameters, e.g. ``noise sigma=0.5`` (``none`` for the undefended reference)."""
+    params = " ".join(f"{k}={v}" for k, v in sorted(entry.get("params", {}).items()))
+    return f"{entry['name']} {params}".strip()
+
+
+def _leak_cell(leak: dict | None) -> str:
+    if not leak:
+        return "n/a"
+    return (f"{fmt_pct(leak['value'])} {fmt_ci(leak.get('ci95'))} "
+            f"[{SCENARIO_SHORT.get(leak.get('scenario'), leak.get('scenario'))}]")
+
+
+def _family(entry: dict, scenario: str, family: str) -> dict | None:
+    attacks = (entry.get("scenarios") or {}).get(scenario) or {}
+    result = attacks.get(family) if isinstance(attacks, dict) else None
+    return result if is_ok(result) else None
+
+
+def _attribute_cell(entry: dict) -> str:
+    attrs = _family(entry, "semi_informed", "attributes") or {}
+    cells = [f"{key} {fmt_pct(res['accuracy'])}" for key, res in attrs.items()
+             if isinstance(res, dict) and is_ok(res) and res.get("accuracy") is not None]
+    return ", ".join(cells) or "n/a"
+
+
+def _inversion_cell(entry: dict) -> str:
+    inv = _family(entry, "semi_informed", "inversion") or {}
+    frame = inv.get("frame") if isinstance(inv, dict) else None
+    if not is_ok(frame):
+        return "n/a"
+    sig, content, spk = frame.get("signal", {}), frame.get("content"), frame.get("speaker")
+    parts = [f"MCD {fmt_num(sig.get('mcd_db'), '.2f')} dB", f"STOI {fmt_num(sig.get('stoi'), '.2f')}"]
+    if isinstance(content, dict):
+        parts.append(f"WER {fmt_pct(content.get('wer_reconstruction'))}")
+    if isinstance(spk, dict):
+        parts.append(f"judge EER {fmt_pct(spk.get('eer'))}")
+    return ", ".join(parts)
+
+
+def _utility_cell(entry: dict) -> tuple[str, str]:
+    u = entry.get("utility")
+    if not u:
+        return "n/a", "n/a"
+    is_rate = u.get("metric") in ("cer", "wer", "accuracy")
+    value = f"{u['metric']} {fmt_pct(u['value']) if is_rate else fmt_num(u['value'])} {fmt_ci(u.get('ci95'))}"
+    if "wer" in (u.get("extra") or {}):
+        value += f"; wer {fmt_pct(u['extra']['wer'])}"
+    kept = "1 (reference)" if entry["name"] == "none" else (
+        f"{fmt_num(u.get('retained'), '.3f')} {fmt_ci(u.get('retained_ci95'), 1, '.3f')}"
+        if u.get("retained") is not None else "n/a")
+    return value, kept
+
+
+def _adversary_cell(entry: dict) -> str:
+    adv = entry.get("training_adversary")
+    if not adv:
+        return ""
+    return (f"{fmt_pct(adv.get('heldout_accuracy'))} held-out (chance {fmt_pct(adv.get('chance'))}, "
+            f"{adv.get('n_speakers')} owner speakers)")
+
+
+def privacy_utility_points(entries: list[dict], layer: int) -> list[dict]:
+    """One point per measured setting of ``layer``: the strongest attacker's top-1 and retained utility."""
+    points = []
+    for e in entries:
+        if e.get("layer") != layer or e.get("status") != "ok":
+            continue
+        top1 = (e.get("strongest") or {}).get("top1")
+        u = e.get("utility") or {}
+        kept = 1.0 if e["name"] == "none" and u else u.get("retained")
+        if top1 is None or kept is None:
+            continue
+        points.append({"label": setting_label(e), "leak": top1["value"], "leak_ci95": top1.get("ci95"),
+                       "chance": top1.get("chance"), "retained": kept, "retained_ci95": u.get("retained_ci95")})
+    return points
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """Points no other point beats on both axes (lower leak, higher retained), by increasing leak."""
+    front = [p for p in points
+             if not any((q["leak"] <= p["leak"] and q["retained"] >= p["retained"])
+                        and (q["leak"] < p["leak"] or q["retained"] > p["retained"]) for q in points)]
+    return sorted(front, key=lambda p: p["leak"])
+
+
+def defense_table(results: dict) -> Table | None:
+    """One row per (layer, defense setting): privacy under the strongest scenario, utility kept, wall time."""
+    entries = results.get("defenses")
+    if not entries:
+        return None
+    plan = results.get("defense_plan") or {}
+    table = Table("Defenses compared (fitted on the owner's speakers, attacked on the evaluated speakers)",
+                  ["layer", "defense", "speaker-ID top-1 (95% CI) [scenario]", "verification EER (95% CI) [scenario]",
+                   "attributes (retrained)", "reconstruction (retrained)", "utility (95% CI)",
+                   "retained (95% CI)", "training adversary", "fit s", "wall s"])
+    for e in entries:
+        label = setting_label(e)
+        if e.get("status") != "ok":
+            table.rows.append([str(e["layer"]), label, f"failed: {e.get('reason', '?')}"] + [""] * 7
+                              + [fmt_num(e.get("wall_seconds"), ".0f")])
+            continue
+        best = e.get("strongest") or {}
+        value, kept = _utility_cell(e)
+        table.rows.append([str(e["layer"]), label, _leak_cell(best.get("top1")), _leak_cell(best.get("eer")),
+                           _attribute_cell(e), _inversion_cell(e), value, kept, _adversary_cell(e),
+                           fmt_num((e.get("fit") or {}).get("seconds"), ".0f"), fmt_num(e.get("wall_seconds"), ".0f")])
+    table.notes += _notes(results, entries, plan)
+    return table
+
+
+def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
+    notes = []
+    d, ev = plan.get("defense_partition", {}), plan.get("evaluation_partition", {})
+    fit_on = ("the evaluated speakers themselves (flatters the defense)" if plan.get("fit_on") == "evaluated"
+              else f"a defense partition of {d.get('n_speakers')} speakers ({d.get('n_utterances')} utterances), "
+                   "disjoint from the evaluated speakers")
+    notes.append(f"Each defense is fitted on {fit_on}; attacks and the utility probe run on the "
+                 f"{ev.get('n_speakers')} evaluated speakers ({ev.get('n_utterances')} utterances) with the attack "
+                 "suite's own splits and budgets.")
+    notes.append("Privacy columns give the strongest of the attacker scenarios run: ign = ignorant (trained on "
+                 "undefended embeddings, tested on defended ones; verification enrols on undefended speech), lazy = "
+                 "lazy-informed (verification scorer trained undefended, enrolment and trials defended), semi = "
+                 "semi-informed (every attacker retrained on defended embeddings). Attribute and reconstruction "
+                 "columns are the semi-informed (retrained) attackers.")
+    if plan.get("utility_note"):
+        notes.append(plan["utility_note"] + ".")
+    elif plan.get("utility_task"):
+        notes.append(f"Utility: {plan['utility_task']} probe retrained on each setting's defended embeddings of "
+                     "utility-train speakers, scored on held-out speakers; retained = defended / undefended on an "
+                     "accuracy scale (1 - CER for the ASR probe), paired bootstrap CI over test speakers.")
+    for name, reason in (plan.get("families_not_measurable") or {}).items():
+        notes.append(f"Not measurable on the evaluated speakers: {name}: {reason}.")
+    for layer in sorted({e["layer"] for e in entries}):
+        front = pareto_front(privacy_utility_points(entries, layer))
+        if front:
+            notes.append(f"Layer {layer}: the Pareto front (no other setting has both lower speaker-ID top-1 and "
+                         f"higher retained utility) is " + "; ".join(
+                             f"{p['label']} (top-1 {fmt_pct(p['leak'])}, retained {fmt_num(p['retained'], '.2f')})"
+                             for p in front) + ".")
+    disagree = [e for e in entries if e.get("training_adversary") and (e.get("strongest") or {}).get("top1")]
+    for e in disagree:
+        adv, top1 = e["training_adversary"], e["strongest"]["top1"]
+        notes.append(f"Layer {e['layer']}, {setting_label(e)}: the training adversary reads "
+                     f"{fmt_pct(adv.get('heldout_accuracy'))} on held-out utterances of the owner's speakers (chance "
+                     f"{fmt_pct(adv.get('chance'))}); a retrained attacker reads {fmt_pct(top1['value'])} "
+                     f"{fmt_ci(top1.get('ci95'))} on the evaluated speakers (chance {fmt_pct(top1.get('chance'))}).")
+    return notes
+
+
+__all__ = ["defense_table", "pareto_front", "privacy_utility_points", "setting_label"]

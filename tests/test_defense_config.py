@@ -1,0 +1,78 @@
+"""``[[defense]]`` tables and the defense options: every bad value is a ConfigError naming its key, before extraction."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.config import config_from_dict
+from audit.errors import ConfigError
+from audit.pipeline import AuditPipeline
+from tests.conftest import write_tone_corpus
+
+
+def _cfg(**extra):
+    return config_from_dict({"progress": False, **extra})
+
+
+def test_sweep_expands_to_one_setting_per_value_and_aliases_map():
+    cfg = _cfg(defense=[{"name": "noise", "sweep": {"sigma": [0, 0.5, 2]}, "layers": ["leakiest", "last", 2]},
+                        {"name": "adversarial", "updates": "alternating", "sweep": {"lambda": [0, 1]}}])
+    noise, adv = cfg.defenses
+    assert [p["sigma"] for p in noise.grid()] == [0, 0.5, 2] and noise.layers == ["leakiest", "last", 2]
+    assert adv.grid() == [{"updates": "alternating", "lambda": 0}, {"updates": "alternating", "lambda": 1}]
+    assert adv.layers == ["leakiest"]
+    assert cfg.weakening_settings() == []
+    assert cfg.to_dict()["defense"][0]["sweep"] == {"sigma": [0, 0.5, 2]}
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"name": "blur"}, "defense[0].name"),
+    ({"name": "noise", "sigmaa": 1.0}, "defense[0].sigmaa"),
+    ({"name": "noise", "sweep": {"sigma": [0, -1]}}, "sigma"),
+    ({"name": "noise", "sweep": {"sigma": []}}, "defense[0].sweep.sigma"),
+    ({"name": "pca", "sweep": {"k": [0]}}, "k"),
+    ({"name": "leace", "sweep": {"k": [1]}}, "defense[0].sweep.k"),
+    ({"name": "adversarial", "lambda": -1.0}, "lambda"),
+    ({"name": "noise", "layers": ["middle"]}, "defense[0].layers"),
+    ({"name": "noise", "sigma": 1.0, "sweep": {"sigma": [1.0]}}, "defense[0].sigma"),
+])
+def test_bad_defense_tables_name_the_key(table, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        _cfg(defense=[table])
+
+
+def test_bad_defense_options_name_the_key():
+    for extra, key in (({"utility": "asr"}, "utility"), ({"defense_fraction": 1.5}, "defense_fraction"),
+                       ({"defense_fit_on": "users"}, "defense_fit_on"),
+                       ({"defense_scenarios": ["ignorant"]}, "defense_scenarios"),
+                       ({"utility_probe": {"test_fraction": 2.0}}, "utility_probe.test_fraction")):
+        with pytest.raises(ConfigError, match=key):
+            _cfg(defense=[{"name": "noise"}], **extra)
+
+
+def test_fitting_on_the_evaluated_speakers_is_flagged_as_weakening():
+    cfg = _cfg(defense=[{"name": "leace"}], defense_fit_on="evaluated", defense_scenarios=["semi_informed"])
+    weak = cfg.weakening_settings()
+    assert any("defense_fit_on='evaluated'" in w for w in weak)
+    assert any("'ignorant' not run" in w for w in weak)
+
+
+def _no_extraction(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config error was raised")
+
+    monkeypatch.setattr("audit.pipeline.build_extractor", refuse)
+
+
+@pytest.mark.parametrize("extra, key", [
+    ({"utility": "classification:colour"}, "utility"),
+    ({"utility": "ctc"}, "utility"),  # every transcript is the same sentence: no held-out sentences remain
+    ({"defense_fraction": 0.1}, "defense_fraction"),
+])
+def test_unsupported_utility_or_tiny_partition_fails_before_extraction(tmp_path, monkeypatch, extra, key):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=4, n_utts=4, seconds=0.3)
+    _no_extraction(monkeypatch)
+    cfg = _cfg(model="tiny-random-wav2vec2", corpus=str(corpus), out=str(tmp_path / "r"),
+               cache_dir=str(tmp_path / "s"), attacks=["speaker_id"], defense=[{"name": "noise"}], **extra)
+    with pytest.raises(ConfigError, match=key):
+        AuditPipeline(cfg).run()

@@ -1,0 +1,106 @@
+"""The defense comparison end to end on a generated corpus: partition, scenarios, utility, failures, output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from audit.config import config_from_dict
+from audit.defense_runner import defended_layers, strongest
+from audit.defense_tables import pareto_front
+from audit.errors import ConfigError
+from audit.pipeline import AuditPipeline
+from tests.conftest import write_tone_corpus
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("defenses")
+    corpus = write_tone_corpus(tmp / "c", n_speakers=8, n_utts=6, seconds=0.5)
+    out = tmp / "r"
+    cfg = config_from_dict({
+        "model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(out), "cache_dir": str(tmp / "s"),
+        "progress": False, "layers": [1], "attacks": ["speaker_id", "verification"],
+        "speaker_id": {"attackers": ["logreg"], "n_boot": 200},
+        "verification": {"scorers": ["lda"], "n_boot": 200},
+        "utility": "classification:digit", "utility_probe": {"n_boot": 200},
+        "defense": [{"name": "noise", "sweep": {"sigma": [0, 3]}, "layers": [1]},
+                    {"name": "pca", "k": 4, "layers": [1]},
+                    {"name": "adversarial", "lr": 1e9, "epochs": 2, "layers": [1]}],
+    })
+    with pytest.warns(UserWarning):
+        results = AuditPipeline(cfg).run()
+    return results, out
+
+
+def test_reference_and_every_setting_are_recorded(comparison):
+    results, out = comparison
+    entries = json.loads((out / "results.json").read_text())["defenses"]
+    assert [(e["name"], e["params"]) for e in entries] == [
+        ("none", {}), ("noise", {"sigma": 0}), ("noise", {"sigma": 3}), ("pca", {"k": 4}),
+        ("adversarial", {"lr": 1e9, "epochs": 2})]
+    plan = results["defense_plan"]
+    assert plan["speakers_disjoint"] and plan["defense_partition"]["n_speakers"] == 4
+    assert plan["evaluation_partition"]["n_speakers"] == 4
+    for e in entries:
+        assert e["layer"] == 1
+
+
+def test_sigma_zero_noise_leaves_leakage_and_utility_unchanged(comparison):
+    entries = comparison[0]["defenses"]
+    none, zero = entries[0], entries[1]
+    assert zero["status"] == "ok"
+    ref_top1 = none["scenarios"]["semi_informed"]["speaker_id"]["top1"]
+    for scenario in ("ignorant", "semi_informed"):
+        assert zero["scenarios"][scenario]["speaker_id"]["top1"] == pytest.approx(ref_top1)
+    assert zero["utility"]["value"] == pytest.approx(none["utility"]["value"])
+    lo, hi = zero["utility"]["retained_ci95"]
+    assert lo < 1.0 < hi or lo <= 1.0 <= hi and hi > lo
+
+
+def test_scenarios_strongest_and_dimension_changes(comparison):
+    entries = comparison[0]["defenses"]
+    noisy, pca = entries[2], entries[3]
+    assert set(noisy["scenarios"]) == {"ignorant", "lazy_informed", "semi_informed"}
+    assert set(noisy["scenarios"]["lazy_informed"]) == {"verification"}  # only families with enrolment
+    best = noisy["strongest"]
+    tops = [s["speaker_id"]["top1"] for s in noisy["scenarios"].values() if "speaker_id" in s]
+    assert best["top1"]["value"] == max(tops) and best["top1"]["chance"] == pytest.approx(0.25)
+    assert best["top1"]["ci95"][0] < best["top1"]["ci95"][1]
+    assert "not_applicable" in pca["scenarios"]["ignorant"] and pca["dims"]["frames"] == 4
+    assert pca["strongest"]["top1"]["scenario"] == "semi_informed"
+
+
+def test_a_diverging_setting_is_failed_with_its_reason_and_the_rest_complete(comparison):
+    results, out = comparison
+    failed = results["defenses"][-1]
+    assert failed["status"] == "failed" and "diverged" in failed["reason"]
+    assert "utility" not in failed and "strongest" not in failed
+    summary = (out / "summary.md").read_text()
+    assert "Defenses compared" in summary and "failed: " in summary and "Pareto front" in summary
+    assert (out / "pareto_layer1.png").stat().st_size > 1000
+
+
+def test_pareto_front_keeps_only_undominated_settings():
+    pts = [{"label": "a", "leak": 0.9, "retained": 1.0}, {"label": "b", "leak": 0.5, "retained": 0.9},
+           {"label": "c", "leak": 0.6, "retained": 0.8}, {"label": "d", "leak": 0.2, "retained": 0.3}]
+    assert [p["label"] for p in pareto_front(pts)] == ["d", "b", "a"]
+
+
+def test_strongest_picks_the_highest_top1_and_the_lowest_eer_across_scenarios():
+    scen = {"ignorant": {"speaker_id": {"top1": 0.3, "ci95": [0.2, 0.4], "chance": 0.1},
+                         "verification": {"eer": 0.2, "ci95": [0.1, 0.3]}},
+            "semi_informed": {"speaker_id": {"top1": 0.7, "ci95": [0.6, 0.8], "chance": 0.1},
+                              "verification": {"eer": 0.3, "ci95": [0.2, 0.4]}}}
+    best = strongest(scen)
+    assert best["top1"]["scenario"] == "semi_informed" and best["eer"]["scenario"] == "ignorant"
+    assert best["top1"]["n_scenarios"] == 2
+
+
+def test_defended_layers_resolves_names_once_each():
+    assert defended_layers(["leakiest", "last", 2, 4], leakiest=4, last=5) == [4, 5, 2]
+    with pytest.raises(ConfigError, match="leakiest"):
+        defended_layers(["leakiest"], leakiest=None, last=3)
+    assert np.all(np.diff(defended_layers([0, 1], None, 1)) > 0)
