@@ -1,0 +1,500 @@
+"""Adversarial regularization: a frame encoder trained to keep the utility task and hide the speaker.
+
+The model owner's transform of a frozen layer's frames, in the style of Srivastava et al.
+(2019, "Privacy-preserving adversarial representation learning in ASR: reality or illusion?"):
+three small networks are trained jointly on the owner's training set.
+
+* **Privacy encoder** (what :meth:`AdversarialDefense.transform` applies): a residual per-frame
+  MLP in the standardised space of the layer. With the training frames' mean ``m`` and std
+  ``s`` (per dimension), ``u = (x - m) / s``, ``z = u + g(u)`` and the output is ``z * s + m``,
+  so the defended frames keep the layer's dimension ``D`` and units. ``g = Linear(D, hidden) ->
+  GELU -> Linear(hidden, D)`` with its last layer zero-initialised: the untrained encoder is
+  exactly the identity, and ``lambda = 0`` changes the representation only as much as utility
+  training does.
+* **Utility head** on the standardised ``z``, chosen from the audit's utility task
+  (``DefenseContext.utility``): for ``ctc``, a per-frame ``Linear`` to
+  :func:`audit.ctc.vocab_size` trained with ``CTCLoss(blank=audit.ctc.BLANK, zero_infinity=True)``
+  on :func:`audit.ctc.encode` of the transcripts (a linear head keeps the content linearly
+  readable frame by frame, which any stronger downstream probe can also read; a BiGRU head cost
+  ~20x the encoder's time per batch on CPU); for ``classification:COLUMN``, a linear
+  classifier of the mean-pooled ``z``.
+* **Speaker adversary**: ``Linear(2D, hidden) -> GELU -> Linear(hidden, n_speakers)`` on the
+  mean+std pooled ``z`` of each utterance, predicting the training speakers.
+
+Update schedules (settings key ``updates``):
+
+* ``"reversal"`` (default): a :class:`GradientReversal` layer (identity forward, gradient times
+  ``-lambda`` backward) sits between encoder and adversary; one Adam optimiser minimises
+  ``utility_loss + CE(adversary(GRL(z)))``, so the adversary learns to identify speakers and the
+  encoder learns to defeat it.
+* ``"alternating"``: per batch, ``adversary_steps`` Adam updates of the adversary alone on the
+  detached pooled ``z``, then one update of encoder + utility head minimising
+  ``utility_loss - lambda * CE(adversary(z))`` with the adversary frozen. Maximising the
+  cross-entropy is unbounded, so strong ``lambda`` can push the representation far from the
+  layer's; the reversal schedule is the default for that reason.
+
+Held-out check: ``val_fraction`` of the training speakers' utterances (grouped by recording
+with :func:`audit.splits.closed_set_split`; speakers too small to split stay in training) are
+kept out of training, and the training adversary's accuracy on them is reported with chance
+``1 / n_speakers``. This is the *training* adversary's view only: a fresh attacker trained
+on the frozen defended frames (the audit's attack families) is the real test, and usually
+recovers more than the adversary the encoder learned to beat.
+
+Training is seeded (``ctx.seed``), on the CPU in float32, for a fixed number of epochs (no
+early stopping: the adversarial game has no validation criterion); the last weights are kept.
+Every training utterance's frames are held in memory (600 x 175 x 384 float32 is ~160 MB).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from audit import ctc
+from audit.defense import Defense, DefenseFailed, DefenseFamily, DefenseSettings, check_positive_int
+from audit.embeddings import EmbeddingSet
+from audit.errors import ConfigError, CorpusError
+from audit.estimators import check_is_fitted, seeded
+from audit.family import check_range
+from audit.splits import closed_set_split
+
+UPDATES = ("reversal", "alternating")
+
+#: Added to the pooled variance before the square root (finite gradients at zero spread).
+_POOL_EPS = 1e-5
+
+#: Utterances per forward pass when evaluating (no gradient).
+_EVAL_BATCH = 64
+
+
+# ---------------------------------------------------------------------------- gradient reversal
+
+
+class GradientReversalFunction(torch.autograd.Function):
+    """``y = x`` forward; ``dL/dx = -lambda * dL/dy`` backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lambda_: float) -> torch.Tensor:  # noqa: D102
+        ctx.lambda_ = float(lambda_)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        return -ctx.lambda_ * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
+    """``x`` unchanged, with its gradient multiplied by ``-lambda_`` on the way back."""
+    return GradientReversalFunction.apply(x, lambda_)
+
+
+class GradientReversal(nn.Module):
+    """Module form of :func:`grad_reverse`: ``GradientReversal(lam)(x)``.
+
+    Examples
+    --------
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> GradientReversal(2.0)(x).sum().backward()
+    >>> x.grad
+    tensor([-2., -2., -2.])
+    """
+
+    def __init__(self, lambda_: float = 1.0) -> None:
+        super().__init__()
+        self.lambda_ = float(lambda_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return grad_reverse(x, self.lambda_)
+
+    def extra_repr(self) -> str:
+        return f"lambda_={self.lambda_}"
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass
+class AdversarialSettings(DefenseSettings):
+    """Adversarial-regularization settings (keys of a ``[[defense]]`` table with ``name = "adversarial"``).
+
+    ``lambda`` (field ``lambda_``) weighs the adversary against the utility task (0: utility
+    training only); ``updates`` is ``"reversal"`` or ``"alternating"`` (module docstring);
+    ``hidden`` is the width of the encoder's and the adversary's hidden layer; ``epochs``,
+    ``batch_size`` (utterances) and ``lr`` (Adam) set the training budget; ``adversary_steps``
+    is the adversary's updates per batch in the alternating schedule; ``val_fraction`` the
+    share of the training speakers' utterances held out for the adversary's held-out accuracy.
+    """
+
+    KEY_ALIASES = {"lambda": "lambda_"}
+
+    lambda_: float = 1.0
+    updates: str = "reversal"
+    hidden: int = 256
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    adversary_steps: int = 1
+    val_fraction: float = 0.2
+
+    def validate(self, prefix: str) -> None:
+        """Raise :class:`ConfigError` naming the bad key (``lambda`` for ``lambda_``)."""
+        check_range(prefix, "lambda", self.lambda_, 0, open_low=False)
+        if not math.isfinite(self.lambda_):
+            raise ConfigError(f"{prefix}lambda={self.lambda_!r}: must be finite")
+        if self.updates not in UPDATES:
+            raise ConfigError(f"{prefix}updates={self.updates!r}: must be one of {', '.join(map(repr, UPDATES))}")
+        check_positive_int(prefix, "hidden", self.hidden)
+        check_positive_int(prefix, "epochs", self.epochs)
+        check_positive_int(prefix, "batch_size", self.batch_size)
+        check_range(prefix, "lr", self.lr, 0)
+        if not math.isfinite(self.lr):
+            raise ConfigError(f"{prefix}lr={self.lr!r}: must be finite")
+        check_positive_int(prefix, "adversary_steps", self.adversary_steps)
+        check_range(prefix, "val_fraction", self.val_fraction, 0, 1, open_low=False)
+
+
+# ---------------------------------------------------------------------------- networks
+
+
+class PrivacyEncoder(nn.Module):
+    """Residual per-frame MLP in standardised units: ``x -> (u + g(u)) * std + mean``, ``u = (x - mean) / std``.
+
+    ``g``'s last layer starts at zero, so the untrained encoder is the identity.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int) -> None:
+        super().__init__()
+        dim = int(mean.size)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.g = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.g[2].weight)
+        nn.init.zeros_(self.g[2].bias)
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """``u = (x - mean) / std`` of numpy frames (float32)."""
+        return ((x - self.mean.numpy()) / self.std.numpy()).astype(np.float32, copy=False)
+
+    def residual(self, u: torch.Tensor) -> torch.Tensor:
+        """``z = u + g(u)`` of standardised frames ``u`` (what the heads see)."""
+        return u + self.g(u)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Defended frames in the layer's units, same shape as ``x``."""
+        return self.residual((x - self.mean) / self.std) * self.std + self.mean
+
+
+class _CTCHead(nn.Module):
+    """Per-frame linear character CTC head on ``(B, T, D)`` frames."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(dim, ctc.vocab_size())
+        self.ctc = nn.CTCLoss(blank=ctc.BLANK, zero_infinity=True)
+
+    def loss(self, z: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, target: Any) -> torch.Tensor:
+        labels, target_lengths = target
+        log_probs = F.log_softmax(self.out(z), -1).transpose(0, 1)  # (T, B, V)
+        return self.ctc(log_probs, labels, lengths, target_lengths)
+
+
+class _ClassifierHead(nn.Module):
+    """Linear classifier of the mean-pooled frames."""
+
+    def __init__(self, dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(dim, n_classes)
+
+    def loss(self, z: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, target: Any) -> torch.Tensor:
+        mean = (z * mask).sum(1) / mask.sum(1)
+        return F.cross_entropy(self.out(mean), target)
+
+
+def _meanstd(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean and std over time of ``(B, T, D)`` frames: ``(B, 2D)``."""
+    n = mask.sum(1)
+    mean = (z * mask).sum(1) / n
+    var = (torch.square(z - mean[:, None]) * mask).sum(1) / n
+    return torch.cat([mean, torch.sqrt(var + _POOL_EPS)], 1)
+
+
+def _frame_moments(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std over all frames (float64 sums); near-zero spreads get std 1."""
+    n = sum(x.shape[0] for x in seqs)
+    total = sum(x.sum(0, dtype=np.float64) for x in seqs)
+    mean = total / n
+    squares = sum(np.square(x - mean).sum(0) for x in seqs)
+    std = np.sqrt(squares / n)
+    std[std <= 1e-6 * max(float(std.max()), 1e-30)] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- the defense
+
+
+class AdversarialDefense(Defense):
+    """Adversarially regularised frame encoder (see the module docstring).
+
+    Attributes (after ``fit``)
+    --------------------------
+    encoder_ : PrivacyEncoder
+        The transform applied by ``transform``.
+    utility_head_, adversary_ : torch.nn.Module
+        The jointly trained utility head and speaker adversary.
+    speakers_ : ndarray
+        Training speakers (the adversary's classes, sorted).
+    history_ : list of dict
+        Per epoch: ``epoch``, ``utility_loss``, ``adversary_loss``, ``adversary_train_accuracy``
+        (means over the epoch's batches; the adversary's figures are taken before its update).
+    training_adversary_ : dict
+        The final adversary's ``heldout_accuracy`` (None without held-out utterances),
+        ``train_accuracy``, ``chance``, ``n_speakers``, ``n_heldout``.
+    utility_heldout_ : dict or None
+        Utility loss on the held-out utterances (``ctc`` loss or ``cross_entropy``).
+    """
+
+    settings: AdversarialSettings
+
+    # ------------------------------------------------------------------ fit
+
+    def _fit(self, train: EmbeddingSet) -> None:
+        s = self.settings
+        task = self.ctx.utility
+        if task is None:
+            raise DefenseFailed("adversarial regularization needs a utility task")
+        if task.kind not in ("ctc", "classification"):
+            raise DefenseFailed(f"adversarial regularization: unknown utility task kind {task.kind!r}")
+        if train.n_speakers < 2:
+            raise DefenseFailed(f"adversarial regularization needs >= 2 training speakers, got {train.n_speakers}")
+        seed = int(self.ctx.seed)
+        cache = self._read_frames(train)
+        self.speakers_ = np.unique(train.speakers)
+        y = np.searchsorted(self.speakers_, train.speakers).astype(np.int64)
+        targets = self._utility_targets(task, train)
+        heldout = self._heldout(train, seed)
+        fit_idx = np.setdiff1d(np.arange(len(train)), heldout)
+        mean, std = _frame_moments([cache[i] for i in fit_idx])
+        rng = np.random.default_rng(seed)
+        with seeded(seed):
+            self.encoder_ = PrivacyEncoder(mean, std, s.hidden)
+            cache = [self.encoder_.standardize(x) for x in cache]  # the heads work in standardised units
+            dim = int(mean.size)
+            self.utility_head_ = (_CTCHead(dim) if task.kind == "ctc"
+                                  else _ClassifierHead(dim, len(self.utility_classes_)))
+            self.adversary_ = nn.Sequential(nn.Linear(2 * dim, s.hidden), nn.GELU(),
+                                            nn.Linear(s.hidden, self.speakers_.size))
+            self._train(cache, y, targets, fit_idx, rng)
+        self.encoder_.eval()
+        self.adversary_.eval()
+        self.utility_head_.eval()
+        n = self.speakers_.size
+        train_acc, _ = self._evaluate(cache, y, None, fit_idx)
+        if heldout.size:
+            heldout_acc, heldout_loss = self._evaluate(cache, y, targets, heldout)
+            self.utility_heldout_ = {"loss": heldout_loss,
+                                     "loss_name": "ctc" if task.kind == "ctc" else "cross_entropy",
+                                     "n_utterances": int(heldout.size)}
+        else:
+            heldout_acc, self.utility_heldout_ = None, None
+        self.training_adversary_ = {"heldout_accuracy": heldout_acc, "train_accuracy": train_acc,
+                                    "chance": 1.0 / n, "n_speakers": int(n), "n_heldout": int(heldout.size)}
+
+    def _read_frames(self, train: EmbeddingSet) -> list[np.ndarray]:
+        """Every training utterance's frames as float32, checked (2-D, non-empty, finite, one width)."""
+        cache, dim = [], None
+        for i in range(len(train)):
+            x = np.ascontiguousarray(train.frames(i), dtype=np.float32)
+            if x.ndim != 2 or x.shape[0] == 0:
+                raise DefenseFailed(f"frames of {train.utt_ids[i]!r} have shape {x.shape}, expected (T>0, D)")
+            if dim is not None and x.shape[1] != dim:
+                raise DefenseFailed(f"frames of {train.utt_ids[i]!r} have D={x.shape[1]}, others D={dim}")
+            if not np.isfinite(x).all():
+                raise DefenseFailed(f"non-finite input frames in training utterance {train.utt_ids[i]!r}")
+            dim = x.shape[1]
+            cache.append(x)
+        return cache
+
+    def _utility_targets(self, task: Any, train: EmbeddingSet) -> list[Any]:
+        """Per-row utility targets: CTC label sequences, or class indices (``utility_classes_``)."""
+        if task.kind == "ctc":
+            if train.transcripts is None:
+                raise DefenseFailed("the ctc utility head needs transcripts; this set has none")
+            return [ctc.encode("" if t is None else str(t)) for t in train.transcripts]
+        if task.column not in train.attributes:
+            raise DefenseFailed(f"the classification utility head needs label column {task.column!r}")
+        labels = task.targets(train)
+        self.utility_classes_ = np.unique(labels)
+        if self.utility_classes_.size < 2:
+            raise DefenseFailed(f"label column {task.column!r} has fewer than 2 classes in the training set")
+        return list(np.searchsorted(self.utility_classes_, labels).astype(np.int64))
+
+    def _heldout(self, train: EmbeddingSet, seed: int) -> np.ndarray:
+        """Held-out rows: a recording-grouped per-speaker share (none when no speaker can be split)."""
+        if self.settings.val_fraction <= 0:
+            return np.zeros(0, dtype=int)
+        try:
+            return closed_set_split(train.grouping, test_fraction=self.settings.val_fraction, seed=seed + 1).test
+        except CorpusError:
+            return np.zeros(0, dtype=int)
+
+    # ------------------------------------------------------------------ batches
+
+    @staticmethod
+    def _batch(cache: list[np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded frames ``(B, T, D)``, lengths ``(B,)`` and mask ``(B, T, 1)`` of ``rows``."""
+        lengths = np.array([cache[i].shape[0] for i in rows])
+        x = np.zeros((rows.size, int(lengths.max()), cache[rows[0]].shape[1]), dtype=np.float32)
+        for j, i in enumerate(rows):
+            x[j, :lengths[j]] = cache[i]
+        mask = (np.arange(x.shape[1])[None] < lengths[:, None]).astype(np.float32)[..., None]
+        return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(mask)
+
+    @staticmethod
+    def _batch_targets(targets: list[Any], rows: np.ndarray, ctc_kind: bool) -> Any:
+        if ctc_kind:
+            seqs = [targets[i] for i in rows]
+            labels = torch.tensor([c for seq in seqs for c in seq], dtype=torch.long)
+            return labels, torch.tensor([len(seq) for seq in seqs], dtype=torch.long)
+        return torch.tensor([targets[i] for i in rows], dtype=torch.long)
+
+    def _batches(self, order: np.ndarray) -> list[np.ndarray]:
+        b = self.settings.batch_size
+        return [order[i:i + b] for i in range(0, order.size, b)]
+
+    # ------------------------------------------------------------------ training
+
+    def _train(self, cache: list[np.ndarray], y: np.ndarray, targets: list[Any], fit_idx: np.ndarray,
+               rng: np.random.Generator) -> None:
+        s = self.settings
+        enc, head, adv = self.encoder_, self.utility_head_, self.adversary_
+        ctc_kind = isinstance(head, _CTCHead)
+        alternating = s.updates == "alternating"
+        if alternating:
+            main_opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=s.lr)
+            adv_opt = torch.optim.Adam(adv.parameters(), lr=s.lr)
+        else:
+            main_opt = torch.optim.Adam([*enc.parameters(), *head.parameters(), *adv.parameters()], lr=s.lr)
+        for module in (enc, head, adv):
+            module.train()
+        for epoch in tqdm(range(1, s.epochs + 1), desc="adversarial defense", disable=not self.ctx.progress):
+            u_losses, a_losses, a_accs = [], [], []
+            for rows in self._batches(rng.permutation(fit_idx)):
+                x, lengths, mask = self._batch(cache, rows)
+                target = self._batch_targets(targets, rows, ctc_kind)
+                spk = torch.from_numpy(y[rows])
+                if alternating:
+                    u_loss, a_loss, a_acc = self._alternating_step(x, lengths, mask, target, spk, main_opt, adv_opt)
+                else:
+                    u_loss, a_loss, a_acc = self._reversal_step(x, lengths, mask, target, spk, main_opt)
+                if not (math.isfinite(u_loss) and math.isfinite(a_loss)):
+                    raise DefenseFailed(f"training diverged: non-finite loss at epoch {epoch}")
+                u_losses.append(u_loss)
+                a_losses.append(a_loss)
+                a_accs.append(a_acc)
+            self.history_.append({"epoch": epoch, "utility_loss": float(np.mean(u_losses)),
+                                  "adversary_loss": float(np.mean(a_losses)),
+                                  "adversary_train_accuracy": float(np.mean(a_accs))})
+
+    def _reversal_step(self, x, lengths, mask, target, spk, opt) -> tuple[float, float, float]:
+        """One joint step on ``utility + CE(adversary(GRL(z)))``."""
+        z = self.encoder_.residual(x)
+        u_loss = self.utility_head_.loss(z, lengths, mask, target)
+        logits = self.adversary_(_meanstd(grad_reverse(z, self.settings.lambda_), mask))
+        a_loss = F.cross_entropy(logits, spk)
+        loss = u_loss + a_loss
+        if not torch.isfinite(loss):
+            return u_loss.item(), a_loss.item(), 0.0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return u_loss.item(), a_loss.item(), float((logits.argmax(1) == spk).float().mean())
+
+    def _alternating_step(self, x, lengths, mask, target, spk, main_opt, adv_opt) -> tuple[float, float, float]:
+        """``adversary_steps`` adversary updates on detached pooled ``z``, then one encoder + head update."""
+        s, enc, adv = self.settings, self.encoder_, self.adversary_
+        with torch.no_grad():
+            pooled = _meanstd(enc.residual(x), mask)
+        first = None
+        for _ in range(s.adversary_steps):
+            logits = adv(pooled)
+            a_loss = F.cross_entropy(logits, spk)
+            if not torch.isfinite(a_loss):
+                return 0.0, a_loss.item(), 0.0
+            if first is None:
+                first = (a_loss.item(), float((logits.argmax(1) == spk).float().mean()))
+            adv_opt.zero_grad()
+            a_loss.backward()
+            adv_opt.step()
+        z = enc.residual(x)
+        u_loss = self.utility_head_.loss(z, lengths, mask, target)
+        loss = u_loss
+        if s.lambda_ > 0:
+            adv.requires_grad_(False)
+            try:
+                loss = u_loss - s.lambda_ * F.cross_entropy(adv(_meanstd(z, mask)), spk)
+            finally:
+                adv.requires_grad_(True)
+        if not torch.isfinite(loss):
+            return float("nan"), first[0], first[1]
+        main_opt.zero_grad()
+        loss.backward()
+        main_opt.step()
+        return u_loss.item(), first[0], first[1]
+
+    def _evaluate(self, cache: list[np.ndarray], y: np.ndarray, targets: list[Any] | None,
+                  rows: np.ndarray) -> tuple[float, float | None]:
+        """The adversary's accuracy and the mean utility loss (per utterance; None without ``targets``) on ``rows``."""
+        ctc_kind = isinstance(self.utility_head_, _CTCHead)
+        hits, loss_sum = 0, 0.0
+        with torch.no_grad():
+            for start in range(0, rows.size, _EVAL_BATCH):
+                part = rows[start:start + _EVAL_BATCH]
+                x, lengths, mask = self._batch(cache, part)
+                z = self.encoder_.residual(x)
+                pred = self.adversary_(_meanstd(z, mask)).argmax(1).numpy()
+                hits += int(np.sum(pred == y[part]))
+                if targets is not None:
+                    loss = self.utility_head_.loss(z, lengths, mask, self._batch_targets(targets, part, ctc_kind))
+                    loss_sum += float(loss) * part.size
+        return hits / rows.size, None if targets is None else loss_sum / rows.size
+
+    # ------------------------------------------------------------------ transform
+
+    def _frames(self, frames: np.ndarray, utt_id: str) -> np.ndarray:
+        """Defended frames ``(T, D)`` float32: the trained encoder, no gradient."""
+        check_is_fitted(self, "encoder_")
+        x = np.ascontiguousarray(frames, dtype=np.float32)
+        dim = int(self.encoder_.mean.numel())
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise DefenseFailed(f"frames of {utt_id!r} have shape {x.shape}, the encoder expects (T, {dim})")
+        with torch.no_grad():
+            return self.encoder_(torch.from_numpy(x)).numpy().astype(np.float32, copy=False)
+
+    def report(self) -> dict:
+        """The training adversary's accuracies, the schedule and the final utility losses."""
+        check_is_fitted(self, "training_adversary_")
+        s = self.settings
+        return {"training_adversary": dict(self.training_adversary_), "updates": s.updates,
+                "lambda": s.lambda_, "epochs": len(self.history_),
+                "final_utility_loss": self.history_[-1]["utility_loss"] if self.history_ else None,
+                "utility_heldout": None if self.utility_heldout_ is None else dict(self.utility_heldout_)}
+
+
+DEFENSE = DefenseFamily(
+    name="adversarial",
+    settings=AdversarialSettings,
+    estimator=AdversarialDefense,
+    description="adversarial regularization: residual frame encoder trained jointly with the utility head "
+                "against a speaker adversary (gradient reversal or alternating updates)",
+    sweepable=("lambda",),
+)
+
+__all__ = ["DEFENSE", "UPDATES", "AdversarialDefense", "AdversarialSettings", "GradientReversal",
+           "GradientReversalFunction", "PrivacyEncoder", "grad_reverse"]
