@@ -38,11 +38,21 @@ with :func:`audit.splits.closed_set_split`; speakers too small to split stay in 
 kept out of training, and the training adversary's accuracy on them is reported with chance
 ``1 / n_speakers``. This is the *training* adversary's view only: a fresh attacker trained
 on the frozen defended frames (the audit's attack families) is the real test, and usually
-recovers more than the adversary the encoder learned to beat.
+recovers more than the adversary the encoder learned to beat. The game oscillates (the
+encoder fools the adversary, which re-learns), so the final figure is noisy, and a held-out
+accuracy *below* chance means this adversary is confidently fooled (speakers permuted), not
+that the identity is gone.
 
 Training is seeded (``ctx.seed``), on the CPU in float32, for a fixed number of epochs (no
 early stopping: the adversarial game has no validation criterion); the last weights are kept.
-Every training utterance's frames are held in memory (600 x 175 x 384 float32 is ~160 MB).
+The heads' output biases start at the log class priors of the training rows (the blank's
+share of frames and the character frequencies for CTC; class and speaker frequencies), and
+the adversary is first trained alone for :data:`WARMUP_EPOCHS` on the untrained (identity)
+encoder's pooled frames (cheap), so the encoder's first updates face a competent adversary. Without
+the prior initialisation the encoder's quickest way to lower the CTC loss is to shift every
+frame towards the blank (a change of about the frames' whole spread at ``lambda = 0`` in the
+tests). Every training utterance's frames are held in memory (600 x 175 x 384 float32 is
+~160 MB).
 """
 
 from __future__ import annotations
@@ -66,6 +76,9 @@ from audit.family import check_range
 from audit.splits import closed_set_split
 
 UPDATES = ("reversal", "alternating")
+
+#: Epochs of the adversary alone on the identity encoder's pooled frames before the joint training.
+WARMUP_EPOCHS = 5
 
 #: Added to the pooled variance before the square root (finite gradients at zero spread).
 _POOL_EPS = 1e-5
@@ -137,7 +150,7 @@ class AdversarialSettings(DefenseSettings):
     lambda_: float = 1.0
     updates: str = "reversal"
     hidden: int = 256
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 1e-3
     adversary_steps: int = 1
@@ -199,10 +212,11 @@ class _CTCHead(nn.Module):
         self.out = nn.Linear(dim, ctc.vocab_size())
         self.ctc = nn.CTCLoss(blank=ctc.BLANK, zero_infinity=True)
 
-    def loss(self, z: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, target: Any) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, lengths: torch.Tensor, avg: torch.Tensor, target: Any) -> torch.Tensor:
         labels, target_lengths = target
-        log_probs = F.log_softmax(self.out(z), -1).transpose(0, 1)  # (T, B, V)
-        return self.ctc(log_probs, labels, lengths, target_lengths)
+        log_probs = F.log_softmax(self.out(z), -1)  # (N, V), utterances one after another
+        padded = nn.utils.rnn.pad_sequence(torch.split(log_probs, lengths.tolist()))  # (T, B, V)
+        return self.ctc(padded, labels, lengths, target_lengths)
 
 
 class _ClassifierHead(nn.Module):
@@ -212,17 +226,21 @@ class _ClassifierHead(nn.Module):
         super().__init__()
         self.out = nn.Linear(dim, n_classes)
 
-    def loss(self, z: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, target: Any) -> torch.Tensor:
-        mean = (z * mask).sum(1) / mask.sum(1)
-        return F.cross_entropy(self.out(mean), target)
+    def loss(self, z: torch.Tensor, lengths: torch.Tensor, avg: torch.Tensor, target: Any) -> torch.Tensor:
+        return F.cross_entropy(self.out(avg @ z), target)
 
 
-def _meanstd(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean and std over time of ``(B, T, D)`` frames: ``(B, 2D)``."""
-    n = mask.sum(1)
-    mean = (z * mask).sum(1) / n
-    var = (torch.square(z - mean[:, None]) * mask).sum(1) / n
+def _meanstd(z: torch.Tensor, avg: torch.Tensor) -> torch.Tensor:
+    """Per-utterance mean and std ``(B, 2D)`` of concatenated frames ``z`` ``(N, D)``; ``avg`` ``(B, N)`` averages."""
+    mean = avg @ z
+    var = torch.clamp(avg @ torch.square(z) - torch.square(mean), min=0.0)
     return torch.cat([mean, torch.sqrt(var + _POOL_EPS)], 1)
+
+
+def _log_prior(counts: np.ndarray) -> torch.Tensor:
+    """Log of add-one smoothed class frequencies (an output bias that starts at the class prior)."""
+    counts = np.asarray(counts, dtype=np.float64) + 1.0
+    return torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
 
 
 def _frame_moments(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +308,10 @@ class AdversarialDefense(Defense):
                                   else _ClassifierHead(dim, len(self.utility_classes_)))
             self.adversary_ = nn.Sequential(nn.Linear(2 * dim, s.hidden), nn.GELU(),
                                             nn.Linear(s.hidden, self.speakers_.size))
+            # Output biases start at the log class priors of the training rows.
+            with torch.no_grad():
+                self.utility_head_.out.bias.copy_(_log_prior(self._utility_counts(cache, targets, fit_idx, task)))
+                self.adversary_[2].bias.copy_(_log_prior(np.bincount(y[fit_idx], minlength=self.speakers_.size)))
             self._train(cache, y, targets, fit_idx, rng)
         self.encoder_.eval()
         self.adversary_.eval()
@@ -335,6 +357,14 @@ class AdversarialDefense(Defense):
             raise DefenseFailed(f"label column {task.column!r} has fewer than 2 classes in the training set")
         return list(np.searchsorted(self.utility_classes_, labels).astype(np.int64))
 
+    def _utility_counts(self, cache: list[np.ndarray], targets: list[Any], rows: np.ndarray, task: Any) -> np.ndarray:
+        """Output counts of the utility head on ``rows``: CTC labels per frame (blank = the rest), or classes."""
+        if task.kind == "ctc":
+            counts = np.bincount([c for i in rows for c in targets[i]], minlength=ctc.vocab_size()).astype(float)
+            counts[ctc.BLANK] = max(1.0, sum(cache[i].shape[0] for i in rows) - counts.sum())
+            return counts
+        return np.bincount([targets[i] for i in rows], minlength=self.utility_classes_.size).astype(float)
+
     def _heldout(self, train: EmbeddingSet, seed: int) -> np.ndarray:
         """Held-out rows: a recording-grouped per-speaker share (none when no speaker can be split)."""
         if self.settings.val_fraction <= 0:
@@ -348,13 +378,14 @@ class AdversarialDefense(Defense):
 
     @staticmethod
     def _batch(cache: list[np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Padded frames ``(B, T, D)``, lengths ``(B,)`` and mask ``(B, T, 1)`` of ``rows``."""
+        """Frames of ``rows`` one after another ``(N, D)`` (no padding), lengths ``(B,)``, averages ``(B, N)``."""
         lengths = np.array([cache[i].shape[0] for i in rows])
-        x = np.zeros((rows.size, int(lengths.max()), cache[rows[0]].shape[1]), dtype=np.float32)
-        for j, i in enumerate(rows):
-            x[j, :lengths[j]] = cache[i]
-        mask = (np.arange(x.shape[1])[None] < lengths[:, None]).astype(np.float32)[..., None]
-        return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(mask)
+        ends = np.cumsum(lengths)
+        avg = np.zeros((rows.size, int(ends[-1])), dtype=np.float32)
+        for j, (end, n) in enumerate(zip(ends, lengths)):
+            avg[j, end - n:end] = 1.0 / n
+        x = np.concatenate([cache[i] for i in rows])
+        return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(avg)
 
     @staticmethod
     def _batch_targets(targets: list[Any], rows: np.ndarray, ctc_kind: bool) -> Any:
@@ -383,16 +414,17 @@ class AdversarialDefense(Defense):
             main_opt = torch.optim.Adam([*enc.parameters(), *head.parameters(), *adv.parameters()], lr=s.lr)
         for module in (enc, head, adv):
             module.train()
+        self._warmup(cache, y, fit_idx, rng)
         for epoch in tqdm(range(1, s.epochs + 1), desc="adversarial defense", disable=not self.ctx.progress):
             u_losses, a_losses, a_accs = [], [], []
             for rows in self._batches(rng.permutation(fit_idx)):
-                x, lengths, mask = self._batch(cache, rows)
+                x, lengths, avg = self._batch(cache, rows)
                 target = self._batch_targets(targets, rows, ctc_kind)
                 spk = torch.from_numpy(y[rows])
                 if alternating:
-                    u_loss, a_loss, a_acc = self._alternating_step(x, lengths, mask, target, spk, main_opt, adv_opt)
+                    u_loss, a_loss, a_acc = self._alternating_step(x, lengths, avg, target, spk, main_opt, adv_opt)
                 else:
-                    u_loss, a_loss, a_acc = self._reversal_step(x, lengths, mask, target, spk, main_opt)
+                    u_loss, a_loss, a_acc = self._reversal_step(x, lengths, avg, target, spk, main_opt)
                 if not (math.isfinite(u_loss) and math.isfinite(a_loss)):
                     raise DefenseFailed(f"training diverged: non-finite loss at epoch {epoch}")
                 u_losses.append(u_loss)
@@ -402,11 +434,32 @@ class AdversarialDefense(Defense):
                                   "adversary_loss": float(np.mean(a_losses)),
                                   "adversary_train_accuracy": float(np.mean(a_accs))})
 
-    def _reversal_step(self, x, lengths, mask, target, spk, opt) -> tuple[float, float, float]:
+    def _warmup(self, cache: list[np.ndarray], y: np.ndarray, fit_idx: np.ndarray, rng: np.random.Generator) -> None:
+        """``WARMUP_EPOCHS`` of the adversary alone on the untrained (identity) encoder's pooled frames.
+
+        The encoder's first updates then answer a competent adversary rather than a random one.
+        Cheap: the identity encoder's pooled vectors are computed once.
+        """
+        adv = self.adversary_
+        pooled = torch.cat([_meanstd(*self._batch(cache, rows)[::2]) for rows in self._batches(fit_idx)])
+        where = np.empty(len(cache), dtype=int)
+        where[fit_idx] = np.arange(fit_idx.size)
+        opt = torch.optim.Adam(adv.parameters(), lr=self.settings.lr)
+        for epoch in range(1, WARMUP_EPOCHS + 1):
+            for rows in self._batches(rng.permutation(fit_idx)):
+                loss = F.cross_entropy(adv(pooled[where[rows]]), torch.from_numpy(y[rows]))
+                if not torch.isfinite(loss):
+                    raise DefenseFailed(f"training diverged: non-finite loss at epoch {epoch} "
+                                        "of the adversary's warm-up")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    def _reversal_step(self, x, lengths, avg, target, spk, opt) -> tuple[float, float, float]:
         """One joint step on ``utility + CE(adversary(GRL(z)))``."""
         z = self.encoder_.residual(x)
-        u_loss = self.utility_head_.loss(z, lengths, mask, target)
-        logits = self.adversary_(_meanstd(grad_reverse(z, self.settings.lambda_), mask))
+        u_loss = self.utility_head_.loss(z, lengths, avg, target)
+        logits = self.adversary_(_meanstd(grad_reverse(z, self.settings.lambda_), avg))
         a_loss = F.cross_entropy(logits, spk)
         loss = u_loss + a_loss
         if not torch.isfinite(loss):
@@ -416,11 +469,11 @@ class AdversarialDefense(Defense):
         opt.step()
         return u_loss.item(), a_loss.item(), float((logits.argmax(1) == spk).float().mean())
 
-    def _alternating_step(self, x, lengths, mask, target, spk, main_opt, adv_opt) -> tuple[float, float, float]:
+    def _alternating_step(self, x, lengths, avg, target, spk, main_opt, adv_opt) -> tuple[float, float, float]:
         """``adversary_steps`` adversary updates on detached pooled ``z``, then one encoder + head update."""
         s, enc, adv = self.settings, self.encoder_, self.adversary_
-        with torch.no_grad():
-            pooled = _meanstd(enc.residual(x), mask)
+        z = enc.residual(x)  # the adversary's updates leave the encoder as it is: one pass serves both
+        pooled = _meanstd(z.detach(), avg)
         first = None
         for _ in range(s.adversary_steps):
             logits = adv(pooled)
@@ -432,13 +485,12 @@ class AdversarialDefense(Defense):
             adv_opt.zero_grad()
             a_loss.backward()
             adv_opt.step()
-        z = enc.residual(x)
-        u_loss = self.utility_head_.loss(z, lengths, mask, target)
+        u_loss = self.utility_head_.loss(z, lengths, avg, target)
         loss = u_loss
         if s.lambda_ > 0:
             adv.requires_grad_(False)
             try:
-                loss = u_loss - s.lambda_ * F.cross_entropy(adv(_meanstd(z, mask)), spk)
+                loss = u_loss - s.lambda_ * F.cross_entropy(adv(_meanstd(z, avg)), spk)
             finally:
                 adv.requires_grad_(True)
         if not torch.isfinite(loss):
@@ -456,12 +508,12 @@ class AdversarialDefense(Defense):
         with torch.no_grad():
             for start in range(0, rows.size, _EVAL_BATCH):
                 part = rows[start:start + _EVAL_BATCH]
-                x, lengths, mask = self._batch(cache, part)
+                x, lengths, avg = self._batch(cache, part)
                 z = self.encoder_.residual(x)
-                pred = self.adversary_(_meanstd(z, mask)).argmax(1).numpy()
+                pred = self.adversary_(_meanstd(z, avg)).argmax(1).numpy()
                 hits += int(np.sum(pred == y[part]))
                 if targets is not None:
-                    loss = self.utility_head_.loss(z, lengths, mask, self._batch_targets(targets, part, ctc_kind))
+                    loss = self.utility_head_.loss(z, lengths, avg, self._batch_targets(targets, part, ctc_kind))
                     loss_sum += float(loss) * part.size
         return hits / rows.size, None if targets is None else loss_sum / rows.size
 
@@ -482,7 +534,7 @@ class AdversarialDefense(Defense):
         check_is_fitted(self, "training_adversary_")
         s = self.settings
         return {"training_adversary": dict(self.training_adversary_), "updates": s.updates,
-                "lambda": s.lambda_, "epochs": len(self.history_),
+                "lambda": s.lambda_, "epochs": len(self.history_), "warmup_epochs": WARMUP_EPOCHS,
                 "final_utility_loss": self.history_[-1]["utility_loss"] if self.history_ else None,
                 "utility_heldout": None if self.utility_heldout_ is None else dict(self.utility_heldout_)}
 
