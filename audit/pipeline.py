@@ -137,7 +137,8 @@ class AuditPipeline:
         results["leakiest"] = leakiest(layer_results)
         if defense_plan is not None:
             results["defense_plan"] = defense_plan.describe(labels)
-            with threadpool_limits(limits=1, user_api="blas"):
+            # All pools (BLAS and OpenMP: k-means, LEACE's linear algebra) at one thread: measured 3-8x faster here.
+            with threadpool_limits(limits=1):
                 results["defenses"] = run_defenses(defense_plan, cfg, registry, store, corpus,
                                                    results["summary"].get("leakiest_layer"), run)
         results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, results["summary"], out)
