@@ -273,7 +273,7 @@ class _LayerComparison:
         return out
 
     def _utility(self, view: EmbeddingSet) -> UtilityScore | None:
-        if self.plan.task is None:
+        if self.plan.task is None or (self.plan.task.kind == "ctc" and view.frame_source is None):
             return None
         split = self.plan.utility_split
         return measure_utility(self.plan.task, view.subset(split.train), view.subset(split.test),

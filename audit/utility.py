@@ -9,7 +9,7 @@ held-out speakers (and, for the ASR probe, held-out sentences):
 * ``classification:COLUMN``: a classifier of a label column on pooled vectors, scored as accuracy.
 
 ``retained`` = defended score / undefended score on an accuracy scale (1 - CER for the ASR
-probe), with a paired bootstrap CI over test speakers.
+probe), with a paired bootstrap CI over test speakers (recordings when fewer than 10 are tested).
 """
 
 from __future__ import annotations
@@ -156,6 +156,22 @@ class UtilitySettings(FamilySettings):
 
 
 # ============================================================================ split
+
+#: Fewest test speakers a speaker-clustered bootstrap resamples; below it, recordings are resampled.
+MIN_BOOTSTRAP_SPEAKERS = 10
+
+
+def bootstrap_clusters(test: EmbeddingSet) -> np.ndarray:
+    """The units a utility CI resamples: test speakers, or recordings when there are too few speakers.
+
+    With 3 test speakers (fsdd's evaluated speakers) a speaker bootstrap draws from 10 distinct
+    resamples and gives intervals far too narrow; recordings are then the unit (the probe's
+    split keeps each recording on one side).
+    """
+    speakers = np.asarray(test.speakers).astype(str)
+    if np.unique(speakers).size >= MIN_BOOTSTRAP_SPEAKERS:
+        return speakers
+    return np.asarray(test.grouping.recordings).astype(str)
 
 
 @dataclass(frozen=True)
@@ -354,14 +370,19 @@ def char_edits(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[np
 
 
 def ctc_score(task: str, references: Sequence[str], hypotheses: Sequence[str], speakers: np.ndarray,
-              utt_ids: Sequence[str], *, n_boot: int = 1000, seed: int = 0) -> UtilityScore:
-    """The :class:`UtilityScore` of ASR hypotheses: CER (headline) and WER, each with its 95% CI."""
+              utt_ids: Sequence[str], *, clusters: np.ndarray | None = None, n_boot: int = 1000,
+              seed: int = 0) -> UtilityScore:
+    """The :class:`UtilityScore` of ASR hypotheses: CER (headline) and WER, each with its 95% CI.
+
+    ``clusters`` are the units the CIs resample (default: the speakers).
+    """
+    clusters = np.asarray(speakers if clusters is None else clusters).astype(str)
     c_edits, c_lengths = char_edits(references, hypotheses)
-    cer, cer_ci = rate_ci(c_edits, c_lengths, speakers, n_boot=n_boot, seed=seed)
+    cer, cer_ci = rate_ci(c_edits, c_lengths, clusters, n_boot=n_boot, seed=seed)
     words = wer_counts(list(map(str, references)), list(map(str, hypotheses)))
     w_edits = np.add(np.add(words["substitutions"], words["deletions"]), words["insertions"])
     w_lengths = np.asarray(words["n_ref_words"])
-    wer, wer_ci = rate_ci(w_edits, w_lengths, speakers, n_boot=n_boot, seed=seed)
+    wer, wer_ci = rate_ci(w_edits, w_lengths, clusters, n_boot=n_boot, seed=seed)
     examples = [{"reference": normalize_text(str(r)), "hypothesis": normalize_text(str(h))}
                 for r, h in list(zip(references, hypotheses))[:N_EXAMPLES]]
     extra = {"wer": wer, "wer_ci95": wer_ci, "ref_chars": int(c_lengths.sum()), "char_edits": int(c_edits.sum()),
@@ -370,7 +391,7 @@ def ctc_score(task: str, references: Sequence[str], hypotheses: Sequence[str], s
              "examples": examples}
     return UtilityScore(task, "cer", cer, cer_ci, max(0.0, 1.0 - cer), extra, len(c_edits),
                         int(np.unique(np.asarray(speakers).astype(str)).size), c_edits, c_lengths,
-                        np.asarray(speakers).astype(str), list(utt_ids))
+                        clusters, list(utt_ids))
 
 
 #: Reference/hypothesis pairs kept in a ctc score's ``extra["examples"]``.
@@ -707,7 +728,8 @@ class CTCProbe:
         if reason is not None:
             raise CorpusError(reason)
         hyps = self.transcribe(test)
-        score = ctc_score("ctc", list(test.transcripts), hyps, test.speakers, test.utt_ids, n_boot=self.n_boot,
+        score = ctc_score("ctc", list(test.transcripts), hyps, test.speakers, test.utt_ids,
+                          clusters=bootstrap_clusters(test), n_boot=self.n_boot,
                           seed=self.seed)
         score.budget = dict(self.budget_)
         score.history = list(self.history_)
@@ -859,14 +881,14 @@ class ClassificationProbe:
         check_is_fitted(self, "model_")
         y = self._targets(test)
         hits = (self.predict(test) == y).astype(np.int64)
-        ((low, high),) = proportion_ci(hits, test.speakers, n_boot=self.n_boot, seed=self.seed)
+        ((low, high),) = proportion_ci(hits, bootstrap_clusters(test), n_boot=self.n_boot, seed=self.seed)
         accuracy = float(hits.mean())
         extra = {"n_classes": int(self.classes_.size), "chance": 1.0 / self.classes_.size,
                  "majority_baseline": float(np.mean(y == self._majority)),
                  "n_test_unseen_class": int(np.count_nonzero(~np.isin(y, self.classes_)))}
         return UtilityScore(self.task.name, "accuracy", accuracy, [float(low), float(high)], accuracy, extra,
                             int(hits.size), int(np.unique(np.asarray(test.speakers).astype(str)).size), 1 - hits,
-                            np.ones(hits.size, dtype=np.int64), np.asarray(test.speakers).astype(str),
+                            np.ones(hits.size, dtype=np.int64), bootstrap_clusters(test),
                             list(test.utt_ids), budget=dict(self.budget_))
 
 

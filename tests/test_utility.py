@@ -259,3 +259,16 @@ def test_measure_utility_records_the_budget():
     out = score.to_dict()
     assert out["metric"] == "cer" and out["budget"]["epochs"] <= 2 and not math.isnan(out["value"])
     assert out["budget"]["n_train_speakers"] == 6
+
+
+def test_few_test_speakers_resample_recordings_not_speakers():
+    from audit.utility import MIN_BOOTSTRAP_SPEAKERS, bootstrap_clusters
+
+
+    few = EmbeddingSet(np.zeros((6, 2), np.float32), np.array(["a", "a", "b", "b", "c", "c"]),
+                       [f"u{i}" for i in range(6)], grouping=Grouping.of(list("aabbcc"), [f"r{i}" for i in range(6)]))
+    assert list(bootstrap_clusters(few)) == [f"r{i}" for i in range(6)]
+    n = MIN_BOOTSTRAP_SPEAKERS
+    many = EmbeddingSet(np.zeros((n, 2), np.float32), np.array([f"s{i}" for i in range(n)]),
+                        [f"u{i}" for i in range(n)])
+    assert list(bootstrap_clusters(many)) == [f"s{i}" for i in range(n)]
