@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from audit.embeddings import EmbeddingSet
-from audit.errors import ConfigError, CorpusError, StoreError
+from audit.errors import ConfigError, CorpusError
 from audit.estimators import check_is_fitted, learning_curve, seeded, stratified_fraction
 from audit.metrics import closed_set_metrics
 from audit.results import AttackResult
@@ -270,14 +270,14 @@ class FrameSpeakerID:
         window of ``max_train_frames / total`` of its frames, but at least one crop. Returns the
         cached sequences and the total number of frames before the cap.
         """
-        dim = self._check_frames(train, 0).shape[1]
+        dim = train.checked_frames(0).shape[1]
         share = 1.0
         if self.max_train_frames is not None:
-            total = sum(self._check_frames(train, i, dim).shape[0] for i in range(len(train)))
+            total = sum(train.checked_frames(i, dim).shape[0] for i in range(len(train)))
             share = min(1.0, self.max_train_frames / total)
         cache, total = [], 0
         for i in range(len(train)):
-            x = self._check_frames(train, i, dim)
+            x = train.checked_frames(i, dim)
             total += x.shape[0]
             if share < 1.0:
                 keep = min(x.shape[0], max(self.crop_frames, int(x.shape[0] * share)))
@@ -286,18 +286,6 @@ class FrameSpeakerID:
             x16 = x.astype(np.float16)
             cache.append(x16 if np.isfinite(x16).all() else x)
         return cache, total
-
-    @staticmethod
-    def _check_frames(data: EmbeddingSet, i: int, dim: int | None = None) -> np.ndarray:
-        """Frames of row ``i`` as float32, checked: 2-D, non-empty, finite, ``dim`` wide."""
-        x = np.asarray(data.frames(i), dtype=np.float32)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise StoreError(f"frames of {data.utt_ids[i]!r} have shape {x.shape}, expected (T>0, D)")
-        if dim is not None and x.shape[1] != dim:
-            raise StoreError(f"frames of {data.utt_ids[i]!r} have D={x.shape[1]}, the attacker uses D={dim}")
-        if not np.isfinite(x).all():
-            raise StoreError(f"frames of {data.utt_ids[i]!r} contain non-finite values")
-        return x
 
     def _embed(self, net: _SpeakerNet, n: int, frames: Callable[[int], np.ndarray]) -> np.ndarray:
         """Embeddings ``(n, emb_dim)`` of full sequences, one at a time, long ones in chunks."""
@@ -466,7 +454,7 @@ class FrameSpeakerID:
             Unnormalised; score them with cosine similarity.
         """
         self._check_fitted()
-        return self._embed(self.net_, len(data), lambda i: self._check_frames(data, i, self.mean_.size))
+        return self._embed(self.net_, len(data), lambda i: data.checked_frames(i, self.mean_.size))
 
     def predict_proba(self, data: EmbeddingSet) -> np.ndarray:
         """Class probabilities ``(N, n_speakers)`` (columns ordered as ``classes_``)."""
@@ -483,7 +471,7 @@ class FrameSpeakerID:
             sub = stratified_fraction(self._speakers, fraction, self.seed)
             net, _ = self._train([self._cache[i] for i in sub], self._y[sub], self._grouping.subset(sub),
                                  len(self.classes_), self.seed)
-            emb = self._embed(net, len(test), lambda i: self._check_frames(test, i, self.mean_.size))
+            emb = self._embed(net, len(test), lambda i: test.checked_frames(i, self.mean_.size))
             pred = self.classes_[self._scores(net, emb).argmax(1).numpy()]
             return float(np.mean(pred == test.speakers))
 

@@ -60,6 +60,17 @@ class EmbeddingSet:
             raise StoreError("this embedding set is pooled-only: no frame-level states")
         return self.frame_source(i)
 
+    def checked_frames(self, i: int, dim: int | None = None) -> np.ndarray:
+        """Frames of row ``i`` as float32, checked 2-D, non-empty, finite and ``dim`` wide (:class:`StoreError` if not)."""
+        x = np.asarray(self.frames(i), dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise StoreError(f"frames of {self.utt_ids[i]!r} have shape {x.shape}, expected (T>0, D)")
+        if dim is not None and x.shape[1] != dim:
+            raise StoreError(f"frames of {self.utt_ids[i]!r} have D={x.shape[1]}, expected D={dim}")
+        if not np.isfinite(x).all():
+            raise StoreError(f"frames of {self.utt_ids[i]!r} contain non-finite values")
+        return x
+
     def audio(self, i: int) -> np.ndarray:
         """16 kHz mono audio of row ``i``."""
         if self.audio_source is None:

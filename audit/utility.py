@@ -528,18 +528,6 @@ class CTCProbe:
     # ------------------------------------------------------------------ data
 
     @staticmethod
-    def _read(data: EmbeddingSet, i: int, dim: int | None = None) -> np.ndarray:
-        """Frames of row ``i`` as float32, checked: 2-D, non-empty, finite, ``dim`` wide."""
-        x = np.asarray(data.frames(i), dtype=np.float32)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise StoreError(f"frames of {data.utt_ids[i]!r} have shape {x.shape}, expected (T>0, D)")
-        if dim is not None and x.shape[1] != dim:
-            raise StoreError(f"frames of {data.utt_ids[i]!r} have D={x.shape[1]}, the probe was fitted on D={dim}")
-        if not np.isfinite(x).all():
-            raise StoreError(f"frames of {data.utt_ids[i]!r} contain non-finite values")
-        return x
-
-    @staticmethod
     def _needs_frames(data: EmbeddingSet) -> None:
         if data.frame_source is None:
             raise StoreError("the ctc utility probe needs frame-level states; this embedding set is pooled-only")
@@ -690,10 +678,10 @@ class CTCProbe:
             raise CorpusError(reason)
         if len(train) < 2:
             raise CorpusError(f"the ctc utility probe needs >= 2 training utterances, got {len(train)}")
-        dim = self._read(train, 0).shape[1]
+        dim = train.checked_frames(0).shape[1]
         cache = []
         for i in range(len(train)):
-            x = self._read(train, i, dim)
+            x = train.checked_frames(i, dim)
             x16 = x.astype(np.float16)
             cache.append(x16 if np.isfinite(x16).all() else x)
         targets = [encode(str(t)) for t in train.transcripts]
@@ -719,7 +707,7 @@ class CTCProbe:
         check_is_fitted(self, "net_")
         self._needs_frames(data)
         with _torch_threads(self.num_threads):
-            return self._decode(self.net_, lambda i: self._read(data, i, self.mean_.size), len(data))
+            return self._decode(self.net_, lambda i: data.checked_frames(i, self.mean_.size), len(data))
 
     def evaluate(self, test: EmbeddingSet) -> UtilityScore:
         """CER (headline) and WER of greedy transcripts of ``test`` against its transcripts, with 95% CIs."""

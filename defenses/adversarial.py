@@ -70,7 +70,7 @@ from tqdm.auto import tqdm
 from audit import ctc
 from audit.defense import Defense, DefenseFailed, DefenseFamily, DefenseSettings, check_positive_int
 from audit.embeddings import EmbeddingSet
-from audit.errors import ConfigError, CorpusError
+from audit.errors import ConfigError, CorpusError, StoreError
 from audit.estimators import check_is_fitted, seeded
 from audit.family import check_range
 from audit.splits import closed_set_split
@@ -332,13 +332,11 @@ class AdversarialDefense(Defense):
         """Every training utterance's frames as float32, checked (2-D, non-empty, finite, one width)."""
         cache, dim = [], None
         for i in range(len(train)):
-            x = np.ascontiguousarray(train.frames(i), dtype=np.float32)
-            if x.ndim != 2 or x.shape[0] == 0:
-                raise DefenseFailed(f"frames of {train.utt_ids[i]!r} have shape {x.shape}, expected (T>0, D)")
-            if dim is not None and x.shape[1] != dim:
-                raise DefenseFailed(f"frames of {train.utt_ids[i]!r} have D={x.shape[1]}, others D={dim}")
-            if not np.isfinite(x).all():
-                raise DefenseFailed(f"non-finite input frames in training utterance {train.utt_ids[i]!r}")
+            try:
+                x = np.ascontiguousarray(train.checked_frames(i, dim))
+            except StoreError as err:
+                raise DefenseFailed(f"non-finite input frames (or a bad shape) in training utterance "
+                                    f"{train.utt_ids[i]!r}: {err}") from err
             dim = x.shape[1]
             cache.append(x)
         return cache
