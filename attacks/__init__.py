@@ -11,11 +11,9 @@ entry point instead (``my_family = "my_package.my_module:FAMILY"``), with no edi
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
 from attacks import attributes, inversion, speaker_id, verification
-from audit.errors import ConfigError
 from audit.family import AttackFamily
+from audit.plugins import with_plugins
 
 BUILTIN: tuple[AttackFamily, ...] = (speaker_id.FAMILY, verification.FAMILY, attributes.FAMILY, inversion.FAMILY)
 
@@ -28,19 +26,7 @@ def load_families() -> dict[str, AttackFamily]:
     A plugin that does not load, is not an :class:`AttackFamily`, or reuses a built-in name
     is a :class:`ConfigError` naming it.
     """
-    families = {f.name: f for f in BUILTIN}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            family = ep.load()
-        except Exception as exc:
-            raise ConfigError(f"attack plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-        if not isinstance(family, AttackFamily):
-            raise ConfigError(f"attack plugin {ep.name!r} ({ep.value}) is a {type(family).__name__}, "
-                              "not an audit.family.AttackFamily")
-        if family.name in families:
-            raise ConfigError(f"attack plugin {ep.name!r} reuses the family name {family.name!r}")
-        families[family.name] = family
-    return families
+    return with_plugins({f.name: f for f in BUILTIN}, ENTRY_POINT_GROUP, AttackFamily, "attack")
 
 
 def default_attacks(families: dict[str, AttackFamily]) -> list[str]:

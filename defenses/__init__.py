@@ -10,12 +10,10 @@ through the ``speech_audit.defenses`` entry point instead (``"my_package.my_modu
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
 from importlib import import_module
 
 from audit.defense import DefenseFamily
-from audit.errors import ConfigError
+from audit.plugins import with_plugins
 
 #: Modules of the built-in defenses, each ending in ``DEFENSE``.
 BUILTIN = ("adversarial", "leace", "inlp", "noise", "pca", "meanvar", "kmeans")
@@ -29,22 +27,8 @@ def load_defenses() -> dict[str, DefenseFamily]:
     A plugin that does not load, is not a :class:`DefenseFamily`, or reuses a built-in name is
     a :class:`ConfigError` naming it.
     """
-    found = {}
-    for module in BUILTIN:
-        family = import_module(f"defenses.{module}").DEFENSE
-        found[family.name] = family
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            family = ep.load()
-        except Exception as exc:
-            raise ConfigError(f"defense plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-        if not isinstance(family, DefenseFamily):
-            raise ConfigError(f"defense plugin {ep.name!r} ({ep.value}) is a {type(family).__name__}, "
-                              "not an audit.defense.DefenseFamily")
-        if family.name in found:
-            raise ConfigError(f"defense plugin {ep.name!r} reuses the defense name {family.name!r}")
-        found[family.name] = family
-    return found
+    builtin = [import_module(f"defenses.{module}").DEFENSE for module in BUILTIN]
+    return with_plugins({d.name: d for d in builtin}, ENTRY_POINT_GROUP, DefenseFamily, "defense")
 
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "load_defenses"]

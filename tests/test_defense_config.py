@@ -76,3 +76,53 @@ def test_unsupported_utility_or_tiny_partition_fails_before_extraction(tmp_path,
                cache_dir=str(tmp_path / "s"), attacks=["speaker_id"], defense=[{"name": "noise"}], **extra)
     with pytest.raises(ConfigError, match=key):
         AuditPipeline(cfg).run()
+
+
+DEFENSE_PLUGIN = '''
+from dataclasses import dataclass
+
+from audit.defense import Defense, DefenseFamily, DefenseSettings
+from audit.family import check_range
+
+
+@dataclass
+class ScaleSettings(DefenseSettings):
+    factor: float = 0.5
+
+    def validate(self, prefix):
+        check_range(prefix, "factor", self.factor, 0)
+
+
+class Scale(Defense):
+    def _fit(self, train):
+        self.factor_ = self.settings.factor
+
+    def _frames(self, frames, utt_id):
+        return frames * self.factor_
+
+
+DEFENSE = DefenseFamily(name="scale", settings=ScaleSettings, estimator=Scale, description="scales frames",
+                        sweepable=("factor",))
+'''
+
+
+def test_a_plugin_defense_registers_through_the_entry_point_and_runs(tmp_path, monkeypatch):
+    root = tmp_path / "plugin"
+    dist = root / "scale_defense-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (root / "scale_defense.py").write_text(DEFENSE_PLUGIN)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: scale-defense\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[speech_audit.defenses]\nscale = scale_defense:DEFENSE\n")
+    monkeypatch.syspath_prepend(str(root))
+    with pytest.raises(ConfigError, match=r"defense\[0\]\.sweep .*factor=-1"):
+        _cfg(defense=[{"name": "scale", "sweep": {"factor": [1, -1]}}])
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=8, n_utts=4, seconds=0.3)
+    cfg = _cfg(model="tiny-random-wav2vec2", corpus=str(corpus), out=str(tmp_path / "r"),
+               cache_dir=str(tmp_path / "s"), layers=[0], attacks=["speaker_id"], utility="none",
+               speaker_id={"attackers": ["logreg"], "n_boot": 200},
+               defense=[{"name": "scale", "sweep": {"factor": [2.0]}, "layers": [0]}])
+    with pytest.warns(UserWarning):
+        results = AuditPipeline(cfg).run()
+    scaled = results["defenses"][1]
+    assert scaled["name"] == "scale" and scaled["status"] == "ok" and scaled["params"] == {"factor": 2.0}
+    assert scaled["strongest"]["top1"]["value"] >= 0 and scaled["utility"] is None
