@@ -228,6 +228,7 @@ class AuditConfig:
                             "which flatters them (a deployed defense never sees its users' speech)")
             weak += [f"defense_scenarios: scenario {s!r} not run" for s in SCENARIOS
                      if s not in self.defense_scenarios]
+            weak += self.utility_probe.weakening("utility_probe.")
         return weak + [w for name in self.attacks for w in self.families[name].weakening(f"{name}.")]
 
     def effective(self) -> "AuditConfig":

@@ -126,3 +126,9 @@ def test_a_plugin_defense_registers_through_the_entry_point_and_runs(tmp_path, m
     scaled = results["defenses"][1]
     assert scaled["name"] == "scale" and scaled["status"] == "ok" and scaled["params"] == {"factor": 2.0}
     assert scaled["strongest"]["top1"]["value"] >= 0 and scaled["utility"] is None
+
+
+def test_a_smaller_utility_probe_budget_is_flagged_when_defenses_run():
+    weak = _cfg(defense=[{"name": "noise"}], utility_probe={"ctc_epochs": 5}).weakening_settings()
+    assert weak == ["utility_probe.ctc_epochs=5: below the default budget 30"]
+    assert _cfg(utility_probe={"ctc_epochs": 5}).weakening_settings() == []
