@@ -146,14 +146,18 @@ def defended_layers(cfg_layers: list[int | str], leakiest: int | None, last: int
     return out
 
 
+def check_defense_layers(cfg: AuditConfig, num_layers: int) -> None:
+    """Raise :class:`ConfigError` naming the table when a ``[[defense]]`` names a layer the model lacks (before extraction)."""
+    for i, spec in enumerate(cfg.defenses):
+        bad = [la for la in spec.layers if isinstance(la, int) and la >= num_layers]
+        if bad:
+            raise ConfigError(f"defense[{i}].layers: {bad} out of range (the model has layers 0..{num_layers - 1})")
+
+
 def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, AttackFamily], store: EmbeddingStore,
                  corpus: Any, leakiest: int | None, run: RunContext) -> list[dict]:
     """Every defense setting on every layer it names, the undefended reference first (see the module docstring)."""
     last = store.num_layers - 1
-    for i, spec in enumerate(cfg.defenses):
-        bad = [la for la in defended_layers(spec.layers, leakiest, last) if la > last]
-        if bad:
-            raise ConfigError(f"defense[{i}].layers: {bad} out of range (the model has layers 0..{last})")
     layers = []
     for spec in cfg.defenses:
         for la in defended_layers(spec.layers, leakiest, last):
@@ -311,4 +315,4 @@ def strongest(scenarios: dict) -> dict:
     return best
 
 
-__all__ = ["DefensePlan", "defended_layers", "plan_defenses", "run_defenses", "strongest"]
+__all__ = ["DefensePlan", "check_defense_layers", "defended_layers", "plan_defenses", "run_defenses", "strongest"]

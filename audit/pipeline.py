@@ -21,7 +21,7 @@ from attacks import load_families
 from audit import plots
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
-from audit.defense_runner import plan_defenses, run_defenses
+from audit.defense_runner import check_defense_layers, plan_defenses, run_defenses
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.extractor import Extractor, build_extractor
@@ -96,6 +96,7 @@ class AuditPipeline:
         defense_plan = plan_defenses(cfg, registry, labels)
         extractor = build_extractor(cfg.model)
         layers = self._prepare_layers(cfg, extractor)
+        check_defense_layers(cfg, extractor.num_layers)
         run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers))
         for name in splits:
             if registry[name].preflight is not None:

@@ -132,3 +132,17 @@ def test_a_smaller_utility_probe_budget_is_flagged_when_defenses_run():
     weak = _cfg(defense=[{"name": "noise"}], utility_probe={"ctc_epochs": 5}).weakening_settings()
     assert weak == ["utility_probe.ctc_epochs=5: below the default budget 30"]
     assert _cfg(utility_probe={"ctc_epochs": 5}).weakening_settings() == []
+
+
+def test_a_defense_layer_the_model_lacks_fails_before_extraction(tmp_path, monkeypatch):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=8, n_utts=4, seconds=0.3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the store was built before the layer error was raised")
+
+    monkeypatch.setattr("audit.pipeline.EmbeddingStore.build", refuse)
+    cfg = _cfg(model="tiny-random-wav2vec2", corpus=str(corpus), out=str(tmp_path / "r"),
+               cache_dir=str(tmp_path / "s"), attacks=["speaker_id"], utility="none",
+               defense=[{"name": "noise", "layers": [1, 9]}])
+    with pytest.raises(ConfigError, match=r"defense\[0\]\.layers: \[9\] out of range"):
+        AuditPipeline(cfg).run()
