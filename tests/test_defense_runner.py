@@ -28,6 +28,7 @@ def comparison(tmp_path_factory):
         "utility": "classification:digit", "utility_probe": {"n_boot": 200},
         "defense": [{"name": "noise", "sweep": {"sigma": [0, 3]}, "layers": [1]},
                     {"name": "pca", "k": 4, "layers": [1]},
+                    {"name": "adversarial", "lambda": 0.0, "epochs": 5, "layers": [1]},
                     {"name": "adversarial", "lr": 1e9, "epochs": 2, "layers": [1]}],
     })
     with pytest.warns(UserWarning):
@@ -40,7 +41,7 @@ def test_reference_and_every_setting_are_recorded(comparison):
     entries = json.loads((out / "results.json").read_text())["defenses"]
     assert [(e["name"], e["params"]) for e in entries] == [
         ("none", {}), ("noise", {"sigma": 0}), ("noise", {"sigma": 3}), ("pca", {"k": 4}),
-        ("adversarial", {"lr": 1e9, "epochs": 2})]
+        ("adversarial", {"lambda": 0.0, "epochs": 5}), ("adversarial", {"lr": 1e9, "epochs": 2})]
     plan = results["defense_plan"]
     assert plan["speakers_disjoint"] and plan["defense_partition"]["n_speakers"] == 4
     assert plan["evaluation_partition"]["n_speakers"] == 4
@@ -58,6 +59,17 @@ def test_sigma_zero_noise_leaves_leakage_and_utility_unchanged(comparison):
     assert zero["utility"]["value"] == pytest.approx(none["utility"]["value"])
     lo, hi = zero["utility"]["retained_ci95"]
     assert lo < 1.0 < hi or lo <= 1.0 <= hi and hi > lo
+
+
+def test_lambda_zero_keeps_leakage_and_utility_within_the_ci(comparison):
+    none, adv = comparison[0]["defenses"][0], comparison[0]["defenses"][4]
+    assert adv["status"] == "ok" and adv["training_adversary"]["chance"] == pytest.approx(0.25)
+    ref = none["scenarios"]["semi_informed"]["speaker_id"]
+    lo, hi = ref["ci95"]
+    assert lo <= adv["scenarios"]["semi_informed"]["speaker_id"]["top1"] <= hi
+    ulo, uhi = none["utility"]["ci95"]
+    assert ulo <= adv["utility"]["value"] <= uhi
+    assert len(adv["fit"]["loss_history"]) == 5
 
 
 def test_scenarios_strongest_and_dimension_changes(comparison):
