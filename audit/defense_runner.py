@@ -194,13 +194,14 @@ class _LayerComparison:
     def reference(self) -> dict:
         """The entry ``name = "none"``: every family and the utility probe on undefended embeddings."""
         t0 = time.perf_counter()
-        attacks = self._attacks(self.clean, self.clean)
+        attacks, seconds = self._attacks(self.clean, self.clean)
         self.undefended_utility = self._utility(self.clean)
         utility = None
         if self.undefended_utility is not None:
             utility = self._utility_entry(self.undefended_utility, 1.0, None)
         return {"name": "none", "params": {}, "layer": self.ctx.index, "status": "ok",
                 "fit": None, "scenarios": {"semi_informed": attacks},
+                "attack_seconds": {"semi_informed": seconds},
                 "strongest": strongest({"semi_informed": attacks}), "utility": utility,
                 "wall_seconds": round(time.perf_counter() - t0, 2)}
 
@@ -223,7 +224,7 @@ class _LayerComparison:
         if "training_adversary" in entry["fit"]:
             entry["training_adversary"] = entry["fit"].pop("training_adversary")
         entry["dims"] = {"frames": int(defended.frames(0).shape[1]), "pooled": int(defended.pooled.shape[1])}
-        entry["scenarios"] = self._scenarios(defended)
+        entry["scenarios"], entry["attack_seconds"] = self._scenarios(defended)
         entry["strongest"] = strongest(entry["scenarios"])
         score = self._utility(defended)
         if score is not None and self.undefended_utility is not None:
@@ -235,17 +236,19 @@ class _LayerComparison:
         entry["wall_seconds"] = round(time.perf_counter() - t0, 2)
         return entry
 
-    def _scenarios(self, defended: EmbeddingSet) -> dict:
-        scenarios = {}
+    def _scenarios(self, defended: EmbeddingSet) -> tuple[dict, dict]:
+        """Each scenario's attack results and per-family attack seconds."""
+        scenarios, seconds = {}, {}
         same_dims = defended.pooled.shape[1] == self.clean.pooled.shape[1] and (
             defended.frames(0).shape[1] == self.clean.frames(0).shape[1])
         wanted = self.cfg.defense_scenarios
         if "ignorant" in wanted or "lazy_informed" in wanted:
             if same_dims:
                 if "ignorant" in wanted:
-                    scenarios["ignorant"] = self._attacks(self.clean, defended, ignorant=True)
+                    scenarios["ignorant"], seconds["ignorant"] = self._attacks(self.clean, defended, ignorant=True)
                 if "lazy_informed" in wanted:
-                    scenarios["lazy_informed"] = self._attacks(self.clean, defended, only_enrolment=True)
+                    scenarios["lazy_informed"], seconds["lazy_informed"] = self._attacks(
+                        self.clean, defended, only_enrolment=True)
             else:
                 reason = (f"the defense changes the dimension ({self.clean.pooled.shape[1]} -> "
                           f"{defended.pooled.shape[1]} pooled): an attacker trained on undefended embeddings "
@@ -253,13 +256,13 @@ class _LayerComparison:
                 for name in ("ignorant", "lazy_informed"):
                     if name in wanted:
                         scenarios[name] = {"not_applicable": reason}
-        scenarios["semi_informed"] = self._attacks(defended, defended)
-        return scenarios
+        scenarios["semi_informed"], seconds["semi_informed"] = self._attacks(defended, defended)
+        return scenarios, seconds
 
     def _attacks(self, train_view: EmbeddingSet, test_view: EmbeddingSet, *, ignorant: bool = False,
-                 only_enrolment: bool = False) -> dict:
-        """Each family's attack: fitted on ``train_view``'s train rows, tested on ``test_view``'s test rows."""
-        out = {}
+                 only_enrolment: bool = False) -> tuple[dict, dict]:
+        """Each family's attack (fitted on ``train_view``'s train rows, tested on ``test_view``'s test rows) and its seconds."""
+        out, seconds = {}, {}
         for name, family in self.families.items():
             if only_enrolment and family.enrolment_test is None:
                 continue
@@ -272,9 +275,9 @@ class _LayerComparison:
                 result = family.attack(train, test, settings, self.ctx)
             except (CorpusError, ValueError, np.linalg.LinAlgError) as err:
                 result = {"skipped": True, "reason": f"{type(err).__name__}: {err}"}
-            result["attack_seconds"] = round(time.perf_counter() - t0, 2)
+            seconds[name] = round(time.perf_counter() - t0, 2)
             out[name] = result
-        return out
+        return out, seconds
 
     def _utility(self, view: EmbeddingSet) -> UtilityScore | None:
         if self.plan.task is None or (self.plan.task.kind == "ctc" and view.frame_source is None):
