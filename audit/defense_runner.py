@@ -104,7 +104,8 @@ def plan_defenses(cfg: AuditConfig, families: dict[str, AttackFamily], labels: E
         try:
             usplit = utility_split(evaluated, task, cfg.utility_probe, cfg.seed)
         except CorpusError as err:
-            raise ConfigError(f"utility={task.name!r}: cannot split the evaluated speakers for the probe: {err}") from err
+            raise ConfigError(f"utility={task.name!r}: cannot split the evaluated speakers for the probe: "
+                              f"{err}") from err
     splits, infeasible = plan_splits({n: families[n] for n in cfg.attacks}, cfg.settings, evaluated, cfg.seed)
     for name, reason in infeasible.items():
         warnings.warn(f"defense comparison: attack family {name!r} cannot run on the evaluated speakers: {reason}",
@@ -147,7 +148,7 @@ def defended_layers(cfg_layers: list[int | str], leakiest: int | None, last: int
 
 
 def check_defense_layers(cfg: AuditConfig, num_layers: int) -> None:
-    """Raise :class:`ConfigError` naming the table when a ``[[defense]]`` names a layer the model lacks (before extraction)."""
+    """Raise :class:`ConfigError` naming the table whose ``layers`` name a layer the model lacks (before extraction)."""
     for i, spec in enumerate(cfg.defenses):
         bad = [la for la in spec.layers if isinstance(la, int) and la >= num_layers]
         if bad:
@@ -169,7 +170,8 @@ def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, Attack
             if la in defended_layers(spec.layers, leakiest, last)]
     bar = tqdm(total=len(jobs) + len(layers), desc="defense settings", disable=not run.progress)
     for la in layers:
-        comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, la), run.layer(la, store.frame_rates[la]))
+        comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, la),
+                                      run.layer(la, store.frame_rates[la]))
         entries.append(comparison.reference())
         bar.update()
         for job_layer, spec, params, settings in jobs:
@@ -261,7 +263,7 @@ class _LayerComparison:
 
     def _attacks(self, train_view: EmbeddingSet, test_view: EmbeddingSet, *, ignorant: bool = False,
                  only_enrolment: bool = False) -> tuple[dict, dict]:
-        """Each family's attack (fitted on ``train_view``'s train rows, tested on ``test_view``'s test rows) and its seconds."""
+        """Each family's attack and its seconds: fitted on ``train_view``'s train rows, tested on ``test_view``'s."""
         out, seconds = {}, {}
         for name, family in self.families.items():
             if only_enrolment and family.enrolment_test is None:

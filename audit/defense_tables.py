@@ -143,7 +143,8 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
     elif plan.get("utility_task"):
         notes.append(f"Utility: {plan['utility_task']} probe retrained on each setting's defended embeddings of "
                      "utility-train speakers, scored on held-out speakers; retained = defended / undefended on an "
-                     "accuracy scale (1 - CER for the ASR probe), paired bootstrap CI over test speakers (over recordings when fewer than 10 speakers are tested).")
+                     "accuracy scale (1 - CER for the ASR probe), paired bootstrap CI over test speakers (over "
+                     "recordings when fewer than 10 speakers are tested).")
     for name, reason in (plan.get("families_not_measurable") or {}).items():
         notes.append(f"Not measurable on the evaluated speakers: {name}: {reason}.")
     for layer in sorted({e["layer"] for e in entries}):

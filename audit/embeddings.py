@@ -61,7 +61,7 @@ class EmbeddingSet:
         return self.frame_source(i)
 
     def checked_frames(self, i: int, dim: int | None = None) -> np.ndarray:
-        """Frames of row ``i`` as float32, checked 2-D, non-empty, finite and ``dim`` wide (:class:`StoreError` if not)."""
+        """Frames of row ``i`` as float32, checked 2-D, non-empty, finite, ``dim`` wide (else :class:`StoreError`)."""
         x = np.asarray(self.frames(i), dtype=np.float32)
         if x.ndim != 2 or x.shape[0] == 0:
             raise StoreError(f"frames of {self.utt_ids[i]!r} have shape {x.shape}, expected (T>0, D)")

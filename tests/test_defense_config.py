@@ -1,4 +1,4 @@
-"""``[[defense]]`` tables and the defense options: every bad value is a ConfigError naming its key, before extraction."""
+"""``[[defense]]`` tables and the defense options: each bad value is a ConfigError naming its key, before extraction."""
 
 from __future__ import annotations
 
