@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.estimators import check_is_fitted, learning_curve, seeded, stratified_fraction
+from audit.estimators import check_is_fitted, frame_moments, learning_curve, seeded, stratified_fraction
 from audit.metrics import closed_set_metrics
 from audit.results import AttackResult
 from audit.splits import Grouping, closed_set_split
@@ -107,23 +107,6 @@ class _SpeakerNet(nn.Module):
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
         """Cosine similarity ``(B, n_classes)`` of embeddings to the class weights."""
         return F.linear(F.normalize(emb), F.normalize(self.weight))
-
-
-def _frame_moments(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std ``(D,)`` over all frames of ``seqs`` (float64 running sums).
-
-    Dimensions with (near-)zero spread get std 1 so standardising never divides by zero.
-    """
-    n, total, squares = 0, 0.0, 0.0
-    for x in seqs:
-        x = x.astype(np.float64)
-        n += x.shape[0]
-        total = total + x.sum(0)
-        squares = squares + np.square(x).sum(0)
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
-    std[std <= 1e-6 * max(float(std.max()), 1e-30)] = 1.0
-    return mean, std
 
 
 class FrameSpeakerID:
@@ -328,7 +311,7 @@ class FrameSpeakerID:
         except CorpusError:
             val = np.zeros(0, dtype=int)
         fit_idx = np.setdiff1d(np.arange(len(cache)), val)
-        mean, std = _frame_moments([cache[i] for i in fit_idx])
+        mean, std = frame_moments([cache[i] for i in fit_idx])
         lengths = np.array([cache[i].shape[0] for i in fit_idx])
         crop = self.crop_frames
         epoch_items = np.repeat(fit_idx, np.maximum(1, np.round(lengths / crop).astype(int)))

@@ -21,6 +21,7 @@ the pooled vector is not the mean+std of the defended frames, ``_pool``).
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -86,7 +87,7 @@ def sample_frames(view: EmbeddingSet, *, per_utt: int = MAX_FIT_FRAMES_PER_UTT,
     return np.concatenate(chunks).astype(np.float32), np.concatenate(rows)
 
 
-class Defense:
+class Defense(ABC):
     """Base of every defense: ``fit(train) -> self``, ``transform(view) -> EmbeddingSet``.
 
     ``fit`` records ``fit_info_`` (speakers, utterances, seconds) and ``history_`` (per-epoch
@@ -124,11 +125,13 @@ class Defense:
         return EmbeddingSet(pooled, view.speakers, view.utt_ids, view.attributes, _frame_lookup(frames), view.layer,
                             view.transcripts, view.audio_source, view.grouping)
 
+    @abstractmethod
     def _fit(self, train: EmbeddingSet) -> None:
-        raise NotImplementedError
+        """Learn the defense's state (attributes ending in ``_``) from ``train``."""
 
+    @abstractmethod
     def _frames(self, frames: np.ndarray, utt_id: str) -> np.ndarray:
-        raise NotImplementedError
+        """The defended ``(T, D')`` frames of one utterance's ``(T, D)`` frames."""
 
     def _pool(self, frames: list[np.ndarray]) -> np.ndarray:
         """Pooled vectors of the defended frames (default: mean+std, as the store pools)."""

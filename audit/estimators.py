@@ -2,8 +2,9 @@
 
 Written once and used by every attack family: the fitted check, seeded torch code, fitting an
 sklearn model while recording whether it converged, choosing a hyper-parameter on validation
-data, and the learning curve (the attacker refitted on 25/50/100% of its training data, so a
-reviewer can see whether more data would have made it stronger).
+data, the learning curve (the attacker refitted on 25/50/100% of its training data, so a
+reviewer can see whether more data would have made it stronger), and the per-dimension frame
+statistics every frame-level model (attacker, defense, utility probe) standardises its input with.
 """
 
 from __future__ import annotations
@@ -68,6 +69,23 @@ def grid_search(grid: Sequence[Any], score: Callable[[Any], float]) -> tuple[Any
     return best, scores
 
 
+def frame_moments(seqs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std ``(D,)`` over all frames of ``seqs`` (float64 running sums).
+
+    Dimensions with (near-)zero spread get std 1 so standardising never divides by zero.
+    """
+    n, total, squares = 0, 0.0, 0.0
+    for x in seqs:
+        x = x.astype(np.float64)
+        n += x.shape[0]
+        total = total + x.sum(0)
+        squares = squares + np.square(x).sum(0)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+    std[std <= 1e-6 * max(float(std.max()), 1e-30)] = 1.0
+    return mean, std
+
+
 def learning_curve(metric: str, full_value: float, refit_value: Callable[[float], float],
                    fractions: Sequence[float] = CURVE_FRACTIONS) -> list[dict[str, float]]:
     """Rows ``{"fraction", metric}``: ``refit_value(f)`` for ``f < 1`` and the fitted attacker's value at 1."""
@@ -75,4 +93,4 @@ def learning_curve(metric: str, full_value: float, refit_value: Callable[[float]
 
 
 __all__ = ["CURVE_FRACTIONS", "MIN_EARLY_STOPPING_ROWS", "NotFittedError", "check_is_fitted", "fit_quiet",
-           "grid_search", "learning_curve", "seeded", "stratified_fraction"]
+           "frame_moments", "grid_search", "learning_curve", "seeded", "stratified_fraction"]

@@ -27,7 +27,7 @@ import numpy as np
 from audit.ctc import BLANK, encode, greedy_decode, vocab_size
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
-from audit.estimators import check_is_fitted, fit_quiet, grid_search, seeded
+from audit.estimators import check_is_fitted, fit_quiet, frame_moments, grid_search, seeded
 from audit.family import FamilySettings, check_range
 from audit.metrics import CI_METHOD, clopper_pearson, leakage_ci, proportion_ci
 from audit.splits import Split, closed_set_split, speaker_disjoint_split
@@ -401,20 +401,6 @@ N_EXAMPLES = 5
 # ============================================================================ CTC probe
 
 
-def _frame_moments(seqs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std ``(D,)`` over every frame of ``seqs`` (float64 sums; flat dims get std 1)."""
-    n, total, squares = 0, 0.0, 0.0
-    for x in seqs:
-        x = x.astype(np.float64)
-        n += x.shape[0]
-        total = total + x.sum(0)
-        squares = squares + np.square(x).sum(0)
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
-    std[std <= 1e-6 * max(float(std.max()), 1e-30)] = 1.0
-    return mean, std
-
-
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to ``n`` inside the block (unchanged for None), then restored."""
@@ -590,7 +576,7 @@ class CTCProbe:
 
         val = self._validation_rows(norm_refs)
         fit_rows = np.setdiff1d(np.arange(len(cache)), val)
-        mean, std = _frame_moments([cache[i] for i in fit_rows])
+        mean, std = frame_moments([cache[i] for i in fit_rows])
         lengths = np.array([cache[i].shape[0] for i in fit_rows])
         rng = np.random.default_rng(self.seed)
         history: list[dict] = []

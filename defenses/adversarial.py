@@ -71,7 +71,7 @@ from audit import ctc
 from audit.defense import Defense, DefenseFailed, DefenseFamily, DefenseSettings, check_positive_int
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
-from audit.estimators import check_is_fitted, seeded
+from audit.estimators import check_is_fitted, frame_moments, seeded
 from audit.family import check_range
 from audit.splits import closed_set_split
 
@@ -243,17 +243,6 @@ def _log_prior(counts: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
 
 
-def _frame_moments(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std over all frames (float64 sums); near-zero spreads get std 1."""
-    n = sum(x.shape[0] for x in seqs)
-    total = sum(x.sum(0, dtype=np.float64) for x in seqs)
-    mean = total / n
-    squares = sum(np.square(x - mean).sum(0) for x in seqs)
-    std = np.sqrt(squares / n)
-    std[std <= 1e-6 * max(float(std.max()), 1e-30)] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
 # ---------------------------------------------------------------------------- the defense
 
 
@@ -298,7 +287,7 @@ class AdversarialDefense(Defense):
         targets = self._utility_targets(task, train)
         heldout = self._heldout(train, seed)
         fit_idx = np.setdiff1d(np.arange(len(train)), heldout)
-        mean, std = _frame_moments([cache[i] for i in fit_idx])
+        mean, std = (m.astype(np.float32) for m in frame_moments([cache[i] for i in fit_idx]))
         rng = np.random.default_rng(seed)
         with seeded(seed):
             self.encoder_ = PrivacyEncoder(mean, std, s.hidden)
