@@ -159,25 +159,21 @@ def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, Attack
                  corpus: Any, leakiest: int | None, run: RunContext) -> list[dict]:
     """Every defense setting on every layer it names, the undefended reference first (see the module docstring)."""
     last = store.num_layers - 1
-    layers = []
-    for spec in cfg.defenses:
-        for la in defended_layers(spec.layers, leakiest, last):
-            if la not in layers:
-                layers.append(la)
+    spec_layers = [defended_layers(spec.layers, leakiest, last) for spec in cfg.defenses]
+    layers = list(dict.fromkeys(la for named in spec_layers for la in named))
+    jobs = {la: [(spec, params, settings) for spec, params, settings in plan.settings
+                 if la in spec_layers[cfg.defenses.index(spec)]] for la in layers}
     registry = load_defenses()
     entries = []
-    jobs = [(la, spec, params, settings) for la in layers for spec, params, settings in plan.settings
-            if la in defended_layers(spec.layers, leakiest, last)]
-    bar = tqdm(total=len(jobs) + len(layers), desc="defense settings", disable=not run.progress)
+    bar = tqdm(total=sum(len(j) + 1 for j in jobs.values()), desc="defense settings", disable=not run.progress)
     for la in layers:
         comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, la),
                                       run.layer(la, store.frame_rates[la]))
         entries.append(comparison.reference())
         bar.update()
-        for job_layer, spec, params, settings in jobs:
-            if job_layer == la:
-                entries.append(comparison.defended(registry[spec.name], params, settings))
-                bar.update()
+        for spec, params, settings in jobs[la]:
+            entries.append(comparison.defended(registry[spec.name], params, settings))
+            bar.update()
     bar.close()
     return entries
 
