@@ -43,8 +43,9 @@ from audit.errors import ConfigError, CorpusError
 from audit.estimators import MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quiet, grid_search, learning_curve
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
 from audit.metrics import CI_METHOD, leakage_ci, regression_scores, roc_auc
-from audit.results import AttackResult, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
+from audit.results import AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
 from audit.splits import Split, speaker_disjoint_split
+from audit.summary import worst_layer, worst_level
 
 MIN_NUMERIC_ROWS = 10
 #: Below this relative spread (std / mean) of voiced durations, speech rate only measures transcript length.
@@ -757,7 +758,48 @@ def attribute_table(results: dict) -> Table:
     return table if names else Table(table.title, [])
 
 
+#: Attribute inference thresholds on the leakiest layer's CI lower bound, per metric:
+#: (``high`` at or above, ``medium`` above). AUC 0.9 = a near-certain guess, 0.6 = clearly above a coin
+#: flip (0.5); R² 0.5 = half the variance explained, 0.1 = clearly above predicting the mean (0).
+RISK_THRESHOLDS = {"roc_auc": (0.9, 0.6), "r2": (0.5, 0.1)}
+
+
+def rate_attribute_inference(results: dict) -> RiskRating:
+    """Risk of inferring unseen people's attributes: the worst attribute's rating (:data:`RISK_THRESHOLDS`)."""
+    ratings = []
+    names = {k for la in results["layers"] for k, r in (layer_attack(la, "attributes") or {}).items()
+             if isinstance(r, dict) and not k.endswith("_cca") and is_ok(r)}
+    for name in sorted(names):
+        metric = next((m for m in RISK_THRESHOLDS
+                       if any(m in (layer_attack(la, "attributes", name) or {}) for la in results["layers"])), None)
+        w = worst_layer(results["layers"], ("attributes", name), metric, True,
+                        "auc_ci95" if metric == "roc_auc" else "ci95") if metric else None
+        if w is None or not w["ci95"]:
+            continue
+        high, medium = RISK_THRESHOLDS[metric]
+        lo = w["ci95"][0]
+        level = "high" if lo >= high else "medium" if lo > medium else "low"
+        label = "AUC" if metric == "roc_auc" else "R²"
+        reason = (f"{name} of unseen people: {label} {fmt_num(w['value'])} (CI {fmt_ci(w['ci95'], 1, '.2f')}, "
+                  f"chance {fmt_num(w['chance'], '.2f')}) at layer {w['layer']}, the highest of {w['n_layers']} layers; "
+                  f"high when the CI lower bound >= {high}, medium above {medium}")
+        ratings.append(RiskRating("attribute inference", level, reason, f"attributes.{name}.{metric}", w["value"],
+                                  w["ci95"], w["chance"], w["layer"]))
+    if not ratings:
+        return RiskRating("attribute inference", "not measured", "no attribute could be inferred on any layer")
+    level = worst_level([r.level for r in ratings])
+    return next(r for r in ratings if r.level == level)
+
+
+METRICS = (
+    MetricSpec("*.roc_auc", True, ci="auc_ci95", description="a categorical attribute's ROC AUC (gender)"),
+    MetricSpec("*.accuracy", True, description="a categorical attribute's accuracy"),
+    MetricSpec("*.r2", True, chance="chance", description="a numeric attribute's R² (speech rate)"),
+    MetricSpec("*.cca", True, chance=None, description="canonical correlation with an attribute (key <attr>_cca)"),
+)
+
+
 FAMILY = AttackFamily(
     name="attributes", settings=AttributeSettings, split=split_attributes, attack=attack_attributes,
-    table=attribute_table,
+    table=attribute_table, threat="attribute inference", risk=rate_attribute_inference, metrics=METRICS,
     description="attribute inference: gender and speaking rate of unseen people")

@@ -53,9 +53,11 @@ from audit.errors import ConfigError, CorpusError, StoreError
 from audit.estimators import NotFittedError, seeded
 from audit.family import AttackFamily, FamilySettings, LayerContext, RunContext, check_range
 from audit.metrics import bootstrap_ci, speaker_bootstrap_ci
-from audit.results import AttackResult, Table, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
+from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
+                           layer_attack, skip_cell)
 from audit.signal_metrics import lsd_from_logmel
 from audit.splits import Split, speaker_disjoint_split
+from audit.summary import worst_level
 
 # Predicted log-mels are clamped to this before ``exp`` in the spectral-convergence term.
 _MAX_LOG_MEL = 30.0
@@ -919,12 +921,13 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
                                                  seed=seed)
         except ValueError as err:
             metrics["speaker"] = f"skipped: {err}"
-    files = _write_examples(ctx.out_dir, ctx.index, test, rows, originals, copies, recon, test_mels, pred,
-                            settings.n_examples) if ctx.out_dir is not None else []
+    examples = _write_examples(ctx.out_dir, ctx.index, test, rows, originals, copies, recon, test_mels, pred,
+                               settings.n_examples) if ctx.out_dir is not None else []
     budget = {**decoder.budget_, "vocoder": vocoder.describe(), "n_eval": len(rows)}
     curve = [{"epoch": k + 1, **h} for k, h in enumerate(decoder.history_)]
     out["frame"] = {**AttackResult("inversion", "conv-decoder", metrics, chance=None, budget=budget,
-                                   learning_curve=curve, converged=decoder.converged_).to_dict(), "files": files}
+                                   learning_curve=curve, converged=decoder.converged_).to_dict(),
+                    "examples": examples, "files": [f for ex in examples for f in ex["files"].values()]}
     return out
 
 
@@ -944,25 +947,33 @@ def _safe_name(text: str) -> str:
 
 def _write_examples(out_dir: Path, layer: int | None, test: EmbeddingSet, rows: np.ndarray,
                     originals: list[np.ndarray], copies: list[np.ndarray], recon: list[np.ndarray],
-                    true_mels: list[np.ndarray], pred_mels: list[np.ndarray], n_examples: int) -> list[str]:
-    """Listenable triplets (original, vocoder copy, reconstruction) and a mel comparison plot."""
+                    true_mels: list[np.ndarray], pred_mels: list[np.ndarray], n_examples: int) -> list[dict]:
+    """Listenable triplets (original, vocoder copy, reconstruction) and a mel comparison plot per example.
+
+    Each example records whose speech it is (``utt_id``, ``speaker``, ``transcript``: personal data
+    that a redacted report removes) and its ``files`` by kind (``original``, ``vocoder_copy``,
+    ``reconstruction``, ``mels``), relative to ``out_dir``.
+    """
     from audit.audio import write_audio
     from audit.plots import mel_comparison
 
     folder = Path(out_dir) / "examples"
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
+    examples = []
     for k in range(min(n_examples, len(rows))):
-        utt = _safe_name(test.utt_ids[rows[k]])
+        row = rows[k]
+        utt = _safe_name(test.utt_ids[row])
+        files = {}
         for kind, wav in (("original", originals[k]), ("vocoder_copy", copies[k]), ("reconstruction", recon[k])):
-            name = f"examples/layer{layer}_{utt}_{kind}.wav"
-            write_audio(Path(out_dir) / name, wav)
-            files.append(name)
-        name = f"examples/layer{layer}_{utt}_mels.png"
-        mel_comparison(Path(out_dir) / name, true_mels[rows[k]], pred_mels[rows[k]],
-                       title=f"layer {layer}, {utt}: original vs reconstructed log-mel")
-        files.append(name)
-    return files
+            files[kind] = f"examples/layer{layer}_{utt}_{kind}.wav"
+            write_audio(Path(out_dir) / files[kind], wav)
+        files["mels"] = f"examples/layer{layer}_{utt}_mels.png"
+        mel_comparison(Path(out_dir) / files["mels"], true_mels[row], pred_mels[row],
+                       title=f"layer {layer}: original vs reconstructed log-mel")
+        transcript = test.transcripts[row] if test.transcripts is not None else None
+        examples.append({"layer": layer, "utt_id": str(test.utt_ids[row]), "speaker": str(test.speakers[row]),
+                         "transcript": None if transcript is None else str(transcript), "files": files})
+    return examples
 
 
 def inversion_table(results: dict) -> Table:
@@ -1010,7 +1021,72 @@ def inversion_table(results: dict) -> Table:
     return table if table.rows else Table(table.title, [])
 
 
+#: Reconstruction is rated ``high`` when the judge ASR's WER on reconstructions has a CI upper bound at
+#: or below this (more than half the words recovered), or the speaker judge's top-1 a CI lower bound at
+#: or above :data:`HIGH_SPEAKER_TOP1`; ``medium`` when the WER CI stays below :data:`MEDIUM_WER` or the
+#: top-1 lower bound exceeds twice chance. Without judges, STOI's CI lower bound: :data:`STOI_BANDS`.
+HIGH_WER = 0.5
+MEDIUM_WER = 0.9
+HIGH_SPEAKER_TOP1 = 0.5
+STOI_BANDS = (0.6, 0.4)
+
+
+def _rate_layer(index: int, frame: dict) -> RiskRating:
+    content, spk, sig = frame.get("content"), frame.get("speaker"), frame.get("signal") or {}
+    if isinstance(content, dict) or isinstance(spk, dict):
+        wer_hi = (content.get("wer_reconstruction_ci95") or [None, 1.0])[1] if isinstance(content, dict) else 1.0
+        top1_lo = (spk.get("top1_ci95") or [0.0])[0] if isinstance(spk, dict) else 0.0
+        chance = spk.get("chance", 0.0) if isinstance(spk, dict) else 0.0
+        level = ("high" if wer_hi <= HIGH_WER or top1_lo >= HIGH_SPEAKER_TOP1 else
+                 "medium" if wer_hi < MEDIUM_WER or top1_lo > 2 * chance else "low")
+        parts = []
+        if isinstance(content, dict):
+            parts.append(f"a judge ASR transcribes the reconstructions with WER {fmt_pct(content['wer_reconstruction'])} "
+                         f"(CI {fmt_ci(content.get('wer_reconstruction_ci95'))}; "
+                         f"{fmt_pct(content.get('wer_original'))} on the originals)")
+        if isinstance(spk, dict):
+            parts.append(f"a speaker judge links them to the right speaker {fmt_pct(spk.get('top1'))} of the time "
+                         f"(CI {fmt_ci(spk.get('top1_ci95'))}, chance {fmt_pct(chance)})")
+        metric, value, ci = (("inversion.frame.content.wer_reconstruction", content["wer_reconstruction"],
+                              content.get("wer_reconstruction_ci95")) if isinstance(content, dict) else
+                             ("inversion.frame.speaker.top1", spk.get("top1"), spk.get("top1_ci95")))
+        reason = (f"layer {index}: speech decoded from the embeddings by a decoder trained on other people: "
+                  + "; ".join(parts) + f"; high when WER <= {HIGH_WER:.0%} or top-1 >= {HIGH_SPEAKER_TOP1:.0%} "
+                  f"(CI bounds), medium when WER < {MEDIUM_WER:.0%} or top-1 > 2x chance")
+        return RiskRating("reconstruction", level, reason, metric, value, ci, None, index)
+    lo = (sig.get("stoi_ci95") or [0.0])[0]
+    level = "high" if lo >= STOI_BANDS[0] else "medium" if lo >= STOI_BANDS[1] else "low"
+    reason = (f"layer {index}: reconstructions reach STOI {fmt_num(sig.get('stoi'), '.2f')} (CI "
+              f"{fmt_ci(sig.get('stoi_ci95'), 1, '.2f')}) against the originals (judges were skipped, so "
+              f"intelligibility is estimated from STOI: high >= {STOI_BANDS[0]}, medium >= {STOI_BANDS[1]})")
+    return RiskRating("reconstruction", level, reason, "inversion.frame.signal.stoi", sig.get("stoi"),
+                      sig.get("stoi_ci95"), None, index)
+
+
+def rate_reconstruction(results: dict) -> RiskRating:
+    """Risk that the embeddings can be turned back into intelligible, attributable speech: the worst layer."""
+    ratings = [_rate_layer(la["index"], fr) for la in results["layers"]
+               if is_ok(fr := (layer_attack(la, "inversion") or {}).get("frame"))]
+    if not ratings:
+        return RiskRating("reconstruction", "not measured", "no layer has an inversion result")
+    level = worst_level([r.level for r in ratings])
+    return next(r for r in ratings if r.level == level)
+
+
+METRICS = (
+    MetricSpec("frame.signal.mcd_db", False, ci="mcd_db_ci95", chance=None, description="MCD of reconstructions, dB"),
+    MetricSpec("frame.signal.lsd_db", False, ci="lsd_db_ci95", chance=None, description="log-spectral distance, dB"),
+    MetricSpec("frame.signal.stoi", True, ci="stoi_ci95", chance=None, description="STOI of reconstructions"),
+    MetricSpec("frame.signal.estoi", True, ci="estoi_ci95", chance=None, description="ESTOI of reconstructions"),
+    MetricSpec("frame.content.wer_reconstruction", False, ci="wer_reconstruction_ci95", chance=None,
+               description="judge ASR WER on reconstructions"),
+    MetricSpec("frame.speaker.top1", True, ci="top1_ci95", description="speaker judge top-1 on reconstructions"),
+    MetricSpec("frame.speaker.eer", False, ci="eer_ci95", chance=None, description="speaker judge EER"),
+)
+
+
 FAMILY = AttackFamily(
     name="inversion", settings=InversionSettings, split=split_inversion, attack=attack_inversion,
     table=inversion_table, preflight=preflight_inversion, default=False,
+    threat="reconstruction", risk=rate_reconstruction, metrics=METRICS,
     description="inversion: embeddings decoded back into listenable speech, judged for content and voice")

@@ -32,9 +32,10 @@ from audit.estimators import (MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quie
                               stratified_fraction)
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
 from audit.metrics import closed_set_metrics
-from audit.results import (AttackResult, Table, curve_cell, fmt_ci, fmt_pct, is_ok, layer_attack,
+from audit.results import (AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_pct, is_ok, layer_attack,
                            skip_cell)
 from audit.splits import Split, closed_set_split
+from audit.summary import worst_layer
 
 
 class _PooledSpeakerID(ABC):
@@ -274,7 +275,41 @@ def speaker_id_table(results: dict) -> Table:
     return table
 
 
+#: Re-identification is rated ``high`` when the leakiest layer's (selection-adjusted) CI lower bound
+#: is at least this top-1: the attacker names the speaker of at least half of new utterances.
+HIGH_TOP1 = 0.5
+#: ... and ``medium`` when that lower bound is above this multiple of chance (clearly not chance).
+MEDIUM_RATIO_TO_CHANCE = 2.0
+
+
+def rate_reidentification(results: dict) -> RiskRating:
+    """Risk of naming a known speaker from the leakiest layer (thresholds: :data:`HIGH_TOP1`, :data:`MEDIUM_RATIO_TO_CHANCE`)."""
+    w = worst_layer(results["layers"], ("speaker_id",), "top1", True)
+    if w is None:
+        return RiskRating("re-identification", "not measured", "no layer has a speaker-ID result")
+    lo, chance = w["ci95"][0], w["chance"]
+    level = "high" if lo >= HIGH_TOP1 else "medium" if lo > MEDIUM_RATIO_TO_CHANCE * chance else "low"
+    rule = {"high": f"CI lower bound >= {HIGH_TOP1:.0%}",
+            "medium": f"CI lower bound above {MEDIUM_RATIO_TO_CHANCE:g}x chance",
+            "low": f"CI reaches within {MEDIUM_RATIO_TO_CHANCE:g}x chance"}[level]
+    reason = (f"layer {w['layer']}: an attacker with labelled recordings names the speaker of a new utterance "
+              f"{fmt_pct(w['value'])} of the time (CI {fmt_ci(w['ci95'])}, adjusted for the pick from "
+              f"{w['n_layers']} layers x {w['result'].get('n_attackers_compared', 1)} attackers), "
+              f"{w['value'] / chance:.1f}x chance ({fmt_pct(chance)}); {rule}")
+    return RiskRating("re-identification", level, reason, "speaker_id.top1", w["value"], w["ci95"], chance, w["layer"])
+
+
+METRICS = (
+    MetricSpec("top1", True, description="strongest attacker's closed-set top-1 accuracy"),
+    MetricSpec("top5", True, ci="top5_ci95", chance="chance_top5", description="strongest attacker's top-5"),
+    MetricSpec("macro_f1", True, ci=None, chance=None, description="strongest attacker's macro-F1 (no CI)"),
+    MetricSpec("attackers.*.top1", True, description="one attacker's top-1 (logreg, mlp, frame)"),
+    MetricSpec("attackers.*.top5", True, ci="top5_ci95", chance="chance_top5", description="one attacker's top-5"),
+)
+
+
 FAMILY = AttackFamily(
     name="speaker_id", settings=SpeakerIDSettings, split=split_speaker_id, attack=attack_speaker_id,
     table=speaker_id_table, feasibility=feasibility,
+    threat="re-identification", risk=rate_reidentification, metrics=METRICS,
     description="closed-set speaker identification: who, among known people, is speaking?")

@@ -38,7 +38,8 @@ from audit.errors import ConfigError, CorpusError
 from audit.estimators import CURVE_FRACTIONS, check_is_fitted
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
 from audit.metrics import CI_METHOD, eer, leakage_ci, linkability, min_dcf, selection_alphas
-from audit.results import AttackResult, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
+from audit.results import AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
+from audit.summary import worst_layer
 from audit.splits import SAME_RECORDING_NOTE, Grouping, Split, partition_speaker, speaker_disjoint_split
 BACKENDS = ("lda", "plda", "cosine")
 HISTOGRAM_BINS = 40
@@ -612,7 +613,40 @@ def verification_table(results: dict) -> Table:
     return table
 
 
+#: Linkage is rated ``high`` when the leakiest layer's EER CI upper bound is below this: inside the
+#: range of unprotected speech and weak anonymisers (VoicePrivacy 2024, semi-informed attacker:
+#: original speech 0.4-8.8%, McAdams 1.6-7.5% EER).
+HIGH_EER = 0.20
+#: ... ``medium`` below this (linkable far better than a coin flip: the 21-35% band of VoicePrivacy's
+#: stronger anonymisers against a retrained attacker); ``low`` when the CI reaches it (near 50%).
+MEDIUM_EER = 0.40
+
+
+def rate_linkage(results: dict) -> RiskRating:
+    """Risk of linking two utterances of unseen people (thresholds: :data:`HIGH_EER`, :data:`MEDIUM_EER`)."""
+    w = worst_layer(results["layers"], ("verification",), "eer", False)
+    if w is None:
+        return RiskRating("linkage", "not measured", "no layer has a verification result")
+    hi = w["ci95"][1]
+    level = "high" if hi < HIGH_EER else "medium" if hi < MEDIUM_EER else "low"
+    rule = {"high": f"CI upper bound below {HIGH_EER:.0%}", "medium": f"CI upper bound below {MEDIUM_EER:.0%}",
+            "low": f"CI reaches {MEDIUM_EER:.0%}"}[level]
+    reason = (f"layer {w['layer']}: utterances of people the attacker never saw are linked with an EER of "
+              f"{fmt_pct(w['value'])} (CI {fmt_ci(w['ci95'])}, adjusted for the pick from {w['n_layers']} layers x "
+              f"{w['result'].get('n_attackers_compared', 1)} scorers; 50% = unlinkable); {rule}")
+    return RiskRating("linkage", level, reason, "verification.eer", w["value"], w["ci95"], w["chance"], w["layer"])
+
+
+METRICS = (
+    MetricSpec("eer", False, description="strongest scorer's open-set EER (50% = unlinkable)"),
+    MetricSpec("min_dcf_norm", False, ci=None, chance=None, description="normalised minDCF (no CI)"),
+    MetricSpec("linkability", True, ci=None, chance=None, description="global linkability D_sys (no CI)"),
+    MetricSpec("scorers.*.eer", False, description="one scorer's EER (lda, plda, frame)"),
+)
+
+
 FAMILY = AttackFamily(
     name="verification", settings=VerificationSettings, split=split_verification, attack=attack_verification,
     table=verification_table, feasibility=feasibility, enrolment_test=ignorant_test,
+    threat="linkage", risk=rate_linkage, metrics=METRICS,
     description="open-set verification / linkage: are two utterances of unseen people the same person?")

@@ -1,6 +1,8 @@
-"""Command line: ``speech-audit run | extract | corpus synth``.
+"""Command line: ``speech-audit run | extract | gate | report | compare | corpus synth``.
 
-Errors caused by input or environment (:class:`SpeechAuditError`) print one line and exit 2.
+Exit codes: 0 done (and, with a policy, no fail rule broken), 1 a fail rule of the policy is
+broken, 2 a usage, input or runtime error, or a rule whose metric the run did not compute.
+Errors caused by input or environment (:class:`SpeechAuditError`) print one line.
 """
 
 from __future__ import annotations
@@ -36,8 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", help="'all' or comma-separated layer indices")
     run.add_argument("--out", help="report folder (default reports/<run-name>)")
     run.add_argument("--quick", action="store_true", help="smaller attacker budgets for a first look (weakens the audit)")
+    run.add_argument("--policy", help="release policy (TOML [[rule]] tables): exit 1 when a fail rule is broken")
+    run.add_argument("--redact", action="store_true",
+                     help="report without original audio, transcripts or raw speaker ids (for handing on)")
     ext = sub.add_parser("extract", help="fill the embedding store only")
     _add_common(ext)
+    gate = sub.add_parser("gate", help="judge a finished run against a release policy (exit 0 pass, 1 fail, 2 error)")
+    gate.add_argument("results", help="results.json of a run (or its folder)")
+    gate.add_argument("--policy", required=True, help="TOML policy of [[rule]] tables")
+    gate.add_argument("--junit", help="write the verdict as JUnit XML here (one test case per rule)")
+    gate.add_argument("--out", help="also re-render the full report with the verdict into this folder")
+    report = sub.add_parser("report", help="re-render a run's report from its results.json (no recomputation)")
+    report.add_argument("results", help="results.json of a run (or its folder)")
+    report.add_argument("--out", help="report folder (default: the results' folder)")
+    report.add_argument("--policy", help="judge this policy and show its verdict first")
+    report.add_argument("--redact", action="store_true", help="leave out original audio, transcripts and raw ids")
+    compare = sub.add_parser("compare", help="put two or more runs side by side (HTML and Markdown)")
+    compare.add_argument("runs", nargs="+", help="run folders or results.json files")
+    compare.add_argument("--out", required=True, help="folder for compare.html, compare.md and plots")
     corpus = sub.add_parser("corpus", help="corpus tools")
     csub = corpus.add_subparsers(dest="corpus_command", required=True)
     synth = csub.add_parser("synth", help="build the synthetic espeak-ng corpus")
@@ -58,15 +76,25 @@ def _config(args: argparse.Namespace):
         "layers": parse_layers(args.layers) if getattr(args, "layers", None) else None,
         "out": getattr(args, "out", None), "quick": True if getattr(args, "quick", False) else None,
         "progress": False if args.no_progress else None,
+        "policy": getattr(args, "policy", None), "redact": True if getattr(args, "redact", False) else None,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return cfg.validate()
 
 
-def _run(args: argparse.Namespace) -> int:
+def _print_verdict(verdict: dict) -> None:
+    c = verdict["counts"]
+    print(f"gate {verdict['status'].upper()} (policy {verdict['policy_name']}): {c['fail']} failed, {c['error']} not "
+          f"computed, {c['warn']} warned, {c['pass']} passed")
+    for rule in verdict["rules"]:
+        if rule["status"] != "pass":
+            print(f"  {rule['status'].upper()} {rule['name']}: {rule['message']}")
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from audit.pipeline import AuditPipeline
 
-    results = AuditPipeline(_config(args)).run()
+    results = AuditPipeline(_config(args), argv=["speech-audit", *argv]).run()
     out = Path(results["out"])
     s = results.get("summary", {})
     if s:
@@ -77,12 +105,81 @@ def _run(args: argparse.Namespace) -> int:
         print(f"leakiest layer {s['leakiest_layer']}: {what[0]} {100 * what[1]:.1f}% "
               f"(95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%; best of {s['n_compared']} attackers x layers, "
               f"adjusted CI {100 * sel[0]:.1f}-{100 * sel[1]:.1f}%), {what[2]}")
-    print(f"report: {out / 'summary.md'}  results: {out / 'results.json'}  "
+    print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  results: {out / 'results.json'}  "
           f"(store {'reused' if results['store']['cache_hit'] else 'built'}, {results['wall_seconds']:.1f} s)")
+    if results.get("verdict"):
+        _print_verdict(results["verdict"])
+        return results["verdict"]["exit_code"]
     return 0
 
 
-def _extract(args: argparse.Namespace) -> int:
+def _load_run(path: str) -> tuple[dict, Path]:
+    from audit.results import load_results
+
+    source = Path(path)
+    return load_results(source), source if source.is_dir() else source.parent
+
+
+def _gate(args: argparse.Namespace, argv: list[str]) -> int:
+    from attacks import load_families
+    from audit.gate import evaluate, load_policy
+    from audit.report import write_report
+    from audit.report.junit import write_junit
+    from defenses import load_defenses
+
+    registry = load_families()
+    policy = load_policy(args.policy, registry, set(load_defenses()))
+    results, source = _load_run(args.results)
+    verdict = evaluate(policy, results).to_dict()
+    if args.junit:
+        _writable(Path(args.junit).parent, "--junit")
+        write_junit(verdict, Path(args.junit))
+    if args.out:
+        write_report({**results, "verdict": verdict}, Path(args.out), registry, source=source,
+                     redact=(results.get("report_mode") or {}).get("mode") == "redacted")
+    _print_verdict(verdict)
+    return verdict["exit_code"]
+
+
+def _report(args: argparse.Namespace, argv: list[str]) -> int:
+    from attacks import load_families
+    from audit.gate import evaluate, load_policy
+    from audit.report import write_report
+    from defenses import load_defenses
+
+    registry = load_families()
+    policy = load_policy(args.policy, registry, set(load_defenses())) if args.policy else None
+    results, source = _load_run(args.results)
+    out = Path(args.out) if args.out else source
+    if policy is not None:
+        results["verdict"] = evaluate(policy, results).to_dict()
+    redact = args.redact or (results.get("report_mode") or {}).get("mode") == "redacted"
+    written = write_report(results, out, registry, source=source, redact=redact)
+    print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  ({'redacted' if redact else 'full'}, "
+          f"{len(written['files'])} files)")
+    if written.get("verdict"):
+        _print_verdict(written["verdict"])
+        return written["verdict"]["exit_code"]
+    return 0
+
+
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    from audit.compare import compare_runs
+
+    out = Path(args.out)
+    compare_runs(args.runs, out)
+    print(f"comparison: {out / 'compare.html'}  {out / 'compare.md'}")
+    return 0
+
+
+def _writable(folder: Path, flag: str) -> None:
+    from audit.errors import ConfigError
+
+    if folder.exists() and not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag}: folder {folder} is not writable")
+
+
+def _extract(args: argparse.Namespace, argv: list[str]) -> int:
     from audit.extractor import build_extractor
     from audit.pipeline import prepare_corpus
     from audit.store import EmbeddingStore
@@ -97,7 +194,7 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth(args: argparse.Namespace) -> int:
+def _synth(args: argparse.Namespace, argv: list[str]) -> int:
     from audit.synth import build_corpus
 
     folder = build_corpus(args.out, n_voices=args.voices, n_sentences=args.sentences, seed=args.seed)
@@ -110,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     warnings.formatwarning = lambda message, category, *rest, **kw: f"speech-audit: warning: {message}\n"
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "extract": _extract, "corpus": _synth}
+    handlers = {"run": _run, "extract": _extract, "gate": _gate, "report": _report, "compare": _compare,
+                "corpus": _synth}
     try:
-        return handlers[args.command](args)
+        return handlers[args.command](args, argv)
     except SpeechAuditError as exc:
         print(f"speech-audit: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,10 @@ A TOML file holds the same settings as the CLI flags::
     where = ["subset=test-other"]
     layers = "all"            # or [0, 3]
     out = "reports/ls-whisper"
+    policy = "examples/policies/release_pooled.toml"   # gate the run (exit 1 when a fail rule breaks)
+    redact = false            # true: the report holds no original audio, transcripts or raw speaker ids
+    utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
+    defense_fraction = 0.5    # share of speakers in the defense partition (disjoint from evaluated speakers)
 
     [speaker_id]
     attackers = ["logreg", "mlp", "frame"]
@@ -18,9 +22,6 @@ A TOML file holds the same settings as the CLI flags::
     [attributes]
     categorical = ["gender"]
     numeric = ["speech_rate"]
-
-    utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
-    defense_fraction = 0.5    # share of speakers in the defense partition (disjoint from evaluated speakers)
 
     [[defense]]
     name = "noise"
@@ -123,6 +124,8 @@ class AuditConfig:
     defense_fit_on: str = "disjoint"
     defense_scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
     defenses: list[DefenseSpec] = field(default_factory=list)
+    policy: str | None = None
+    redact: bool = False
     families: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

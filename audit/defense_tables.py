@@ -8,7 +8,17 @@ retained utility (higher is better).
 
 from __future__ import annotations
 
-from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok
+from audit.results import MetricSpec, Table, fmt_ci, fmt_num, fmt_pct, is_ok
+
+#: Metrics of a ``defenses`` entry a gate rule may name (``defenses.<pattern>``): the strongest
+#: scenario's attacker and the utility kept.
+DEFENSE_METRICS = (
+    MetricSpec("strongest.top1", True, description="strongest scenario's speaker-ID top-1 on defended embeddings"),
+    MetricSpec("strongest.eer", False, description="strongest scenario's verification EER on defended embeddings"),
+    MetricSpec("utility.retained", None, ci="retained_ci95", chance=None,
+               description="utility kept: defended / undefended on an accuracy scale"),
+    MetricSpec("utility.value", None, chance=None, description="the utility probe's own metric (CER or accuracy)"),
+)
 
 SCENARIO_SHORT = {"ignorant": "ign", "lazy_informed": "lazy", "semi_informed": "semi"}
 
@@ -164,4 +174,4 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
     return notes
 
 
-__all__ = ["defense_table", "pareto_front", "privacy_utility_points", "setting_label"]
+__all__ = ["DEFENSE_METRICS", "defense_table", "pareto_front", "privacy_utility_points", "setting_label"]

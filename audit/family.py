@@ -16,6 +16,9 @@ defense runner and the report never name a family by hand:
 * ``preflight(settings, run)``: loads anything the family needs besides the audited model
   (vocoders, judges) before extraction, keeping it in the run context;
 * ``table(results) -> Table``: the family's per-layer report table;
+* ``threat``, ``risk(results) -> RiskRating`` and ``metrics``: the threat the family measures
+  (re-identification, linkage, ...), its risk rating with the thresholds stated in the family's
+  module, and the metrics a gate rule may name (:class:`~audit.results.MetricSpec`);
 * ``enrolment_test(clean, defended, settings, seed) -> EmbeddingSet``: for families whose test
   set holds enrolment data (verification), the test set of VoicePrivacy's *ignorant* attacker,
   who enrols on undefended speech and scores defended trials. Families with it also get the
@@ -32,7 +35,7 @@ from typing import Any, ClassVar
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.results import Table
+from audit.results import MetricSpec, RiskRating, Table
 from audit.splits import Split
 
 
@@ -150,6 +153,13 @@ class AttackFamily:
     default: bool = True
     description: str = ""
     enrolment_test: Callable[[EmbeddingSet, EmbeddingSet, Any, int], EmbeddingSet] | None = None
+    threat: str = ""
+    risk: Callable[[dict], RiskRating] | None = None
+    metrics: tuple[MetricSpec, ...] = ()
+
+    def metric(self, path: str) -> MetricSpec | None:
+        """The family's metric matching the dotted ``path`` below its per-layer result (None: unknown)."""
+        return next((m for m in self.metrics if m.matches(path)), None)
 
 
 def plan_splits(families: dict[str, AttackFamily], settings: Callable[[str], Any], labels: EmbeddingSet,

@@ -1,4 +1,4 @@
-"""The audit pipeline: corpus -> store -> per-layer attacks -> results.json, summary.md, plots.
+"""The audit pipeline: corpus -> store -> per-layer attacks -> results -> gate -> report.
 
 :class:`AuditPipeline` has a small public API (``run``); the steps live in ``_prepare_*``
 helpers and always produce the same result type, a JSON-ready dict following
@@ -26,11 +26,13 @@ from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, l
 from audit.errors import ConfigError, CorpusError
 from audit.extractor import Extractor, build_extractor
 from audit.family import AttackFamily, RunContext, plan_splits
+from audit.gate import check_policy, evaluate, load_policy
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
 from audit.splits import Split
 from audit.store import EmbeddingStore
 from audit.summary import headline, leakiest
+from defenses import load_defenses
 
 THREAT_MODEL = (
     "The attacker holds the audited layer's embeddings (frame-level sequences or per-utterance "
@@ -39,8 +41,10 @@ THREAT_MODEL = (
     "people (other sessions where there are several); the attacker names the speaker of a new utterance. (2) Open-set verification/linkage: the "
     "attacker learns from other people and decides whether two utterances of unseen people come from "
     "the same person (EER, minDCF, linkability). (3) Attribute inference: from other people's labelled "
-    "embeddings the attacker infers gender and speaking rate of unseen people. Leakage above chance "
-    "means the embeddings identify or describe people; they are not anonymous."
+    "embeddings the attacker infers gender and speaking rate of unseen people. (4) Reconstruction: a "
+    "decoder trained on other people's speech turns the embeddings back into audio, judged for what is said (ASR WER) "
+    "and who says it (a speaker judge). Leakage above chance means the embeddings identify or describe people; they "
+    "are not anonymous."
 )
 
 
@@ -76,20 +80,23 @@ def corpus_labels(corpus: Corpus) -> EmbeddingSet:
 class AuditPipeline:
     """Run one audit from an :class:`AuditConfig`; ``run()`` returns the results dict."""
 
-    def __init__(self, config: AuditConfig) -> None:
+    def __init__(self, config: AuditConfig, argv: list[str] | None = None) -> None:
         self.config = config
+        self.argv = list(argv) if argv is not None else None
 
     def run(self) -> dict:
         """Check feasibility, extract (or reuse) embeddings, attack every selected layer, write the report.
 
         Everything that can fail without the audited model's embeddings (config, corpus,
         splits and feasibility of every family, the families' own models) is checked before
-        extraction.
+        extraction, and so is the release policy (``policy``): every rule's metric, family and layer.
+        With a policy, ``results["verdict"]`` holds the gate's verdict and its ``exit_code``.
         """
         cfg = self.config.validate().effective()
         t0 = time.perf_counter()
         out = Path(cfg.out or Path("reports") / cfg.run_name())
         registry = load_families()
+        policy = load_policy(cfg.policy, registry, set(load_defenses())) if cfg.policy else None
         corpus = prepare_corpus(cfg)
         labels = corpus_labels(corpus)
         splits, infeasible = self._prepare_splits(cfg, registry, labels)
@@ -97,6 +104,8 @@ class AuditPipeline:
         extractor = build_extractor(cfg.model)
         layers = self._prepare_layers(cfg, extractor)
         check_defense_layers(cfg, extractor.num_layers)
+        if policy is not None:
+            check_policy(policy, list(splits), infeasible, extractor.num_layers, bool(cfg.defenses))
         run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers))
         for name in splits:
             if registry[name].preflight is not None:
@@ -113,6 +122,7 @@ class AuditPipeline:
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "speech-audit", "version": _version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "invocation": {"argv": self.argv} if self.argv is not None else {},
             "config": cfg.to_dict(),
             "environment": environment(),
             "model": {**extractor.describe(), "fingerprint": extractor.fingerprint()},
@@ -142,9 +152,12 @@ class AuditPipeline:
             with threadpool_limits(limits=1):
                 results["defenses"] = run_defenses(defense_plan, cfg, registry, store, corpus,
                                                    results["summary"].get("leakiest_layer"), run)
-        results["files"] = ["results.json", "summary.md"] + self._maps(cfg, store, corpus, results["summary"], out)
+        results["figures"] = self._maps(cfg, store, corpus, results["summary"], out)
+        results["files"] = [f["file"] for f in results["figures"]] + _attack_files(layer_results)
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        write_report(results, out, registry)
+        if policy is not None:
+            results["verdict"] = evaluate(policy, results).to_dict()
+        results = write_report(results, out, registry, redact=cfg.redact)
         results["out"] = str(out)
         return results
 
@@ -187,8 +200,12 @@ class AuditPipeline:
         return {**store.layer_info(layer), "attacks": attacks, "attack_seconds": seconds}
 
     @staticmethod
-    def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, summary: dict, out: Path) -> list[str]:
-        """t-SNE maps of pooled embeddings of the most and least leaky layers, by speaker and attribute."""
+    def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, summary: dict, out: Path) -> list[dict]:
+        """t-SNE maps of pooled embeddings of the most and least leaky layers, by speaker and attribute.
+
+        Returns each map as a figure record (``file``, ``alt``, ``caption``, ``topic``): they are drawn
+        from embeddings, so a re-render from results reuses the files.
+        """
         if not summary:
             return []
         written = []
@@ -204,8 +221,30 @@ class AuditPipeline:
             name = f"map_{tag}_leaky_layer{layer}.png"
             plots.embedding_map(out / name, view.pooled[rows], colours, seed=cfg.seed,
                                 title=f"{cfg.model} layer {layer} ({tag} leaky): t-SNE of mean-pooled embeddings")
-            written.append(name)
+            written.append({"file": name, "topic": "maps",
+                            "alt": f"t-SNE maps of {rows.size} mean-pooled utterance embeddings of layer {layer}, the "
+                                   f"{tag} leaky layer, one panel per colouring ({', '.join(colours)}): tight "
+                                   "single-colour clusters in the speaker panel mean the layer separates speakers.",
+                            "caption": f"Layer {layer} ({tag} leaky): embedding map coloured by "
+                                       f"{', '.join(colours)}."})
         return written
+
+
+def _attack_files(layers: list[dict]) -> list[str]:
+    """Files the attacks wrote into the run folder (listenable examples): every ``files`` list in their results."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("files"), list):
+                found.extend(str(f) for f in node["files"])
+            for key, value in node.items():
+                if key != "files":
+                    walk(value)
+
+    for la in layers:
+        walk(la.get("attacks"))
+    return found
 
 
 def _version() -> str:

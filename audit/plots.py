@@ -93,7 +93,10 @@ def pareto_plot(path: Path, points: Sequence[dict], front: Sequence[dict], *, ti
 
 def embedding_map(path: Path, X: np.ndarray, colour_by: dict[str, np.ndarray], *, title: str,
                   method: str = "tsne", seed: int = 0) -> Path:
-    """2-D map of pooled embeddings (PCA to 50 dims, then t-SNE or PCA), one panel per colouring."""
+    """2-D map of pooled embeddings (PCA to 50 dims, then t-SNE or PCA), one panel per colouring.
+
+    Categorical panels with at most 12 classes get a legend, except ``speaker`` (ids are personal data).
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from sklearn.preprocessing import StandardScaler
@@ -119,7 +122,8 @@ def embedding_map(path: Path, X: np.ndarray, colour_by: dict[str, np.ndarray], *
             for k, c in enumerate(cats):
                 m = np.array([str(v) == c for v in labels])
                 ax.scatter(Z[m, 0], Z[m, 1], s=8, color=cmap(k % cmap.N), label=c if len(cats) <= 12 else None)
-            if len(cats) <= 12:
+            # Speaker ids are personal data and say nothing a reviewer needs: the clusters are the finding.
+            if len(cats) <= 12 and name != "speaker":
                 ax.legend(fontsize=6, markerscale=1.5, loc="best")
         ax.set_title(f"coloured by {name}", fontsize=8)
         ax.set_xticks([])

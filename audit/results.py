@@ -1,26 +1,118 @@
 """Typed results: what an attack found on one layer, format-neutral report tables, the schema version.
 
 A :class:`Table` is built once from a run's results (by the family's registry entry) and every
-renderer (Markdown today) draws the same table; the ``fmt_*`` helpers write its cells.
+renderer (Markdown, HTML, JUnit) draws the same table; the ``fmt_*`` helpers write its cells.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from audit.errors import SpeechAuditError
+
 SCHEMA_VERSION = "2.1"
+#: Top-level keys every results file of this schema has (a file without them is not a run's results).
+REQUIRED_KEYS = ("schema_version", "config", "model", "corpus", "layers")
+
+
+class ResultsError(SpeechAuditError):
+    """A results file is unreadable, truncated, of another schema version, or not a run's results."""
+
+
+def load_results(path: str | Path) -> dict:
+    """A run's results from ``results.json`` (or a run folder holding one), checked before use.
+
+    Raises :class:`ResultsError` naming the file when it is missing, unreadable, truncated or not
+    JSON, lacks a required key, or has a schema major version other than this tool's.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: cannot read results ({err.strerror or err})") from None
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"{path}: not a complete JSON results file (line {err.lineno}: {err.msg})") from None
+    if not isinstance(results, dict):
+        raise ResultsError(f"{path}: not a speech-audit results file (top level is not an object)")
+    missing = [k for k in REQUIRED_KEYS if k not in results]
+    if missing:
+        raise ResultsError(f"{path}: not a speech-audit results file (missing {', '.join(missing)})")
+    version = str(results["schema_version"])
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise ResultsError(f"{path}: results schema {version} cannot be read by this speech-audit "
+                           f"(schema {SCHEMA_VERSION}); re-run the audit or use the matching version")
+    if not isinstance(results["layers"], list):
+        raise ResultsError(f"{path}: results key 'layers' is not a list")
+    return results
 
 
 @dataclass
 class Table:
-    """A report table: a title, column headers, text rows and footnotes (no markup)."""
+    """A report table: a title, column headers, text rows and footnotes (no markup).
+
+    ``status_column`` names the column (by index) whose cells are a verdict word (``FAIL``,
+    ``WARN``, ``PASS``, ``ERROR``, ``HIGH``, ``MEDIUM``, ``LOW``, ``NOT MEASURED``); renderers may
+    style it, but the word itself always carries the meaning (never colour alone).
+    """
 
     title: str
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    status_column: int | None = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric a family (or the defense comparison) reports, as a gate rule may name it.
+
+    ``pattern`` is a dotted path below the family's per-layer result (``top1``,
+    ``attackers.*.top1``; ``*`` matches one key). ``higher_is_leakier`` is True when a higher
+    value means more leakage, False when lower does (EER, WER of a reconstruction), None for
+    utility. ``ci`` and ``chance`` name the keys beside the value holding its 95% CI and
+    chance level (None: the metric has none).
+    """
+
+    pattern: str
+    higher_is_leakier: bool | None
+    ci: str | None = "ci95"
+    chance: str | None = "chance"
+    description: str = ""
+
+    def matches(self, path: str) -> bool:
+        """True when the dotted ``path`` is an instance of this metric's pattern."""
+        want, got = self.pattern.split("."), path.split(".")
+        return len(want) == len(got) and all(w in ("*", g) for w, g in zip(want, got))
+
+
+#: Risk levels, worst first (``not measured`` is not a low risk: nothing was tested).
+RISK_LEVELS = ("high", "medium", "low", "not measured")
+
+
+@dataclass
+class RiskRating:
+    """One threat's rating: ``level`` (one of :data:`RISK_LEVELS`), the one-line reason, and the number behind it."""
+
+    threat: str
+    level: str
+    reason: str
+    metric: str = ""
+    value: float | None = None
+    ci95: list | None = None
+    chance: float | None = None
+    layer: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return _finite(asdict(self))
 
 
 def fmt_pct(x: float | None) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from audit.atomic import atomic_save
 from audit.audio import load_audio
 from audit.corpus import Corpus
 from audit.errors import StoreError
@@ -62,18 +63,12 @@ def shard_bounds(durations: Sequence[float], *, max_utts: int = 64, max_seconds:
     return bounds
 
 
-def _atomic_save(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, arr)
 
-    _atomic_save(path, write)
+    atomic_save(path, write)
 
 
 def _batches(lengths: Sequence[int], batch_size: int, can_pad: bool) -> list[list[int]]:
@@ -243,7 +238,7 @@ def _extract_shard(extractor: Extractor, utts, path: Path, batch_size: int) -> f
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
-    _atomic_save(path, write)
+    atomic_save(path, write)
     return t_model
 
 
@@ -287,5 +282,5 @@ def _consolidate(root: Path, shard_dir: Path, n_shards: int, extractor: Extracto
              "corpus": corpus.describe(), "corpus_fingerprint": corpus.fingerprint(),
              "extractor_fingerprint": extractor.fingerprint(), "duration_source": DURATION_SOURCE,
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _atomic_save(root / "index.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
+    atomic_save(root / "index.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
     shutil.rmtree(shard_dir, ignore_errors=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.results import is_ok, layer_attack
+from audit.results import RISK_LEVELS, is_ok, layer_attack
 
 #: (label, path into a layer's attacks, metric, "max" if higher is leakier else "min").
 IDENTITY_MEASURES = (("identity (speaker-ID top-1)", ("speaker_id",), "top1", "max"),
@@ -74,4 +74,25 @@ def headline(layers: list[dict]) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["IDENTITY_MEASURES", "headline", "leakiest"]
+def worst_layer(layers: list[dict], path: tuple[str, ...], metric: str, higher_is_leakier: bool,
+                ci_key: str = "ci95") -> dict[str, Any] | None:
+    """The leakiest layer's value of ``metric`` at ``path``, with the CI valid for picking it.
+
+    Returns ``value``, ``ci95`` (the selection-adjusted interval where the family computed
+    one, else the attacker's own), ``chance``, ``layer``, ``result`` and ``n_layers`` (the
+    number of layers it was picked from); None when no layer has the metric.
+    """
+    scored = _scored(layers, path, metric)
+    if not scored:
+        return None
+    value, la, res = (max if higher_is_leakier else min)(scored, key=lambda t: t[0])
+    return {"value": value, "ci95": res.get("selection_ci95") or res.get(ci_key), "chance": res.get("chance"),
+            "layer": la["index"], "result": res, "n_layers": len(scored)}
+
+
+def worst_level(levels: list[str]) -> str:
+    """The worst of several risk levels (``high`` > ``medium`` > ``low`` > ``not measured``)."""
+    return min(levels, key=RISK_LEVELS.index) if levels else "not measured"
+
+
+__all__ = ["IDENTITY_MEASURES", "headline", "leakiest", "worst_layer", "worst_level"]

@@ -47,7 +47,8 @@ def test_run_writes_results_and_summary(tmp_path):
     for name in ("speaker_id_by_layer.png", "verification_eer_by_layer.png", "speaker_id_learning_curves.png"):
         assert (out / name).stat().st_size > 1000, name
     assert any(f.startswith("map_most_leaky_layer") for f in saved["files"])
-    assert "Speaker verification per layer" in summary and "Leakiest layers" in summary
+    assert "Speaker verification per layer" in summary and "Leakiest layer per measure" in summary
+    assert (out / "report.html").stat().st_size > 10_000 and "Risk per threat" in summary
     # the strongest attacker's learning curve is printed next to its score, from the results
     sid0 = saved["layers"][0]["attacks"]["speaker_id"]
     curve0 = " / ".join(f"{100 * c['top1']:.0f}" for c in sid0["learning_curve"])
