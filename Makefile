@@ -1,10 +1,11 @@
 # Two commands do all set-up on a fresh machine:
-#   make audit   - build .venv/ if missing or stale, then audit the offline embedded default
+#   make audit   - build .venv/ if missing or stale, then audit the offline embedded default and gate it
 #   make test    - build .venv/ if missing or stale, then run the fast test suite
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+POLICY ?= examples/policies/release_pooled.toml
 
 .PHONY: venv audit test test-all bench clean-venv
 
@@ -19,8 +20,12 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/python -c "import torch, torchaudio; assert torch.__version__.split('+')[0] == torchaudio.__version__.split('+')[0], (torch.__version__, torchaudio.__version__)"
 	touch $(STAMP)
 
+# The default's encoder identifies its (synthetic) speakers, so the gate says FAIL (exit 1): that is
+# the audit's finding, not a broken build. Only exit 2 (an error) fails `make audit`.
 audit: $(STAMP)
-	$(VENV)/bin/speech-audit run
+	@rc=0; $(VENV)/bin/speech-audit run --policy $(POLICY) || rc=$$?; \
+	if [ $$rc -eq 1 ]; then echo "make audit: audit complete; the release gate FAILS (speech-audit exit 1): see reports/default/report.html"; fi; \
+	test $$rc -le 1
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow" -q $(PYTEST_ARGS)

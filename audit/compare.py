@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audit import plots
+from audit.atomic import atomic_write_text
 from audit.defense_tables import setting_label
 from audit.errors import SpeechAuditError
 from audit.report.document import Bullets, Callout, Figure, Paragraph, ReportDocument, Section
+from audit.report.html import render_html
 from audit.report.markdown import render_markdown
 from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, load_results
 from audit.summary import IDENTITY_MEASURES, leakiest
@@ -99,16 +101,14 @@ def compare_runs(runs: Sequence[str | Path], out: Path) -> ReportDocument:
     the document. Raises :class:`CompareError` for fewer than two runs or differing schema
     versions, and :class:`~audit.results.ResultsError` naming a file that cannot be read.
     """
-    from audit.report.html import render_html
-
     loaded = load_runs(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     measures = find_measures(loaded)
     figures = {m.slug: _figure(loaded, m, out) for m in measures}
     doc = comparison_document(loaded, measures, figures)
-    (out / "compare.md").write_text(render_markdown(doc, summary_only=False), encoding="utf-8")
-    (out / "compare.html").write_text(render_html(doc, out), encoding="utf-8")
+    atomic_write_text(out / "compare.md", render_markdown(doc, summary_only=False))
+    atomic_write_text(out / "compare.html", render_html(doc, out))
     return doc
 
 

@@ -254,3 +254,16 @@ def test_real_reports_default_and_speechocean_defenses_compare(tmp_path: Path):
     assert doc.section("defenses") is not None
     assert (tmp_path / "cmp" / "compare.html").stat().st_size > 0
     assert len(list((tmp_path / "cmp").glob("compare_*.png"))) == 5
+
+
+def test_cli_compare_writes_both_formats_and_refuses_in_one_line(tmp_path, capsys):
+    from audit.cli import main
+
+    a = write_run(tmp_path / "a", make_results(model="whisper-tiny.en", top1=[0.9, 0.8, 0.5, 0.4, 0.3]))
+    b = write_run(tmp_path / "b", make_results(model="ge2e", top1=[0.7, 0.6, 0.5, 0.4]))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    assert (out / "compare.html").stat().st_size > 1000 and (out / "compare.md").stat().st_size > 500
+    assert main(["compare", str(a), "--out", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 2 runs" in err[0]

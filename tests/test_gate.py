@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,23 @@ def test_cli_gate_refuses_bad_results_in_one_line(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and f"{name}.json" in err, err
     assert main(["gate", str(tmp_path / "none.json"), "--policy", str(pol)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_run_checks_the_policy_before_extraction(tmp_path, capsys):
+    from tests.conftest import write_tone_corpus
+
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=4, n_utts=4)
+    store = tmp_path / "store"
+    base = ["run", "--model", "tiny-random-wav2vec2", "--corpus", str(corpus), "--cache-dir", str(store),
+            "--out", str(tmp_path / "r"), "--no-progress"]
+    for rule, message in (('metric = "inversion.frame.signal.stoi"\nmax = 0.5', "not in this run's attacks"),
+                          (REID + "\nlayer = 7", "layer=7: the model has layers 0..2"),
+                          ('metric = "defenses.strongest.top1"\nmax = 0.5', "compares no defenses"),
+                          ('metric = "speaker_id.top1"\nmax = "low"', "must be a finite number")):
+        pol = policy(tmp_path, rule, name="run.toml")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main([*base, "--policy", str(pol)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "run.toml" in err[0], err
+    assert not store.exists() or not any(store.rglob("*.npy"))  # nothing was extracted

@@ -92,8 +92,10 @@ def _notices(results: dict) -> Section:
     mode = (results.get("report_mode") or {}).get("mode", "full")
     if mode == "redacted":
         blocks.append(Callout("info", "Redacted report", [
-            "original audio and transcripts are left out; speaker and utterance ids are salted hashes (the salt is "
-            "not stored); absolute paths are cut to their last component"]))
+            "original audio, its vocoder copies and transcripts are left out; speaker and utterance ids are salted "
+            "hashes (the salt is not stored); absolute paths are cut to their last component",
+            "reconstructions from the embeddings are kept: they are the finding, and may still carry what was said "
+            "and who said it (see the reconstruction risk)"]))
     else:
         blocks.append(Callout("warning", "This report holds personal data", [
             "original recordings, transcripts and speaker ids of the audited corpus; hand on a copy made with "

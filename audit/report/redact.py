@@ -22,8 +22,9 @@ ID_KEYS = ("speaker", "speakers", "utt_id", "utt_ids", "dropped_speakers", "same
 #: Keys whose values are transcripts of someone's speech (references or ASR hypotheses): dropped.
 TEXT_KEYS = ("transcript", "transcripts", "reference", "references", "hypothesis", "hypotheses",
              "hypotheses_reconstruction", "hypotheses_original")
-#: Example files a redacted report leaves out: the original recording is the speaker's own voice.
-ORIGINAL_KINDS = ("original",)
+#: Example files a redacted report leaves out: the original recording, and its vocoder copy (the same
+#: words in nearly the same voice). Reconstructions stay: they are the finding.
+ORIGINAL_KINDS = ("original", "vocoder_copy")
 _ABSOLUTE = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:[\\/]|~/|/)(?:[^\s'\"/\\]+[\\/])*([^\s'\"/\\]*)")
 
 
