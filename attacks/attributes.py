@@ -43,7 +43,8 @@ from audit.errors import ConfigError, CorpusError
 from audit.estimators import MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quiet, grid_search, learning_curve
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
 from audit.metrics import CI_METHOD, leakage_ci, regression_scores, roc_auc
-from audit.results import AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
+from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack,
+                           skip_cell)
 from audit.splits import Split, speaker_disjoint_split
 from audit.summary import worst_layer, worst_level
 
@@ -781,7 +782,8 @@ def rate_attribute_inference(results: dict) -> RiskRating:
         level = "high" if lo >= high else "medium" if lo > medium else "low"
         label = "AUC" if metric == "roc_auc" else "R²"
         reason = (f"{name} of unseen people: {label} {fmt_num(w['value'])} (CI {fmt_ci(w['ci95'], 1, '.2f')}, "
-                  f"chance {fmt_num(w['chance'], '.2f')}) at layer {w['layer']}, the highest of {w['n_layers']} layers; "
+                  f"chance {fmt_num(w['chance'], '.2f')}) at layer {w['layer']}, the highest of {w['n_layers']} "
+                  "layers; "
                   f"high when the CI lower bound >= {high}, medium above {medium}")
         ratings.append(RiskRating("attribute inference", level, reason, f"attributes.{name}.{metric}", w["value"],
                                   w["ci95"], w["chance"], w["layer"]))

@@ -1041,7 +1041,8 @@ def _rate_layer(index: int, frame: dict) -> RiskRating:
                  "medium" if wer_hi < MEDIUM_WER or top1_lo > 2 * chance else "low")
         parts = []
         if isinstance(content, dict):
-            parts.append(f"a judge ASR transcribes the reconstructions with WER {fmt_pct(content['wer_reconstruction'])} "
+            parts.append(f"a judge ASR transcribes the reconstructions with WER "
+                         f"{fmt_pct(content['wer_reconstruction'])} "
                          f"(CI {fmt_ci(content.get('wer_reconstruction_ci95'))}; "
                          f"{fmt_pct(content.get('wer_original'))} on the originals)")
         if isinstance(spk, dict):

@@ -32,8 +32,8 @@ from audit.estimators import (MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quie
                               stratified_fraction)
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
 from audit.metrics import closed_set_metrics
-from audit.results import (AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_pct, is_ok, layer_attack,
-                           skip_cell)
+from audit.results import (AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_pct, is_ok,
+                           layer_attack, skip_cell)
 from audit.splits import Split, closed_set_split
 from audit.summary import worst_layer
 
@@ -283,7 +283,7 @@ MEDIUM_RATIO_TO_CHANCE = 2.0
 
 
 def rate_reidentification(results: dict) -> RiskRating:
-    """Risk of naming a known speaker from the leakiest layer (thresholds: :data:`HIGH_TOP1`, :data:`MEDIUM_RATIO_TO_CHANCE`)."""
+    """Risk of naming a known speaker from the leakiest layer (:data:`HIGH_TOP1`, :data:`MEDIUM_RATIO_TO_CHANCE`)."""
     w = worst_layer(results["layers"], ("speaker_id",), "top1", True)
     if w is None:
         return RiskRating("re-identification", "not measured", "no layer has a speaker-ID result")

@@ -38,7 +38,8 @@ from audit.errors import ConfigError, CorpusError
 from audit.estimators import CURVE_FRACTIONS, check_is_fitted
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
 from audit.metrics import CI_METHOD, eer, leakage_ci, linkability, min_dcf, selection_alphas
-from audit.results import AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, skip_cell
+from audit.results import (AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok,
+                           layer_attack, skip_cell)
 from audit.summary import worst_layer
 from audit.splits import SAME_RECORDING_NOTE, Grouping, Split, partition_speaker, speaker_disjoint_split
 BACKENDS = ("lda", "plda", "cosine")

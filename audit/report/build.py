@@ -58,14 +58,16 @@ def _number_cell(r: dict) -> str:
     pct = r["metric"].split(".")[-1] in ("top1", "eer", "accuracy", "wer_reconstruction")
     value = fmt_pct(r["value"]) if pct else fmt_num(r["value"])
     ci = fmt_ci(r.get("ci95")) if pct else fmt_ci(r.get("ci95"), 1, ".2f")
-    chance = "" if r.get("chance") is None else f", chance {fmt_pct(r['chance']) if pct else fmt_num(r['chance'], '.2f')}"
+    chance = "" if r.get("chance") is None else \
+        f", chance {fmt_pct(r['chance']) if pct else fmt_num(r['chance'], '.2f')}"
     where = "" if r.get("layer") is None else f" at layer {r['layer']}"
     return f"{r['metric']} {value} {ci}{chance}{where}"
 
 
 def risk_table(risks: list[dict]) -> Table:
     """The stored risk ratings (``results["risks"]``) as a table; the rating word is the status column."""
-    table = Table("Risk per threat", ["threat", "rating", "number behind it (95% CI, chance)", "why"], status_column=1)
+    table = Table("Rating per threat (worst first)", ["threat", "rating", "number behind it (95% CI, chance)", "why"],
+                  status_column=1)
     for r in risks:
         table.rows.append([r["threat"], r["level"].upper(), _number_cell(r), r["reason"]])
     table.notes.append("Ratings judge the leakiest layer with the CI bound worst for privacy; each family states its "
@@ -282,7 +284,8 @@ def _reproducibility(results: dict) -> Section:
     tool = results.get("tool") or {}
     items = [f"speech-audit {tool.get('version', '?')}, results schema {results['schema_version']}, "
              f"created {results.get('created', '?')}",
-             f"model: {model['spec']} ({model.get('num_layers')} layers), fingerprint {str(model.get('fingerprint'))[:16]}",
+             f"model: {model['spec']} ({model.get('num_layers')} layers), fingerprint "
+             f"{str(model.get('fingerprint'))[:16]}",
              f"corpus: {corpus.get('description', corpus.get('spec'))} ({corpus.get('n_utterances')} utterances, "
              f"{corpus.get('n_speakers')} speakers, {corpus.get('n_recordings', '?')} recordings, "
              f"{corpus.get('n_sessions', '?')} sessions), fingerprint {str(corpus.get('fingerprint'))[:16]}",

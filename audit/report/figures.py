@@ -100,7 +100,8 @@ def _attribute_figure(results: dict, out: Path, spec: str, layers: list, names: 
     plots.layer_curves(out / "attributes_by_layer.png", layers, names, lines, ylabel="AUC / R² / CCA",
                        title=f"{spec}: attribute inference on unseen speakers")
     spans = "; ".join(f"{k} {_span(results, v, _num)}" for k, v in lines.items())
-    return [Figure("attributes_by_layer.png", f"Line plot of attribute inference on unseen speakers per layer: {spans}; "
+    return [Figure("attributes_by_layer.png",
+                   f"Line plot of attribute inference on unseen speakers per layer: {spans}; "
                    "CI bands shaded for AUC and R².", "Attribute inference per layer (95% CI bands).")]
 
 
@@ -132,7 +133,8 @@ def _pareto_figures(results: dict, out: Path, spec: str) -> list[Figure]:
             continue
         name = f"pareto_layer{layer}.png"
         front = pareto_front(points)
-        plots.pareto_plot(out / name, points, front, title=f"{spec} layer {layer}: privacy vs utility per defense setting")
+        plots.pareto_plot(out / name, points, front,
+                          title=f"{spec} layer {layer}: privacy vs utility per defense setting")
         figures.append(Figure(name, f"Scatter plot for layer {layer}: retained utility against the strongest "
                                     f"attacker's speaker-ID top-1 for {len(points)} defense settings, each labelled; "
                                     "the Pareto front is " + ", ".join(p["label"] for p in front) + ".",

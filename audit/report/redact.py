@@ -86,7 +86,8 @@ def redact_examples(results: dict, salt: str) -> dict[str, str | None]:
             tag = hash_id(str(ex.get("utt_id")), salt)
             for kind, file in ex.get("files", {}).items():
                 suffix = file.rsplit(".", 1)[-1]
-                names[file] = None if kind in ORIGINAL_KINDS else f"examples/layer{ex.get('layer')}_{tag}_{kind}.{suffix}"
+                names[file] = None if kind in ORIGINAL_KINDS else \
+                    f"examples/layer{ex.get('layer')}_{tag}_{kind}.{suffix}"
     return names
 
 
