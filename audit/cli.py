@@ -107,10 +107,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
               f"adjusted CI {100 * sel[0]:.1f}-{100 * sel[1]:.1f}%), {what[2]}")
     print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  results: {out / 'results.json'}  "
           f"(store {'reused' if results['store']['cache_hit'] else 'built'}, {results['wall_seconds']:.1f} s)")
-    if results.get("verdict"):
-        _print_verdict(results["verdict"])
-        return results["verdict"]["exit_code"]
-    return 0
+    return _verdict_exit(results)
+
+
+def _verdict_exit(results: dict) -> int:
+    """Print the gate's verdict when the results hold one; its exit code (0 without a policy)."""
+    if not results.get("verdict"):
+        return 0
+    _print_verdict(results["verdict"])
+    return results["verdict"]["exit_code"]
 
 
 def _load_run(path: str) -> tuple[dict, Path]:
@@ -157,10 +162,7 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     written = write_report(results, out, registry, source=source, redact=redact)
     print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  ({'redacted' if redact else 'full'}, "
           f"{len(written['files'])} files)")
-    if written.get("verdict"):
-        _print_verdict(written["verdict"])
-        return written["verdict"]["exit_code"]
-    return 0
+    return _verdict_exit(written)
 
 
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:

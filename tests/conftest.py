@@ -54,6 +54,29 @@ def write_tone_corpus(root: Path, *, n_speakers: int = 4, n_utts: int = 6, secon
     return root
 
 
+def sine_wav(path: Path, seconds: float = 1.0, sr: int = 16000) -> Path:
+    """A real ``seconds`` long 440 Hz sine WAV (PCM_16), folders created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), sr, subtype="PCM_16")
+    return path
+
+
+def plot_png(path: Path) -> Path:
+    """A real small matplotlib PNG, folders created."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(3, 1.5), dpi=50)
+    ax.plot(np.linspace(0, 1, 50), np.sin(np.linspace(0, 6, 50)))
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
 @pytest.fixture
 def tone_corpus(tmp_path: Path) -> Path:
     """Folder of a small generated manifest corpus (4 speakers x 6 clips)."""

@@ -12,19 +12,19 @@ import shutil
 import time
 from pathlib import Path
 
-import matplotlib
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import soundfile as sf  # noqa: E402
-
-from audit.report.document import (AudioClip, AudioExample, Figure, Paragraph, ReportDocument,  # noqa: E402
-                                   Section)
-from audit.report.html import render_html  # noqa: E402
-from audit.results import Table  # noqa: E402
+from audit.report.document import (
+    AudioClip,
+    AudioExample,
+    Figure,
+    Paragraph,
+    ReportDocument,
+    Section,
+)
+from audit.report.html import render_html
+from audit.results import Table
+from tests.conftest import plot_png, sine_wav
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -97,22 +97,6 @@ def open_in_chromium(html_path: Path, screenshot: Path, *, wait_s: float = 10.0)
     return seen
 
 
-def sine_wav(path: Path, seconds: float = 1.0, sr: int = 16000) -> Path:
-    """A ``seconds`` long 440 Hz sine, PCM_16."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), sr, subtype="PCM_16")
-    return path
-
-
-def plot_png(path: Path) -> Path:
-    """A small real PNG plot."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(4, 2), dpi=60)
-    ax.plot(np.linspace(0, 1, 50), np.sin(np.linspace(0, 6, 50)))
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
 
 
 def browser_doc(folder: Path) -> ReportDocument:

@@ -6,40 +6,27 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-import matplotlib
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import soundfile as sf  # noqa: E402
-
-from audit.report.document import (AudioClip, AudioExample, Bullets, Callout, Code, Figure,  # noqa: E402
-                                   Paragraph, ReportDocument, Section)
-from audit.report.html import render_html  # noqa: E402
-from audit.results import Table  # noqa: E402
+from audit.report.document import (
+    AudioClip,
+    AudioExample,
+    Bullets,
+    Callout,
+    Code,
+    Figure,
+    Paragraph,
+    ReportDocument,
+    Section,
+)
+from audit.report.html import render_html
+from audit.results import Table
+from tests.conftest import plot_png, sine_wav
 
 XSS = "<script>alert(1)</script>"
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
-def write_wav(path: Path, seconds: float = 0.25, sr: int = 16000) -> Path:
-    """A real PCM_16 sine WAV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sr, subtype="PCM_16")
-    return path
-
-
-def write_png(path: Path) -> Path:
-    """A real small matplotlib PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(2, 1.5), dpi=40)
-    ax.plot([0, 1, 2], [1, 0, 1])
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
 
 
 class Structure(HTMLParser):
@@ -78,8 +65,8 @@ def parse(page: str) -> Structure:
 def hostile_doc(folder: Path) -> ReportDocument:
     """A document with a script tag in every kind of text field, incl. file names."""
     name = f"{XSS}.wav"
-    write_wav(folder / "audio" / name)
-    write_png(folder / "plots" / f"{XSS}.png")
+    sine_wav(folder / "audio" / name)
+    plot_png(folder / "plots" / f"{XSS}.png")
     table = Table(title=f"Speaker {XSS}", columns=["model", f"col {XSS}", "verdict"],
                   rows=[[f"m {XSS}", f"cell {XSS}", "FAIL"]], notes=[f"note {XSS}"], status_column=2)
     blocks = [
@@ -117,8 +104,8 @@ def test_escaped_file_names_still_embed_and_missing_names_stay_text(tmp_path: Pa
 
 
 def media_doc(folder: Path, n_clips: int = 3) -> ReportDocument:
-    write_png(folder / "plots" / "mel 0.png")
-    clips = [AudioClip(label=f"clip {i}", file=str(write_wav(folder / "audio" / f"utt {i}.wav").relative_to(folder)))
+    plot_png(folder / "plots" / "mel 0.png")
+    clips = [AudioClip(label=f"clip {i}", file=str(sine_wav(folder / "audio" / f"utt {i}.wav").relative_to(folder)))
              for i in range(n_clips)]
     return ReportDocument(title="Audit", subtitle="sub", mode="redacted", sections=[
         Section(id="inversion", title="Inversion", blocks=[
@@ -142,7 +129,7 @@ def test_media_is_embedded_with_no_network_urls(tmp_path: Path) -> None:
 
 def test_audio_beyond_the_budget_links_the_relative_file(tmp_path: Path) -> None:
     doc = media_doc(tmp_path)
-    one = 4 * ((write_wav(tmp_path / "audio" / "utt 0.wav").stat().st_size + 2) // 3)
+    one = 4 * ((sine_wav(tmp_path / "audio" / "utt 0.wav").stat().st_size + 2) // 3)
     sources = srcs(render_html(doc, tmp_path, embed_limit_bytes=one + 10))
     assert sources[0].startswith("data:audio/wav;base64,")
     assert sources[1:] == ["audio/utt%201.wav", "audio/utt%202.wav"]
@@ -153,7 +140,7 @@ def test_default_budget_keeps_a_large_report_small(tmp_path: Path) -> None:
     doc = media_doc(tmp_path, n_clips=0)
     clips = [AudioClip(label=f"c{i}", file=f"audio/long {i}.wav") for i in range(40)]
     for clip in clips:
-        write_wav(tmp_path / clip.file, seconds=3.0)
+        sine_wav(tmp_path / clip.file, seconds=3.0)
     doc.sections[0].blocks.append(AudioExample(title="many", clips=clips))
     page = render_html(doc, tmp_path)
     assert len(page.encode()) < 5_000_000
@@ -183,7 +170,7 @@ def status_doc() -> ReportDocument:
 
 
 def test_accessible_structure(tmp_path: Path) -> None:
-    write_png(tmp_path / "p.png")
+    plot_png(tmp_path / "p.png")
     doc = status_doc()
     doc.sections[1].blocks.append(Figure(file="p.png", alt="", caption="Caption as alt"))
     doc.sections[1].blocks.append(Figure(file="p.png", alt="  "))
