@@ -259,11 +259,11 @@ def speaker_id_table(results: dict) -> Table:
         if sid is None:
             continue
         if not is_ok(sid):
-            table.rows.append([str(la["index"]), la["name"], str(la["dim"]), skip_cell(sid)] + [""] * 6)
+            table.rows.append([str(la["index"]), la["name"], str(la.get("dim", "?")), skip_cell(sid)] + [""] * 6)
             continue
         others = ", ".join(f"{n} {fmt_pct(r.get('top1'))}" if not r.get("skipped") else f"{n} skipped"
                            for n, r in sid.get("attackers", {}).items())
-        table.rows.append([str(la["index"]), la["name"], str(la["dim"]), f"{fmt_pct(sid['top1'])} {fmt_ci(sid['ci95'])}",
+        table.rows.append([str(la["index"]), la["name"], str(la.get("dim", "?")), f"{fmt_pct(sid['top1'])} {fmt_ci(sid['ci95'])}",
                            fmt_pct(sid["top5"]), fmt_pct(sid["chance"]), f"{sid['macro_f1']:.3f}", sid["attacker"],
                            curve_cell(sid, "top1"), others])
     table.notes.append("Test utterances come from recordings (sessions where a speaker has several) that the "

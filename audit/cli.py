@@ -125,10 +125,21 @@ def _load_run(path: str) -> tuple[dict, Path]:
     return load_results(source), source if source.is_dir() else source.parent
 
 
+def _render(results: dict, path: str, out: Path, registry: dict, **kwargs) -> dict:
+    """``write_report``, with results too incomplete to render named by their file."""
+    from audit.report import write_report
+    from audit.results import ResultsError
+
+    try:
+        return write_report(results, out, registry, **kwargs)
+    except ResultsError as err:
+        raise ResultsError(f"{path}: {err}") from None
+
+
 def _gate(args: argparse.Namespace, argv: list[str]) -> int:
     from attacks import load_families
+    from audit.atomic import atomic_save
     from audit.gate import evaluate, load_policy
-    from audit.report import write_report
     from audit.report.junit import write_junit
     from defenses import load_defenses
 
@@ -138,10 +149,10 @@ def _gate(args: argparse.Namespace, argv: list[str]) -> int:
     verdict = evaluate(policy, results).to_dict()
     if args.junit:
         _writable(Path(args.junit).parent, "--junit")
-        write_junit(verdict, Path(args.junit))
+        atomic_save(Path(args.junit), lambda tmp: write_junit(verdict, tmp))
     if args.out:
-        write_report({**results, "verdict": verdict}, Path(args.out), registry, source=source,
-                     redact=(results.get("report_mode") or {}).get("mode") == "redacted")
+        _render({**results, "verdict": verdict}, args.results, Path(args.out), registry, source=source,
+                redact=(results.get("report_mode") or {}).get("mode") == "redacted")
     _print_verdict(verdict)
     return verdict["exit_code"]
 
@@ -149,7 +160,6 @@ def _gate(args: argparse.Namespace, argv: list[str]) -> int:
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
     from attacks import load_families
     from audit.gate import evaluate, load_policy
-    from audit.report import write_report
     from defenses import load_defenses
 
     registry = load_families()
@@ -159,7 +169,7 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     if policy is not None:
         results["verdict"] = evaluate(policy, results).to_dict()
     redact = args.redact or (results.get("report_mode") or {}).get("mode") == "redacted"
-    written = write_report(results, out, registry, source=source, redact=redact)
+    written = _render(results, args.results, out, registry, source=source, redact=redact)
     print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  ({'redacted' if redact else 'full'}, "
           f"{len(written['files'])} files)")
     return _verdict_exit(written)

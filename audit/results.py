@@ -49,8 +49,15 @@ def load_results(path: str | Path) -> dict:
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise ResultsError(f"{path}: results schema {version} cannot be read by this speech-audit "
                            f"(schema {SCHEMA_VERSION}); re-run the audit or use the matching version")
+    for key in ("config", "model", "corpus"):
+        if not isinstance(results[key], dict):
+            raise ResultsError(f"{path}: results key {key!r} is not an object")
     if not isinstance(results["layers"], list):
         raise ResultsError(f"{path}: results key 'layers' is not a list")
+    for i, layer in enumerate(results["layers"]):
+        if not (isinstance(layer, dict) and isinstance(layer.get("index"), int) and "name" in layer
+                and isinstance(layer.get("attacks", {}), dict)):
+            raise ResultsError(f"{path}: layers[{i}] is not a layer result (needs index, name and attacks)")
     return results
 
 

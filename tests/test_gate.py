@@ -207,3 +207,13 @@ def test_run_checks_the_policy_before_extraction(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and "run.toml" in err[0], err
     assert not store.exists() or not any(store.rglob("*.npy"))  # nothing was extracted
+
+
+def test_incomplete_results_are_refused_in_one_line_when_rendered(tmp_path, capsys):
+    # enough to gate, not enough to draw the speaker-ID table (no top-5, no macro-F1)
+    path = _write(tmp_path, results_with([layer(0, 1.0, [0.9, 1.0]), layer(1, 0.1, [0.05, 0.15])]))
+    for argv in (["gate", str(path), "--policy", str(policy(tmp_path, REID)), "--out", str(tmp_path / "g")],
+                 ["report", str(path), "--out", str(tmp_path / "plain")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and "speaker_id table" in err[0], err

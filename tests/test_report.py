@@ -73,6 +73,7 @@ def test_run_writes_every_report_file(run_dir):
     assert html.index('id="verdict"') < html.index('id="risk"') < html.index('id="threat-model"')
     assert html.count("<audio") >= 6 and "data:audio/wav;base64," in html
     assert (run_dir / "report.html").stat().st_size < 5_000_000
+    assert len((run_dir / "summary.md").read_text()) < 65_536  # GitHub's limit for a pull-request comment
 
 
 def test_manifest_text_is_escaped_in_html_and_markdown(run_dir):
@@ -116,6 +117,17 @@ def test_report_rerenders_from_results_alone(run_dir, tmp_path, capsys):
     wavs = sorted(p.name for p in (out / "examples").glob("*.wav"))
     assert wavs == sorted(p.name for p in (run_dir / "examples").glob("*.wav")) and len(wavs) == 12
     assert (out / "report.html").read_text().count("<audio") == (run_dir / "report.html").read_text().count("<audio")
+
+
+def test_gate_out_rerenders_the_report_with_a_new_verdict(run_dir, tmp_path, capsys):
+    passing = tmp_path / "pass.toml"
+    passing.write_text('[[rule]]\nmetric = "verification.eer"\nmax = 1.0\njustification = "always holds"\n')
+    out = tmp_path / "gated"
+    assert main(["gate", str(run_dir), "--policy", str(passing), "--out", str(out), "--junit",
+                 str(tmp_path / "j.xml")]) == 0
+    assert "Gate verdict: PASS" in (out / "report.html").read_text()
+    assert json.loads((out / "results.json").read_text())["verdict"]["exit_code"] == 0
+    assert len(list((out / "examples").glob("*.wav"))) == 12
 
 
 def _with_speaker_id(results: dict, top1: float, ci: list) -> dict:

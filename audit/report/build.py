@@ -17,7 +17,7 @@ from audit.family import AttackFamily
 from audit.gate import verdict_table
 from audit.report.document import (AudioClip, AudioExample, Bullets, Callout, Code, Figure, Paragraph,
                                    ReportDocument, Section)
-from audit.results import RISK_LEVELS, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok
+from audit.results import RISK_LEVELS, ResultsError, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok
 
 #: Attacker scenarios of the threat model, in plain words (VoicePrivacy's names).
 SCENARIO_WORDS = (
@@ -112,7 +112,7 @@ def _notices(results: dict) -> Section:
 
 
 def _threat_section(results: dict) -> Section:
-    blocks: list = [Paragraph(results["threat_model"])]
+    blocks: list = [Paragraph(results.get("threat_model") or "The threat model was not recorded in these results.")]
     if results.get("defenses"):
         blocks.append(Paragraph("Defenses are attacked under three attacker scenarios, weakest to strongest:"))
         blocks.append(Bullets([f"{name}: {words}" for name, words in SCENARIO_WORDS]))
@@ -133,16 +133,22 @@ def _leakiest_bullets(results: dict) -> list[str]:
     return items
 
 
+#: Keys of ``results["summary"]`` the "what it means" sentence reads (per headline measure).
+MEANING_KEYS = ("leakiest_layer", "leakiest_ci95", "leakiest_selection_ci95", "picked_from", "least_leaky_layer")
+
+
 def _meaning(results: dict) -> Paragraph | None:
     s = results.get("summary") or {}
+    metric = "eer" if s.get("measure") == "verification_eer" else "top1"
+    needed = MEANING_KEYS + (f"leakiest_{metric}", f"least_leaky_{metric}") + (("chance",) if metric == "top1" else ())
+    if not all(k in s for k in needed):
+        return None
     if s.get("measure") == "verification_eer":
         return Paragraph(f"with a projection learned on other people, two utterances of unseen speakers from layer "
                          f"{s['leakiest_layer']} are linked to the same or different person with an EER of "
                          f"{fmt_pct(s['leakiest_eer'])} (95% CI {fmt_ci(s['leakiest_ci95'])}; {s['picked_from']}: "
                          f"{fmt_ci(s['leakiest_selection_ci95'])}; 50% = unlinkable). The least leaky layer "
                          f"({s['least_leaky_layer']}) gives {fmt_pct(s['least_leaky_eer'])}.", lead="What it means:")
-    if not s:
-        return None
     ratio = s["leakiest_top1"] / s["chance"] if s["chance"] else float("nan")
     return Paragraph(f"an attacker with a few labelled utterances per speaker names the speaker of a new utterance "
                      f"from layer {s['leakiest_layer']} {fmt_pct(s['leakiest_top1'])} of the time (95% CI "
@@ -150,6 +156,15 @@ def _meaning(results: dict) -> Paragraph | None:
                      f"{ratio:.1f}x chance ({fmt_pct(s['chance'])}). The least leaky layer ({s['least_leaky_layer']}) "
                      f"still gives {fmt_pct(s['least_leaky_top1'])}. Any layer whose CI lies above chance identifies "
                      "speakers: treat its embeddings as personal data.", lead="What it means:")
+
+
+def family_table(family: AttackFamily, results: dict) -> Table:
+    """The family's report table; results too incomplete to draw it are a :class:`ResultsError` naming both."""
+    try:
+        return family.table(results)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ResultsError(f"results are incomplete for the {family.name} table ({type(err).__name__}: {err})") \
+            from None
 
 
 def _leakage_section(results: dict, registry: dict[str, AttackFamily], figures: list[Figure]) -> Section:
@@ -161,7 +176,7 @@ def _leakage_section(results: dict, registry: dict[str, AttackFamily], figures: 
     if meaning:
         blocks.append(meaning)
     for family in registry.values():
-        table = family.table(results)
+        table = family_table(family, results)
         if table.rows:
             blocks.append(table)
     blocks += [f for f in figures if f.topic in ("leakage", "maps")]
@@ -280,11 +295,12 @@ def _methodology(results: dict, registry: dict[str, AttackFamily], figures: list
 
 
 def _reproducibility(results: dict) -> Section:
-    model, corpus, env, store = results["model"], results["corpus"], results.get("environment", {}), results["store"]
+    model, corpus = results["model"], results["corpus"]
+    env, store = results.get("environment") or {}, results.get("store") or {}
     tool = results.get("tool") or {}
     items = [f"speech-audit {tool.get('version', '?')}, results schema {results['schema_version']}, "
              f"created {results.get('created', '?')}",
-             f"model: {model['spec']} ({model.get('num_layers')} layers), fingerprint "
+             f"model: {model.get('spec')} ({model.get('num_layers')} layers), fingerprint "
              f"{str(model.get('fingerprint'))[:16]}",
              f"corpus: {corpus.get('description', corpus.get('spec'))} ({corpus.get('n_utterances')} utterances, "
              f"{corpus.get('n_speakers')} speakers, {corpus.get('n_recordings', '?')} recordings, "
@@ -331,7 +347,7 @@ def build_document(results: dict, registry: dict[str, AttackFamily], figures: li
         sections.append(defenses)
     sections += [_methodology(results, registry, figures), _reproducibility(results), _config_section(results),
                  _files_section(results)]
-    return ReportDocument(title=f"speech-audit report: {model['spec']} on {corpus['spec']}",
+    return ReportDocument(title=f"speech-audit report: {model.get('spec', '?')} on {corpus.get('spec', '?')}",
                           subtitle=f"{corpus.get('description', '')}; created {results.get('created', '?')}",
                           mode=mode, sections=sections)
 

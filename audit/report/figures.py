@@ -146,7 +146,7 @@ def write_figures(results: dict, out: Path) -> list[Figure]:
     """Draw every plot the results support into ``out``; returns them with alt text and topic."""
     layers = [la["index"] for la in results["layers"]]
     names = [la["name"] for la in results["layers"]]
-    spec = results["model"]["spec"]
+    spec = results["model"].get("spec", "?")
     return (_identity_figures(results, out, spec, layers, names) + _attribute_figure(results, out, spec, layers, names)
             + _learning_figure(results, out) + _pareto_figures(results, out, spec))
 
