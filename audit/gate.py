@@ -133,12 +133,13 @@ def _metric_spec(name: str, metric: Any, registry: dict[str, AttackFamily]) -> M
     family, path = metric.split(".", 1)
     if family == DEFENSES:
         specs = DEFENSE_METRICS
+        spec = next((s for s in specs if s.matches(path)), None)
     elif family in registry:
         specs = registry[family].metrics
+        spec = registry[family].metric(path)
     else:
         raise PolicyError(f"{name}: metric={metric!r}: unknown family {family!r} "
                           f"(known: {', '.join(sorted(registry))}, {DEFENSES})")
-    spec = next((s for s in specs if s.matches(path)), None)
     if spec is None:
         raise PolicyError(f"{name}: metric={metric!r}: unknown metric of {family} "
                           f"(known: {', '.join(s.pattern for s in specs) or 'none'})")
