@@ -415,7 +415,9 @@ def evaluate_rule(rule: Rule, results: dict) -> RuleOutcome:
     else:
         status = "pass"
     measured = kept if rule.layer == "all" and status == "pass" else [m for m in ms if m.ok is not None]
-    margin = (lambda m: m.judged - m.limit) if rule.op == "max" else (lambda m: m.limit - m.judged)
+    # ties (e.g. two layers with a CI reaching 100%) go to the leakier value
+    margin = (lambda m: (m.judged - m.limit, m.value)) if rule.op == "max" else \
+        (lambda m: (m.limit - m.judged, -m.value))
     worst = (min if rule.layer == "all" and status == "pass" else max)(measured, key=margin)
     op = "<=" if rule.op == "max" else ">="
     limit = f"{fmt_num(worst.limit)}" + (f" ({rule.threshold:g}x chance {fmt_num(worst.chance)})" if rule.ratio else "")

@@ -239,23 +239,6 @@ def test_markup_in_names_is_text_not_markup(tmp_path: Path):
     assert "<script>alert" not in (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8")
 
 
-def test_real_reports_default_and_speechocean_defenses_compare(tmp_path: Path):
-    runs = [REPORTS / "default", REPORTS / "speechocean-defenses"]
-    if not all((run / "results.json").is_file() for run in runs):
-        pytest.skip("reports/default or reports/speechocean-defenses results.json not present")
-    doc = compare_runs(runs, tmp_path / "cmp")
-    warning = next(b for b in doc.section("differences").blocks if isinstance(b, Callout))
-    assert "different corpora" in warning.title
-    headline = _table(doc, "measure-speaker_id_top1", "leakiest layer")
-    values = {row[0]: row[1:] for row in headline.rows}["leakiest value"]
-    assert values == ["100.0%", "96.1%"]
-    age = _table(doc, "measure-attr_age_group_roc_auc", "per layer")
-    assert all(row[1] == "" and row[2] for row in age.rows)
-    assert doc.section("defenses") is not None
-    assert (tmp_path / "cmp" / "compare.html").stat().st_size > 0
-    assert len(list((tmp_path / "cmp").glob("compare_*.png"))) == 5
-
-
 def test_cli_compare_writes_both_formats_and_refuses_in_one_line(tmp_path, capsys):
     from audit.cli import main
 
