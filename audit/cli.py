@@ -27,6 +27,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--device", help="auto (default: cuda when present) | cpu | cuda | cuda:N")
+    p.add_argument("--quantize", choices=["int8"], help="audit the dynamically int8-quantised model (CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +78,7 @@ def _config(args: argparse.Namespace):
         "layers": parse_layers(args.layers) if getattr(args, "layers", None) else None,
         "out": getattr(args, "out", None), "quick": True if getattr(args, "quick", False) else None,
         "progress": False if args.no_progress else None,
+        "device": args.device, "quantize": args.quantize,
         "policy": getattr(args, "policy", None), "redact": True if getattr(args, "redact", False) else None,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -95,6 +98,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from audit.pipeline import AuditPipeline
 
     results = AuditPipeline(_config(args), argv=["speech-audit", *argv]).run()
+    if results.get("worker"):  # a torchrun rank other than 0: it helped build the store, rank 0 reports
+        return 0
     out = Path(results["out"])
     s = results.get("summary", {})
     if s:
@@ -192,17 +197,22 @@ def _writable(folder: Path, flag: str) -> None:
 
 
 def _extract(args: argparse.Namespace, argv: list[str]) -> int:
+    from audit.distributed import is_main, rank_device
     from audit.extractor import build_extractor
     from audit.pipeline import prepare_corpus
     from audit.store import EmbeddingStore
 
     cfg = _config(args)
     corpus = prepare_corpus(cfg)
-    store = EmbeddingStore.build(build_extractor(cfg.model), corpus, cache_dir=cfg.cache_dir,
+    store = EmbeddingStore.build(build_extractor(cfg.model, quantize=cfg.quantize, device=rank_device(cfg.device)),
+                                 corpus, cache_dir=cfg.cache_dir,
                                  batch_size=cfg.batch_size, progress=cfg.progress)
     st = store.stats
-    print(f"store {store.root}: {len(store)} utterances x {store.num_layers} layers; "
-          f"{st.shards_computed}/{st.shards_total} shards computed in {st.wall_seconds:.1f} s")
+    if is_main():
+        per_rank = f" (per rank: {', '.join(map(str, st.shards_per_rank))})" if st.world_size > 1 else ""
+        print(f"store {store.root}: {len(store)} utterances x {store.num_layers} layers; "
+              f"{st.shards_computed_all}/{st.shards_total} shards "
+              f"computed{per_rank} in {st.wall_seconds:.1f} s")
     return 0
 
 

@@ -21,6 +21,7 @@ from attacks import load_families
 from audit import plots
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
+from audit.distributed import is_main, rank_device
 from audit.defense_runner import check_defense_layers, plan_defenses, run_defenses
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
@@ -101,18 +102,21 @@ class AuditPipeline:
         labels = corpus_labels(corpus)
         splits, infeasible = self._prepare_splits(cfg, registry, labels)
         defense_plan = plan_defenses(cfg, registry, labels)
-        extractor = build_extractor(cfg.model)
+        extractor = build_extractor(cfg.model, quantize=cfg.quantize, device=rank_device(cfg.device))
         layers = self._prepare_layers(cfg, extractor)
         check_defense_layers(cfg, extractor.num_layers)
         if policy is not None:
             check_policy(policy, list(splits), infeasible, extractor.num_layers, bool(cfg.defenses))
         run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers))
         for name in splits:
-            if registry[name].preflight is not None:
+            if registry[name].preflight is not None and is_main():
                 registry[name].preflight(cfg.settings(name), run)
         out.mkdir(parents=True, exist_ok=True)
         store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                                      progress=cfg.progress)
+        if not is_main():
+            # Under torchrun every rank helps build the store; only rank 0 attacks and reports.
+            return {"worker": True, "store": {"path": str(store.root)}}
         # Small dense problems: multi-threaded BLAS only adds synchronisation cost (measured 20x slower
         # logistic regression with 2 threads on a busy 2-core machine), so attackers run on one BLAS thread.
         with threadpool_limits(limits=1, user_api="blas"):
@@ -133,7 +137,7 @@ class AuditPipeline:
                        "filters": list(corpus.filters), "segment_seconds": corpus.segment_seconds,
                        "fingerprint": corpus.fingerprint()},
             "store": {"path": str(store.root), "cache_hit": store.stats.cache_hit,
-                      "shards_computed": store.stats.shards_computed,
+                      "shards_computed": store.stats.shards_computed_all, "world_size": store.stats.world_size,
                       "model_seconds": round(store.stats.model_seconds, 2),
                       "audio_seconds": round(store.stats.audio_seconds, 2),
                       "wall_seconds": round(store.stats.wall_seconds, 2),

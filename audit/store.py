@@ -15,22 +15,30 @@ Extraction runs shard by shard (a fixed partition of the corpus by utterance cou
 duration); each shard is written atomically to ``shards/`` and skipped when present, so a killed
 run resumes where it stopped. Only one shard is held in memory, so memory stays bounded as the
 corpus grows; consolidation streams shards into memory-mapped files.
+
+Under ``torch.distributed`` (``torchrun``: ``WORLD_SIZE`` > 1, or a process group already
+initialised) the missing shards are split between the ranks (:mod:`audit.distributed`); rank 0
+consolidates once every rank is done, and the others open the finished store after it. The
+store folder is the only thing the ranks share, so several machines work on one shared
+filesystem. The files are the same, byte for byte, whatever the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from audit import distributed
 from audit.atomic import atomic_save
 from audit.audio import load_audio
 from audit.corpus import Corpus
@@ -87,18 +95,30 @@ def _batches(lengths: Sequence[int], batch_size: int, can_pad: bool) -> list[lis
 
 @dataclass
 class ExtractionStats:
-    """What a build did: shards computed vs reused, audio seconds, model seconds."""
+    """What a build did: shards computed vs reused, audio seconds, model seconds.
+
+    Under torch.distributed, ``shards_computed``, ``audio_seconds`` and ``model_seconds`` count
+    this rank's work; ``shards_per_rank`` holds every rank's ``shards_computed`` (rank order).
+    """
 
     shards_total: int = 0
     shards_computed: int = 0
     audio_seconds: float = 0.0
     model_seconds: float = 0.0
     wall_seconds: float = 0.0
+    world_size: int = 1
+    rank: int = 0
+    shards_per_rank: list[int] = field(default_factory=list)
 
     @property
     def cache_hit(self) -> bool:
-        """True when no model work was done."""
-        return self.shards_computed == 0
+        """True when no model work was done (by any rank)."""
+        return self.shards_computed == 0 and not any(self.shards_per_rank)
+
+    @property
+    def shards_computed_all(self) -> int:
+        """Shards computed by every rank together (this process's count outside torch.distributed)."""
+        return sum(self.shards_per_rank) if self.shards_per_rank else self.shards_computed
 
 
 class EmbeddingStore:
@@ -180,34 +200,76 @@ class EmbeddingStore:
 
         A complete store is opened without loading the model. Otherwise missing shards are
         computed (one forward pass per batch yields every layer) and the store is consolidated.
+        Under torch.distributed every rank calls this: the missing shards are split between the
+        ranks, rank 0 consolidates, and every rank returns the finished store.
         """
         t0 = time.perf_counter()
         root = Path(cache_dir or default_cache_dir()) / store_key(extractor, corpus)
+        rank, world_size = distributed.world()
+        if world_size > 1:
+            distributed.init_from_env()
+            rank, world_size = distributed.world()
+            keys = distributed.all_gather(root.name)
+            if len(set(keys)) > 1:
+                raise StoreError(f"rank {rank}: ranks disagree on the store key ({', '.join(sorted(set(keys)))}): "
+                                 "every rank needs the same model and the same corpus (same paths, same files)")
         if (root / "index.json").is_file():
             store = cls(root)
             if store.utt_ids != [u.utt_id for u in corpus]:
                 raise StoreError(f"{root}: utterance ids differ from the corpus; delete the folder and re-run")
-            store.stats = ExtractionStats(wall_seconds=time.perf_counter() - t0)
+            store.stats = ExtractionStats(wall_seconds=time.perf_counter() - t0, world_size=world_size, rank=rank)
             return store
         shard_dir = root / "shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
         bounds = shard_bounds([u.duration for u in corpus], max_utts=max_shard_utts, max_seconds=max_shard_seconds)
-        stats = ExtractionStats(shards_total=len(bounds))
-        todo = [k for k in range(len(bounds)) if not (shard_dir / f"{k:05d}.npz").is_file()]
-        n_todo = sum(bounds[k][1] - bounds[k][0] for k in todo)
-        with tqdm(total=n_todo, unit="utt", desc=f"extract {extractor.spec}", disable=not progress or not todo) as bar:
-            for k in todo:
+        shard_paths = [shard_dir / f"{k:05d}.npz" for k in range(len(bounds))]
+        stats = ExtractionStats(shards_total=len(bounds), world_size=world_size, rank=rank)
+        # Rank 0's list of missing shards is everyone's, so a shard written meanwhile cannot change the split.
+        todo = distributed.broadcast_from_main(
+            [k for k, p in enumerate(shard_paths) if not p.is_file()] if rank == 0 else None)
+        mine = [todo[i] for i in distributed.shards_for_rank(len(todo), rank, world_size)]
+        n_mine = sum(bounds[k][1] - bounds[k][0] for k in mine)
+        desc = f"extract {extractor.spec}" + (f" (rank 0 of {world_size})" if world_size > 1 else "")
+        with tqdm(total=n_mine, unit="utt", desc=desc, disable=not progress or not mine or rank != 0) as bar:
+            for k in mine:
                 utts = corpus.utterances[bounds[k][0]:bounds[k][1]]
-                t_model = _extract_shard(extractor, utts, shard_dir / f"{k:05d}.npz", batch_size)
+                if world_size > 1 and shard_paths[k].is_file():  # another process finished it meanwhile
+                    bar.update(len(utts))
+                    continue
+                t_model = _extract_shard(extractor, utts, shard_paths[k], batch_size)
                 stats.shards_computed += 1
                 stats.model_seconds += t_model
                 stats.audio_seconds += sum(u.duration for u in utts)
                 bar.update(len(utts))
-        _consolidate(root, shard_dir, len(bounds), extractor, corpus)
+        # A collective, hence a barrier: once it returns every rank has written its shards.
+        stats.shards_per_rank = distributed.all_gather(stats.shards_computed)
+        if rank == 0:
+            if world_size > 1:
+                _wait_visible(shard_paths)
+            _consolidate(root, shard_dir, len(bounds), extractor, corpus)
+        distributed.barrier()  # index.json is written
+        if rank != 0:
+            _wait_visible([root / "index.json"])
         store = cls(root)
         stats.wall_seconds = time.perf_counter() - t0
         store.stats = stats
         return store
+
+
+def _wait_visible(paths: Sequence[Path], timeout_s: float = 120.0) -> None:
+    """Wait until every file is visible here: on a shared filesystem (e.g. NFS) a file another
+    machine has just written can take a few seconds to appear."""
+    deadline = time.monotonic() + timeout_s
+    missing = [p for p in paths if not p.is_file()]
+    while missing:
+        if time.monotonic() > deadline:
+            raise StoreError(f"{missing[0]}: not visible {timeout_s:.0f} s after every rank finished "
+                             f"({len(missing)} file(s) missing); is the store folder on a filesystem all ranks share?")
+        time.sleep(0.5)
+        for folder in {p.parent for p in missing}:
+            with contextlib.suppress(OSError):
+                os.listdir(folder)  # re-reads the folder (refreshes a network filesystem's cached listing)
+        missing = [p for p in missing if not p.is_file()]
 
 
 def _extract_shard(extractor: Extractor, utts, path: Path, batch_size: int) -> float:
