@@ -9,6 +9,8 @@ A TOML file holds the same settings as the CLI flags::
     out = "reports/ls-whisper"
     policy = "examples/policies/release_pooled.toml"   # gate the run (exit 1 when a fail rule breaks)
     redact = false            # true: the report holds no original audio, transcripts or raw speaker ids
+    device = "auto"           # cpu | cuda | cuda:N | auto (cuda when torch sees a GPU)
+    quantize = "int8"         # audit the dynamically int8-quantised model (CPU); omit for float32
     utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
     defense_fraction = 0.5    # share of speakers in the defense partition (disjoint from evaluated speakers)
 
@@ -49,6 +51,7 @@ from typing import Any
 from attacks import default_attacks, load_families
 from audit.defense import DefenseFamily
 from audit.errors import ConfigError
+from audit.extractor import check_quantize
 from audit.family import AttackFamily
 from audit.utility import UtilitySettings, UtilityTask
 from defenses import load_defenses
@@ -126,6 +129,8 @@ class AuditConfig:
     defenses: list[DefenseSpec] = field(default_factory=list)
     policy: str | None = None
     redact: bool = False
+    device: str = "auto"
+    quantize: str | None = None
     families: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -158,6 +163,9 @@ class AuditConfig:
             raise ConfigError(f"segment={self.segment!r}: must be a positive number of seconds")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r}: must be >= 1")
+        if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", str(self.device)):
+            raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
+        check_quantize(self.quantize)
         for name in self.attacks:
             if name not in known:
                 raise ConfigError(f"attacks: unknown attack family {name!r} (known: {', '.join(known)})")

@@ -16,6 +16,12 @@ model family's input rules:
 
 Model weights are only loaded when frames must be computed; :meth:`Extractor.fingerprint`
 hashes the weight files, so a store hit does no model work at all.
+
+Every extractor runs in float32 (no mixed precision, TF32 off on CUDA) on its ``device``
+(:func:`resolve_device`), or int8: ``quantize="int8"`` audits the model as torch's dynamic
+quantisation runs it on the CPU (Linear weights stored as qint8, activations quantised per
+batch at run time). Quantisation and a non-CPU device are part of ``settings``, so their
+stores never mix with the float32 CPU store of the same model.
 """
 
 from __future__ import annotations
@@ -23,18 +29,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from audit.errors import ModelLoadError
+from audit.errors import ConfigError, ModelLoadError
 
 EXTRACTOR_VERSION = "1"
 OFFLINE_MODELS = ("whisper-tiny.en", "ge2e", "tiny-random-wav2vec2")
 HF_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
+QUANTIZE_MODES = ("int8",)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def hash_files(paths: Sequence[Path]) -> str:
@@ -48,12 +59,79 @@ def hash_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
+def resolve_device(name: str) -> str:
+    """The torch device an extractor runs on: ``"auto"`` is ``"cuda"`` when torch sees a GPU, else ``"cpu"``.
+
+    ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are returned as given once checked; a CUDA device
+    torch cannot use, or any other name, is a :class:`ConfigError` naming ``device``.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if not isinstance(name, str) or not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ConfigError(f"device={name!r}: expected one of {', '.join(DEVICES)} (or cuda:N)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}: CUDA is not available (torch {torch.__version__} sees no GPU); "
+                          "use device='cpu' or 'auto'")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def check_quantize(quantize: str | None) -> None:
+    """Raise :class:`ConfigError` naming ``quantize`` unless it is None (float32) or ``"int8"``."""
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize={quantize!r}: expected {' or '.join(map(repr, QUANTIZE_MODES))}, "
+                          "or none for float32")
+
+
+def quantize_int8(module, kinds: set[type]):
+    """A copy of ``module`` with its ``kinds`` layers dynamically int8-quantised (torch, CPU).
+
+    Uses ``torch.ao.quantization.quantize_dynamic`` with its default qconfig (qint8 per-tensor
+    weights, activations quantised per call): torch 2.9 deprecates ``torch.ao.quantization`` in
+    favour of torchao, which is not among the pinned packages, so its deprecation warning is
+    silenced here.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(module, kinds, dtype=torch.qint8)
+
+
+@contextmanager
+def full_fp32(device: str) -> Iterator[None]:
+    """On CUDA, float32 matmuls, convolutions and RNNs without TF32 for the block; restored after."""
+    if not device.startswith("cuda"):
+        yield
+        return
+    import torch
+
+    knobs = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn]
+    saved = [knob.fp32_precision for knob in knobs]
+    try:
+        for knob in knobs:
+            knob.fp32_precision = "ieee"
+        yield
+    finally:
+        for knob, value in zip(knobs, saved):
+            knob.fp32_precision = value
+
+
 class Extractor(ABC):
     """Base class: hidden states of every layer for a batch of 16 kHz mono clips.
 
     Subclasses set ``spec``, ``layer_names``, ``hidden_sizes``, ``frame_rates`` (Hz per
-    layer) and ``can_pad_batch`` (whether clips of different lengths may share a batch),
-    and implement :meth:`_weights_fingerprint`, :meth:`_load` and :meth:`_forward`.
+    layer), ``can_pad_batch`` (whether clips of different lengths may share a batch) and
+    ``settings`` (the model's input rules), and implement :meth:`_weights_fingerprint`,
+    :meth:`_load` and :meth:`_forward`; :meth:`_place` readies a loaded torch module.
+    ``quantize`` (None or ``"int8"``) and ``device`` (a resolved torch device) are checked by
+    :func:`build_extractor`; ``settings`` adds them when they are not the float32 CPU default.
     """
 
     spec: str
@@ -61,10 +139,32 @@ class Extractor(ABC):
     hidden_sizes: list[int]
     frame_rates: list[float]
     can_pad_batch: bool = True
-    settings: dict
+    int8_modules: tuple[str, ...] = ("Linear",)
 
-    def __init__(self) -> None:
+    def __init__(self, *, quantize: str | None = None, device: str = "cpu") -> None:
         self._loaded = False
+        self.quantize = quantize
+        self.device = device
+        self._model_settings: dict = {}
+
+    @property
+    def settings(self) -> dict:
+        """What changes the numbers beyond the weights: input rules, int8 quantisation, a non-CPU device."""
+        extra: dict = {}
+        if self.quantize:
+            import torch
+
+            extra["quantize"] = self.quantize
+            extra["quantization"] = (f"torch dynamic quantisation of {', '.join(self.int8_modules)}: qint8 "
+                                     f"per-tensor weights, activations quantised per call, engine "
+                                     f"{torch.backends.quantized.engine}")
+        if self.device != "cpu":
+            extra["device"] = self.device.partition(":")[0]
+        return {**self._model_settings, **extra}
+
+    @settings.setter
+    def settings(self, value: dict) -> None:
+        self._model_settings = dict(value)
 
     @property
     def num_layers(self) -> int:
@@ -81,10 +181,17 @@ class Extractor(ABC):
         return self._fingerprint
 
     def describe(self) -> dict:
-        """JSON-friendly description for reports."""
-        return {"spec": self.spec, "num_layers": self.num_layers, "layer_names": self.layer_names,
-                "hidden_sizes": self.hidden_sizes, "frame_rates_hz": self.frame_rates,
-                "settings": self.settings, "batching": "padded" if self.can_pad_batch else "equal-length only"}
+        """JSON-friendly description for reports (with the device and the precision the model runs in)."""
+        out = {"spec": self.spec, "num_layers": self.num_layers, "layer_names": self.layer_names,
+               "hidden_sizes": self.hidden_sizes, "frame_rates_hz": self.frame_rates,
+               "settings": self.settings, "batching": "padded" if self.can_pad_batch else "equal-length only",
+               "device": self.device, "quantize": self.quantize,
+               "precision": "int8 (dynamic quantisation, CPU)" if self.quantize else "float32"}
+        if self.device.startswith("cuda"):
+            import torch
+
+            out["device_name"] = torch.cuda.get_device_name(self.device)
+        return out
 
     def load(self) -> "Extractor":
         """Load the weights (idempotent)."""
@@ -98,8 +205,17 @@ class Extractor(ABC):
         self.load()
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), full_fp32(self.device):
             return self._forward(list(wavs))
+
+    def _place(self, module):
+        """``module`` as this extractor runs it: float32 and eval, int8-quantised or moved to the device."""
+        import torch
+
+        module = module.float().eval()
+        if self.quantize == "int8":
+            module = quantize_int8(module, {getattr(torch.nn, name) for name in self.int8_modules})
+        return module.to(self.device)
 
     @abstractmethod
     def _weights_fingerprint(self) -> str: ...
@@ -116,8 +232,8 @@ class WhisperTinyEnOffline(Extractor):
 
     spec = "whisper-tiny.en"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, quantize: str | None = None, device: str = "cpu") -> None:
+        super().__init__(quantize=quantize, device=device)
         self.layer_names = ["embed"] + [f"layer{i}" for i in range(1, 5)]
         self.hidden_sizes = [384] * 5
         self.frame_rates = [50.0] * 5
@@ -132,11 +248,12 @@ class WhisperTinyEnOffline(Extractor):
         from audit.whisper_offline import load_whisper_tiny_en
 
         self._bundle = load_whisper_tiny_en()
+        self._encoder = self._place(self._bundle.model.model.encoder)
 
     def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
         from audit.whisper_offline import encoder_hidden_states
 
-        return encoder_hidden_states(self._bundle, wavs, batch_size=len(wavs))
+        return encoder_hidden_states(self._bundle, wavs, batch_size=len(wavs), encoder=self._encoder)
 
 
 class GE2E(Extractor):
@@ -144,8 +261,14 @@ class GE2E(Extractor):
 
     spec = "ge2e"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, quantize: str | None = None, device: str = "cpu") -> None:
+        if quantize:
+            raise ConfigError(
+                f"quantize={quantize!r} is not supported for model 'ge2e': torch's dynamic int8 LSTM quantises each "
+                "layer's input per tensor, and GE2E's first LSTM reads linear-power mel (values from ~1e-11 to ~20), "
+                "so its output loses the signal (cosine 0.18 to float32 measured on LibriSpeech); audit ge2e in float32"
+            )
+        super().__init__(quantize=quantize, device=device)
         from audit.ge2e import GE2EEncoder, layer_frame_rates
 
         self._cls = GE2EEncoder
@@ -162,6 +285,8 @@ class GE2E(Extractor):
 
     def _load(self) -> None:
         self._encoder = self._cls()
+        if self.device != "cpu":
+            self._encoder._net = _NetOnDevice(self._place(self._encoder._net), self.device)
 
     def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
         return [self._encoder.layers(w, source=self.spec) for w in wavs]
@@ -174,11 +299,12 @@ class HuggingFaceSpeech(Extractor):
     states are ``output_hidden_states=True``: the CNN/embedding output plus every layer.
     """
 
-    def __init__(self, spec: str, *, model=None, feature_extractor=None, weights_id: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, spec: str, *, model=None, feature_extractor=None, weights_id: str | None = None,
+                 quantize: str | None = None, device: str = "cpu") -> None:
+        super().__init__(quantize=quantize, device=device)
         self.spec = spec
         if model is not None:
-            self._model, self._fe, self._weights_id = model, feature_extractor, weights_id
+            self._model, self._fe, self._weights_id = self._place(model), feature_extractor, weights_id
             self._folder = None
             self._loaded = True
         else:
@@ -214,16 +340,17 @@ class HuggingFaceSpeech(Extractor):
         return hash_files(files)
 
     def _load(self) -> None:
+        import torch
         from transformers import AutoModel, WhisperModel
 
         try:
             if self.family == "whisper":
-                self._model = WhisperModel.from_pretrained(self._folder).encoder
+                model = WhisperModel.from_pretrained(self._folder, dtype=torch.float32).encoder
             else:
-                self._model = AutoModel.from_pretrained(self._folder)
+                model = AutoModel.from_pretrained(self._folder, dtype=torch.float32)
         except Exception as exc:
             raise ModelLoadError(f"model {self.spec!r}: cannot load weights from {self._folder}: {exc}") from exc
-        self._model.eval()
+        self._model = self._place(model)
 
     def _setup_batching(self) -> None:
         if self.family == "whisper":
@@ -253,14 +380,29 @@ class HuggingFaceSpeech(Extractor):
         for i, w in enumerate(wavs):
             batch[i, : w.size] = w
             mask[i, : w.size] = 1
-        kwargs = {"attention_mask": torch.from_numpy(mask)} if self._use_mask else {}
-        out = self._model(torch.from_numpy(batch), output_hidden_states=True, **kwargs)
+        kwargs = {"attention_mask": torch.from_numpy(mask).to(self.device)} if self._use_mask else {}
+        out = self._model(torch.from_numpy(batch).to(self.device), output_hidden_states=True, **kwargs)
         n_frames = self._model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
-        states = [h.float().numpy() for h in out.hidden_states]
+        states = [h.float().cpu().numpy() for h in out.hidden_states]
         return [[s[i, : n_frames[i]] for s in states] for i in range(len(wavs))]
 
 
-def tiny_random_wav2vec2(seed: int = 0) -> HuggingFaceSpeech:
+class _NetOnDevice:
+    """GE2E's network on another device, CPU tensors in and out as :class:`audit.ge2e.GE2EEncoder` expects."""
+
+    def __init__(self, net, device: str) -> None:
+        self.net, self.device = net, device
+
+    def hidden_states(self, mels):
+        """Each LSTM layer's output sequence, computed on the device."""
+        return [h.cpu() for h in self.net.hidden_states(mels.to(self.device))]
+
+    def embed(self, last_hidden):
+        """The partial-window embeddings, computed on the device."""
+        return self.net.embed(last_hidden.to(self.device)).cpu()
+
+
+def tiny_random_wav2vec2(seed: int = 0, *, quantize: str | None = None, device: str = "cpu") -> HuggingFaceSpeech:
     """A seeded, randomly initialised tiny wav2vec2 (hidden 32, 2 layers, 50 Hz) for fast tests."""
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
@@ -272,7 +414,8 @@ def tiny_random_wav2vec2(seed: int = 0) -> HuggingFaceSpeech:
     model = Wav2Vec2Model(config).eval()
     fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
     return HuggingFaceSpeech("tiny-random-wav2vec2", model=model, feature_extractor=fe,
-                             weights_id=f"tiny-random-wav2vec2 seed={seed} {config.to_json_string()}")
+                             weights_id=f"tiny-random-wav2vec2 seed={seed} {config.to_json_string()}",
+                             quantize=quantize, device=device)
 
 
 def _read_hf_config(spec: str, folder: str):
@@ -366,12 +509,24 @@ def speechbrain_source(spec: str, *, label: str) -> str:
     return hub_snapshot(spec, label=label, how="pass DIR", download=False)
 
 
-def build_extractor(spec: str) -> Extractor:
-    """Extractor for a model spec: an offline name, a Hugging Face id or a local folder."""
+def build_extractor(spec: str, *, quantize: str | None = None, device: str = "cpu") -> Extractor:
+    """Extractor for a model spec: an offline name, a Hugging Face id or a local folder.
+
+    ``quantize``: None (float32) or ``"int8"`` (torch dynamic quantisation of the Linear layers,
+    CPU only; not supported for ``ge2e``). ``device``: ``"cpu"``, ``"cuda"``/``"cuda:N"`` or
+    ``"auto"`` (:func:`resolve_device`; with ``quantize`` set, ``"auto"`` means the CPU). Both are
+    checked before anything is loaded; a bad value is a :class:`ConfigError` naming the key.
+    """
+    check_quantize(quantize)
+    device = "cpu" if quantize and device == "auto" else resolve_device(device)
+    if quantize and device != "cpu":
+        raise ConfigError(f"quantize={quantize!r}: torch's dynamic int8 quantisation runs on the CPU only, not on "
+                          f"device={device!r}; use device='cpu' or no quantize")
+    kw = {"quantize": quantize, "device": device}
     if spec == "whisper-tiny.en":
-        return WhisperTinyEnOffline()
+        return WhisperTinyEnOffline(**kw)
     if spec == "ge2e":
-        return GE2E()
+        return GE2E(**kw)
     if spec == "tiny-random-wav2vec2":
-        return tiny_random_wav2vec2()
-    return HuggingFaceSpeech(spec)
+        return tiny_random_wav2vec2(**kw)
+    return HuggingFaceSpeech(spec, **kw)

@@ -705,6 +705,7 @@ def encoder_hidden_states(
     *,
     sample_rate: int = SAMPLE_RATE,
     batch_size: int = 8,
+    encoder: nn.Module | None = None,
 ) -> list[list[np.ndarray]]:
     """Per-layer Whisper encoder frames (50 Hz) of each clip.
 
@@ -722,6 +723,9 @@ def encoder_hidden_states(
         Their sample rate; other rates than 16 kHz are resampled.
     batch_size : int
         30 s windows encoded together.
+    encoder : torch.nn.Module, optional
+        The encoder to run instead of the bundle's own (e.g. an int8-quantised copy, or one on
+        another device).
 
     Returns
     -------
@@ -735,8 +739,8 @@ def encoder_hidden_states(
     AudioError
         If a clip is not a non-empty, finite, 1-D waveform.
     """
-    return whisper_encoder_states(bundle.model.model.encoder, bundle.feature_extractor,
-                                  _prepare(audios, sample_rate), batch_size=batch_size)
+    return whisper_encoder_states(bundle.model.model.encoder if encoder is None else encoder,
+                                  bundle.feature_extractor, _prepare(audios, sample_rate), batch_size=batch_size)
 
 
 def whisper_encoder_states(encoder, feature_extractor, clips: list[np.ndarray], *,
@@ -744,8 +748,9 @@ def whisper_encoder_states(encoder, feature_extractor, clips: list[np.ndarray], 
     """Hidden states of any Whisper encoder for 16 kHz clips, 30 s window by window (50 Hz).
 
     Shared by the offline tiny.en bundle and Hugging Face Whisper checkpoints: each
-    consecutive 30 s window is padded to the full window, encoded, and cut back to the
-    window's own frames; windows of one clip are concatenated.
+    consecutive 30 s window is padded to the full window, encoded (on the device of the
+    encoder's parameters), and cut back to the window's own frames; windows of one clip are
+    concatenated.
     """
     if batch_size < 1:
         raise AudioError(f"batch_size must be at least 1, got {batch_size}")
@@ -755,15 +760,16 @@ def whisper_encoder_states(encoder, feature_extractor, clips: list[np.ndarray], 
         for start in range(0, clip.size, WINDOW_SAMPLES)
     ]
     parts: list[list[list[np.ndarray]]] = [[] for _ in clips]
+    device = next(encoder.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(windows), batch_size):
             chunk = windows[start : start + batch_size]
             feats = feature_extractor([window for _, window in chunk], sampling_rate=SAMPLE_RATE,
-                                      return_tensors="pt")["input_features"].to(torch.float32)
+                                      return_tensors="pt")["input_features"].to(device, torch.float32)
             out = encoder(feats, output_hidden_states=True)
             for row, (index, window) in enumerate(chunk):
                 n_frames = min(out.hidden_states[0].shape[1], math.ceil(window.size / FRAME_SAMPLES))
-                parts[index].append([layer[row, :n_frames].numpy().copy() for layer in out.hidden_states])
+                parts[index].append([layer[row, :n_frames].cpu().numpy().copy() for layer in out.hidden_states])
     return [
         [np.concatenate([window[layer] for window in clip_parts]) for layer in range(len(clip_parts[0]))]
         for clip_parts in parts

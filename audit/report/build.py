@@ -300,8 +300,8 @@ def _reproducibility(results: dict) -> Section:
     tool = results.get("tool") or {}
     items = [f"speech-audit {tool.get('version', '?')}, results schema {results['schema_version']}, "
              f"created {results.get('created', '?')}",
-             f"model: {model.get('spec')} ({model.get('num_layers')} layers), fingerprint "
-             f"{str(model.get('fingerprint'))[:16]}",
+             f"model: {model.get('spec')} ({model.get('num_layers')} layers, {model.get('precision', 'float32')} on "
+             f"{model.get('device', 'cpu')}), fingerprint {str(model.get('fingerprint'))[:16]}",
              f"corpus: {corpus.get('description', corpus.get('spec'))} ({corpus.get('n_utterances')} utterances, "
              f"{corpus.get('n_speakers')} speakers, {corpus.get('n_recordings', '?')} recordings, "
              f"{corpus.get('n_sessions', '?')} sessions), fingerprint {str(corpus.get('fingerprint'))[:16]}",

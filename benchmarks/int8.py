@@ -1,0 +1,158 @@
+"""int8 benchmark: extraction speed and per-layer speaker-ID leakage of the int8 vs the float32 model.
+
+Prints measured figures side by side (nothing is asserted):
+
+* extraction speed of the float32 and the int8 extractor (torch dynamic quantisation of the
+  Linear layers, CPU) on the same clips, in audio-seconds per second, and their ratio (target
+  >= 1.5x): the bare model forward on pre-decoded clips, batch by batch with the two models
+  alternating so that load from other jobs hits both alike; then the model seconds of each
+  full store build;
+* closed-set speaker identification per layer on each store, through the project's own attack
+  family (split, attacker, CIs as in an audit): top-1 with its 95% CI for float32 and int8, and
+  whether the CIs overlap, next to the relative error of the int8 frames.
+
+Defaults: whisper-tiny.en on the test-other utterances of ``../shared/data/librispeech_subset``
+(skipped with a message when absent); pooled logistic regression only.
+
+Usage: ``python benchmarks/int8.py [--model whisper-tiny.en] [--corpus PATH] [--speed-n 24] [--batch-size 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from attacks.speaker_id import SpeakerIDSettings, attack_speaker_id, feasibility, split_speaker_id  # noqa: E402
+from audit.audio import load_audio  # noqa: E402
+from audit.corpus import Corpus, load_corpus  # noqa: E402
+from audit.embeddings import layer_set  # noqa: E402
+from audit.extractor import Extractor, build_extractor  # noqa: E402
+from audit.family import RunContext  # noqa: E402
+from audit.pipeline import corpus_labels  # noqa: E402
+from audit.results import fmt_ci  # noqa: E402
+from audit.store import EmbeddingStore, _batches, store_key  # noqa: E402
+
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "librispeech_subset"
+ATTACKERS = ["logreg"]
+
+
+def audit_corpus(spec: str, n: int | None) -> Corpus:
+    """The corpus (its test-other utterances when it has a ``subset`` column), the first ``n`` if given."""
+    corpus = load_corpus(spec, progress=False)
+    if any(u.attributes.get("subset") == "test-other" for u in corpus):
+        corpus = corpus.where(["subset=test-other"])
+    return Corpus(corpus.name, corpus.utterances[:n], corpus.filters) if n else corpus
+
+
+def timed_forward(extractors: dict[str, Extractor], wavs: list[np.ndarray], batch_size: int) -> dict[str, float]:
+    """Seconds each extractor spends on ``wavs``, batch by batch, the order of the two alternating per batch."""
+    seconds = dict.fromkeys(extractors, 0.0)
+    names = list(extractors)
+    for k, batch in enumerate(_batches([w.size for w in wavs], batch_size, all(e.can_pad_batch
+                                                                               for e in extractors.values()))):
+        for name in names if k % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            extractors[name]([wavs[i] for i in batch])
+            seconds[name] += time.perf_counter() - t
+    return seconds
+
+
+def frame_error(a: EmbeddingStore, b: EmbeddingStore, layer: int) -> float:
+    """Relative Frobenius error ``||b - a|| / ||a||`` of one layer's frames over the whole store."""
+    num = den = 0.0
+    for i in range(len(a)):
+        fa, fb = a.frames(layer, i).astype(np.float64), b.frames(layer, i).astype(np.float64)
+        num += float(((fb - fa) ** 2).sum())
+        den += float((fa ** 2).sum())
+    return float(np.sqrt(num / den))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--n", type=int, default=None, help="utterances audited (default: all)")
+    parser.add_argument("--speed-n", type=int, default=24, help="utterances in the alternating speed run")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not Path(args.corpus).exists():
+        print(f"skipped: corpus {args.corpus} not present (the shared LibriSpeech subset is needed)")
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    corpus = audit_corpus(args.corpus, args.n)
+    print(f"model {args.model}, corpus {corpus.describe()}, torch threads {torch.get_num_threads()}, "
+          f"quantized engine {torch.backends.quantized.engine}")
+    extractors = {"fp32": build_extractor(args.model).load(),
+                  "int8": build_extractor(args.model, quantize="int8").load()}
+    print(f"int8: {extractors['int8'].settings['quantization']}")
+
+    speed = corpus.utterances[:args.speed_n]
+    wavs = [load_audio(u.path, start=u.start, end=u.end) for u in speed]
+    audio_s = sum(w.size for w in wavs) / 16000
+    for ext in extractors.values():
+        ext(wavs[:1])  # warm-up: first-call allocations are not what we measure
+    secs = timed_forward(extractors, wavs, args.batch_size)
+    rate = {name: audio_s / s for name, s in secs.items()}
+    print(f"\nextraction speed, bare forward, {len(wavs)} clips, {audio_s:.0f} s audio, batches alternating:")
+    for name in extractors:
+        print(f"  {name}: {secs[name]:7.2f} s = {rate[name]:6.1f} audio-s per s")
+    print(f"  int8 / fp32 speed: {rate['int8'] / rate['fp32']:.2f}x (target >= 1.5x)")
+
+    with tempfile.TemporaryDirectory() as cache:
+        stores = {name: EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=args.batch_size, progress=False)
+                  for name, ext in extractors.items()}
+        keys = {name: store_key(ext, corpus) for name, ext in extractors.items()}
+        print(f"\nstore builds, {len(corpus)} clips, {corpus.total_seconds:.0f} s audio "
+              f"(store keys differ: {keys['fp32'] != keys['int8']}):")
+        for name, store in stores.items():
+            st = store.stats
+            print(f"  {name}: model {st.model_seconds:7.2f} s = {st.audio_seconds / st.model_seconds:6.1f} "
+                  f"audio-s per s (wall {st.wall_seconds:.1f} s)")
+        print(f"  int8 / fp32 speed: {stores['fp32'].stats.model_seconds / stores['int8'].stats.model_seconds:.2f}x")
+
+        settings = SpeakerIDSettings(attackers=list(ATTACKERS))
+        labels = corpus_labels(corpus)
+        split = split_speaker_id(labels, settings, args.seed)
+        reason = feasibility(labels, split, settings)
+        if reason:
+            print(f"\nspeaker ID not measurable: {reason}")
+            return
+        n_layers = extractors["fp32"].num_layers
+        run = RunContext(seed=args.seed, n_layers=n_layers)
+        print(f"\nclosed-set speaker ID per layer: attackers {', '.join(ATTACKERS)} only (pooled mean+std; an "
+              f"audit also runs the MLP and the frame-level ECAPA attacker), {len(split.train)} train / "
+              f"{len(split.test)} test utterances, {len(set(corpus.speakers))} speakers, {settings.n_boot} "
+              "bootstrap resamples; 95% CIs per layer (not adjusted for the pick of a layer)")
+        print(f"  {'layer':<10}{'int8 frame err':>15}  {'fp32 top-1 [95% CI]':<24}{'int8 top-1 [95% CI]':<24}"
+              f"{'diff':>7}  CIs overlap")
+        t0 = time.perf_counter()
+        with threadpool_limits(limits=1, user_api="blas"):
+            for layer in range(n_layers):
+                res = {}
+                for name, store in stores.items():
+                    view = layer_set(store, corpus, layer)
+                    ctx = run.layer(layer, store.frame_rates[layer])
+                    res[name] = attack_speaker_id(view.subset(split.train), view.subset(split.test), settings, ctx)
+                (lo32, hi32), (lo8, hi8) = res["fp32"]["ci95"], res["int8"]["ci95"]
+                overlap = max(lo32, lo8) <= min(hi32, hi8)
+                cells = [f"{100 * res[n]['top1']:5.1f}% {fmt_ci(res[n]['ci95'])}" for n in ("fp32", "int8")]
+                error = frame_error(stores["fp32"], stores["int8"], layer)
+                diff = 100 * (res["int8"]["top1"] - res["fp32"]["top1"])
+                print(f"  {layer} {stores['fp32'].layer_names[layer]:<8}{error:>15.4f}  {cells[0]:<24}{cells[1]:<24}"
+                      f"{diff:+6.1f}  {'yes' if overlap else 'NO'}")
+        print(f"  chance {100 * res['fp32']['chance']:.1f}%; attacks took {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
