@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audit.cache import remembered_hash
 from audit.errors import ConfigError, ModelLoadError
 
 EXTRACTOR_VERSION = "1"
@@ -49,14 +50,21 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def hash_files(paths: Sequence[Path]) -> str:
-    """SHA-256 over the bytes of ``paths`` (in order), streamed in 1 MiB blocks."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).name.encode())
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    """SHA-256 over the names and bytes of ``paths`` (in order), streamed in 1 MiB blocks.
+
+    Remembered in the cache per (path, size, mtime) of each file (:func:`audit.cache.remembered_hash`),
+    so unchanged weights are not re-read on every run.
+    """
+    def compute() -> str:
+        h = hashlib.sha256()
+        for p in paths:
+            h.update(Path(p).name.encode())
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
+
+    return remembered_hash(paths, compute)
 
 
 def resolve_device(name: str) -> str:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from audit import distributed
 from audit.atomic import atomic_save
 from audit.audio import load_audio
+from audit.cache import cache_root
 from audit.corpus import Corpus
 from audit.errors import StoreError
 from audit.extractor import Extractor
@@ -50,8 +51,7 @@ STORE_VERSION = 2
 
 def default_cache_dir() -> Path:
     """``$SPEECH_AUDIT_CACHE/store`` if set, else ``~/.cache/speech-audit/store``."""
-    base = os.environ.get("SPEECH_AUDIT_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "speech-audit") / "store"
+    return cache_root() / "store"
 
 
 def store_key(extractor: Extractor, corpus: Corpus) -> str:

@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from audit.audio import SAMPLE_RATE, resample, write_audio
+from audit.cache import cache_root
 from audit.errors import CorpusError
 
 SUBJECTS = (
@@ -329,9 +330,7 @@ def build_corpus(out_dir: str | Path, *, n_voices: int = 24, n_sentences: int = 
 
 def default_corpus_dir() -> Path:
     """Cache folder of built-in corpora: ``$SPEECH_AUDIT_CACHE/synthetic`` or ``~/.cache/speech-audit/synthetic``."""
-    root = os.environ.get("SPEECH_AUDIT_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "speech-audit"
-    return base / "synthetic"
+    return cache_root() / "synthetic"
 
 
 def ensure_default_corpus(*, seed: int = 0, progress: bool = True) -> Path:
