@@ -33,8 +33,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# Measured figures only (nothing asserted): extraction overhead, warm vs cold store, peak RSS 1x/4x,
+# int8 vs fp32, and where the last default audit's time went.
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/extraction.py
+	$(VENV)/bin/python benchmarks/int8.py
+	$(VENV)/bin/python benchmarks/profile.py reports/default
 
 clean-venv:
 	rm -rf $(VENV)

@@ -119,9 +119,12 @@ class AuditPipeline:
             return {"worker": True, "store": {"path": str(store.root)}}
         # Small dense problems: multi-threaded BLAS only adds synchronisation cost (measured 20x slower
         # logistic regression with 2 threads on a busy 2-core machine), so attackers run on one BLAS thread.
+        every_layer = {n: s for n, s in splits.items() if getattr(cfg.settings(n), "layers", None) is None}
         with threadpool_limits(limits=1, user_api="blas"):
-            layer_results = [self._attack_layer(cfg, registry, splits, store, corpus, layer, run)
+            layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
                              for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
+            self._attack_selected_layers(cfg, registry, {n: s for n, s in splits.items() if n not in every_layer},
+                                         store, corpus, layer_results, extractor.num_layers, run)
         results = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "speech-audit", "version": _version()},
@@ -202,6 +205,35 @@ class AuditPipeline:
             attacks[name] = result
             seconds[name] = round(time.perf_counter() - t0, 2)
         return {**store.layer_info(layer), "attacks": attacks, "attack_seconds": seconds}
+
+    @staticmethod
+    def _attack_selected_layers(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
+                                store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
+                                run: RunContext) -> None:
+        """Families whose settings name ``layers`` (``leakiest``, ``last``, indices) attack only those.
+
+        They run after every other family has attacked every layer, so ``leakiest`` (the headline
+        layer) is known; other layers record why the family did not run there.
+        """
+        if not splits:
+            return
+        leaky = headline(layer_results).get("leakiest_layer")
+        audited = [la["index"] for la in layer_results]
+        for name, split in splits.items():
+            wanted = getattr(cfg.settings(name), "layers")
+            chosen = {leaky if w == "leakiest" else num_layers - 1 if w == "last" else w for w in wanted}
+            chosen = {i for i in chosen if i is not None and i in audited}
+            for la in tqdm(layer_results, desc=f"{name} layers", disable=not cfg.progress):
+                if la["index"] not in chosen:
+                    la["attacks"][name] = {"skipped": f"layer not selected ({name}.layers = {list(wanted)}: layers "
+                                                      f"{', '.join(map(str, sorted(chosen))) or 'none'})"}
+                    continue
+                t0 = time.perf_counter()
+                view = layer_set(store, corpus, la["index"])
+                ctx = run.layer(la["index"], store.frame_rates[la["index"]])
+                la["attacks"][name] = registry[name].attack(view.subset(split.train), view.subset(split.test),
+                                                            cfg.settings(name), ctx)
+                la["attack_seconds"][name] = round(time.perf_counter() - t0, 2)
 
     @staticmethod
     def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, summary: dict, out: Path) -> list[dict]:
