@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
-from audit.estimators import NotFittedError, seeded
+from audit.estimators import NotFittedError, full_fp32, seeded, torch_device
 from audit.family import AttackFamily, FamilySettings, LayerContext, RunContext, check_range
 from audit.metrics import bootstrap_ci, speaker_bootstrap_ci
 from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
@@ -283,10 +283,14 @@ class InversionDecoder:
         None keeps torch's setting. On a small shared CPU, 1 is often several times faster
         than oversubscribed cores.
     seed : int, default=0
+    device : str, default="cpu"
+        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); the decoder trains and predicts there,
+        in float32 (weights initialised on the CPU). :meth:`predict` returns numpy arrays.
 
     Attributes
     ----------
     net_ : torch.nn.Module
+        On ``device``.
     history_ : list of dict
         Per epoch: ``train_loss``, ``val_loss`` (the objective) and ``val_l1`` (mean absolute
         error in natural-log mel units).
@@ -309,7 +313,8 @@ class InversionDecoder:
     def __init__(self, *, input_rate: float, target_rate: float, channels: int = 256, n_layers: int = 4,
                  kernel_size: int = 5, max_epochs: int = 60, patience: int = 8, batch_size: int = 16,
                  lr: float = 1e-3, crop_seconds: float = 3.0, spectral_convergence_weight: float = 0.0,
-                 val_fraction: float = 0.15, num_threads: int | None = None, seed: int = 0) -> None:
+                 val_fraction: float = 0.15, num_threads: int | None = None, seed: int = 0,
+                 device: str = "cpu") -> None:
         self.input_rate = input_rate
         self.target_rate = target_rate
         self.channels = channels
@@ -324,6 +329,7 @@ class InversionDecoder:
         self.val_fraction = val_fraction
         self.num_threads = num_threads
         self.seed = seed
+        self.device = device
 
     # ------------------------------------------------------------------ checks
 
@@ -349,6 +355,7 @@ class InversionDecoder:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 1):
             raise ConfigError(f"{name}: num_threads={threads!r} must be None or an int >= 1")
+        torch_device(self.device, name)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):
@@ -387,11 +394,12 @@ class InversionDecoder:
                   t_mean: torch.Tensor, t_std: torch.Tensor) -> tuple[float, float]:
         """Frame-weighted objective and natural-log L1 on full utterances."""
         net.eval()
+        device = t_std.device
         total, l1, frames = 0.0, 0.0, 0
         with torch.no_grad():
             for x, y in zip(xs, ys):
-                pred = net(torch.from_numpy(x.astype(np.float32))[None])
-                target = torch.from_numpy(y)[None]
+                pred = net(torch.from_numpy(x.astype(np.float32))[None].to(device))
+                target = torch.from_numpy(y)[None].to(device)
                 total += float(self._loss(pred, target, t_mean, t_std)) * y.shape[0]
                 l1 += float(torch.mean(torch.abs(pred - target) * t_std)) * y.shape[0]
                 frames += y.shape[0]
@@ -456,16 +464,18 @@ class InversionDecoder:
 
     def _train(self, xs: list[np.ndarray], ys: list[np.ndarray], fit_idx: np.ndarray,
                val_idx: np.ndarray) -> tuple[_DecoderNet, dict]:
-        """Adam on random aligned crops with early stopping; returns the best net and its record."""
+        """Adam on random aligned crops with early stopping; returns the best net (on ``device``) and its record."""
+        device = torch_device(self.device, type(self).__name__)
         rng = np.random.default_rng(self.seed)
         crop = self.crop_frames
         lengths = np.array([ys[i].shape[0] for i in fit_idx])
         epoch_items = np.repeat(fit_idx, np.maximum(1, np.round(lengths / crop).astype(int)))
-        t_mean, t_std = torch.from_numpy(self.target_mean_), torch.from_numpy(self.target_std_)
+        t_mean, t_std = torch.from_numpy(self.target_mean_).to(device), torch.from_numpy(self.target_std_).to(device)
         val_x, val_y = [xs[i] for i in val_idx], [ys[i] for i in val_idx]
         history, best, best_state, best_epoch, steps, stopped = [], math.inf, None, 0, 0, False
-        with seeded(self.seed):
-            net = _DecoderNet(xs[0].shape[1], ys[0].shape[1], self.channels, self.n_layers, self.kernel_size)
+        with seeded(self.seed, device):
+            net = _DecoderNet(xs[0].shape[1], ys[0].shape[1], self.channels, self.n_layers,
+                              self.kernel_size).to(device)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr)
             # Halve the step when validation stalls, so training settles before patience runs out.
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
@@ -480,8 +490,8 @@ class InversionDecoder:
                         start = int(rng.integers(0, max(1, ys[i].shape[0] - crop + 1)))
                         xb.append(fit_length(xs[i][start:], crop))
                         yb.append(fit_length(ys[i][start:], crop))
-                    pred = net(torch.from_numpy(np.stack(xb).astype(np.float32)))
-                    loss = self._loss(pred, torch.from_numpy(np.stack(yb)), t_mean, t_std)
+                    pred = net(torch.from_numpy(np.stack(xb).astype(np.float32)).to(device))
+                    loss = self._loss(pred, torch.from_numpy(np.stack(yb)).to(device), t_mean, t_std)
                     opt.zero_grad()
                     loss.backward()
                     nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -533,11 +543,12 @@ class InversionDecoder:
             raise ConfigError(f"n_frames has {len(n_frames)} entries for {len(frames)} sequences")
         out = []
         self.net_.eval()
-        with torch.no_grad(), _torch_threads(self.num_threads):
+        device = next(self.net_.parameters()).device
+        with torch.no_grad(), _torch_threads(self.num_threads), full_fp32(device):
             for x, n in zip(frames, n_frames):
                 if isinstance(n, bool) or int(n) != n or n < 1:
                     raise ConfigError(f"n_frames entries must be ints >= 1, got {n!r}")
-                pred = self.net_(torch.from_numpy(self._inputs(x, int(n)))[None])[0].numpy()
+                pred = self.net_(torch.from_numpy(self._inputs(x, int(n)))[None].to(device))[0].cpu().numpy()
                 out.append((pred * self.target_std_ + self.target_mean_).astype(np.float32))
         return out
 
@@ -683,7 +694,8 @@ class InversionSettings(FamilySettings):
     evaluated speaker, so the speaker judge can link them) are vocoded and scored by the
     judges; ``n_examples`` of them are saved as audio. ``skip_judges`` reports signal metrics
     only (a weakened audit); ``shuffled_control`` also trains a decoder on misaligned
-    embeddings, the sanity check that the decoder reads them.
+    embeddings, the sanity check that the decoder reads them. ``layers`` (None: every audited
+    layer) limits inversion to layer indices, ``"leakiest"`` (the headline layer) and ``"last"``.
     """
 
     BUDGET = ("max_train_utts", "n_eval", "max_epochs", "channels", "n_boot")
@@ -702,6 +714,7 @@ class InversionSettings(FamilySettings):
     shuffled_control: bool = False
     min_frame_rate: float = 10.0
     n_boot: int = 1000
+    layers: list[int | str] | None = None
 
     def validate(self, prefix: str = "inversion.") -> None:
         """Raise :class:`ConfigError` naming the bad key."""
@@ -718,6 +731,14 @@ class InversionSettings(FamilySettings):
             raise ConfigError(f"{prefix}vocoder={self.vocoder!r}: {problem}")
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
+        if self.layers is not None:
+            if not isinstance(self.layers, list) or not self.layers:
+                raise ConfigError(f"{prefix}layers={self.layers!r}: a non-empty list of layer indices, 'leakiest' "
+                                  "or 'last' (omit it for every layer)")
+            for layer in self.layers:
+                if not (layer in ("leakiest", "last") or (isinstance(layer, int) and not isinstance(layer, bool)
+                                                         and layer >= 0)):
+                    raise ConfigError(f"{prefix}layers: {layer!r} is not a layer index, 'leakiest' or 'last'")
 
     def _extra_weakening(self, prefix: str) -> list[str]:
         if self.skip_judges:
@@ -794,10 +815,14 @@ def _mel_metrics(true: list[np.ndarray], pred: list[np.ndarray], n_boot: int, se
             "n_utterances": len(true)}
 
 
-def _decoder(settings: InversionSettings, input_rate: float, target_rate: float, seed: int) -> InversionDecoder:
-    """The audit's decoder budget: 128 channels, lr 3e-3 halved on plateaus, patience 8, one torch thread."""
+def _decoder(settings: InversionSettings, input_rate: float, target_rate: float, seed: int,
+             device: str = "cpu") -> InversionDecoder:
+    """The audit's decoder budget: 128 channels, lr 3e-3 halved on plateaus, patience 8, one torch thread.
+
+    It runs on ``device`` in float32.
+    """
     return InversionDecoder(input_rate=input_rate, target_rate=target_rate, channels=settings.channels, lr=3e-3,
-                            max_epochs=settings.max_epochs, patience=8, num_threads=1, seed=seed)
+                            max_epochs=settings.max_epochs, patience=8, num_threads=1, seed=seed, device=device)
 
 
 def _analyse(run: RunContext, data: EmbeddingSet,
@@ -855,7 +880,8 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
     ``test`` holds other speakers. Frame-level inversion needs frames at ``>= min_frame_rate``
     Hz; other layers get the pooled attack only, with the reason recorded. Decoding the audio,
     the originals' log-mels, vocoder copies and the judges' answers on the originals are
-    computed once per run (``ctx.run``), not once per layer.
+    computed once per run (``ctx.run``), not once per layer. The frame decoders run on the
+    run's device (``ctx.device``) in float32.
     """
     from audit.judges import content_leakage, signal_scores, speaker_leakage
     from audit.vocoder import log_mel
@@ -882,14 +908,14 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
         return out
     if settings.vocoder != "griffinlim":
         train_mels, test_mels = train_an[f"vocoder:{settings.vocoder}"], test_an[f"vocoder:{settings.vocoder}"]
-    decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
+    decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed, ctx.device)
     decoder.fit([train.frames(i) for i in range(len(train))], train_mels)
     n_frames = [m.shape[0] for m in test_mels]
     pred = decoder.predict([test.frames(i) for i in range(len(test))], n_frames=n_frames)
     metrics: dict[str, Any] = {"mel": {**_mel_metrics(test_mels, pred, settings.n_boot, seed),
                                        "mel_space": f"the vocoder's log-mel ({vocoder.frame_rate:g} Hz)"}}
     if settings.shuffled_control:
-        shuffled = _decoder(settings, frame_rate, vocoder.frame_rate, seed)
+        shuffled = _decoder(settings, frame_rate, vocoder.frame_rate, seed, ctx.device)
         shuffled.fit(shuffle_alignment([train.frames(i) for i in range(len(train))], seed), train_mels)
         metrics["shuffled_control_mel"] = _mel_metrics(
             test_mels, shuffled.predict([test.frames(i) for i in range(len(test))], n_frames=n_frames),

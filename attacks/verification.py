@@ -565,11 +565,14 @@ def attack_verification(train: EmbeddingSet, test: EmbeddingSet, settings: Verif
 
 def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings, common: dict,
                   ctx: LayerContext) -> dict:
-    """Cosine verification on the embedding of a frame-level attacker trained on the training speakers."""
+    """Cosine verification on the embedding of a frame-level attacker trained on the training speakers.
+
+    The attacker runs on the run's device (``ctx.device``) in float32.
+    """
     if train.frame_source is None:
         return AttackResult.skip("verification", "frame-ecapa", "pooled-only layer: no frames").to_dict()
-    encoder = budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate,
-                                      learning_curve=False).fit(train)
+    encoder = budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate, learning_curve=False,
+                                      device=ctx.device).fit(train)
     result = SpeakerVerification(backend="cosine", **common).fit(train.with_pooled(encoder.transform(train))).evaluate(
         test.with_pooled(encoder.transform(test)))
     result.attacker = "frame-ecapa+cosine"

@@ -42,17 +42,19 @@ class DefenseFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class DefenseContext:
-    """What a defense may use besides its settings: the seed, the utility task, progress bars.
+    """What a defense may use besides its settings: the seed, the utility task, the device, progress bars.
 
     ``utility`` is the audit's utility task (``audit.utility.UtilityTask``) for defenses that
     train a utility head (adversarial regularization); ``frame_rate`` is the layer's frames
-    per second.
+    per second; ``device`` is the resolved torch device trained defenses run on, in float32
+    (``"cpu"``, ``"cuda"``, ``"cuda:N"``; the run's, :attr:`audit.family.RunContext.device`).
     """
 
     seed: int = 0
     utility: Any = None
     frame_rate: float = 50.0
     progress: bool = False
+    device: str = "cpu"
 
 
 class DefenseSettings:

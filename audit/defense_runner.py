@@ -208,7 +208,8 @@ class _LayerComparison:
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"name": family.name, "params": params, "layer": self.ctx.index}
         defense = family.build(settings, DefenseContext(seed=self.cfg.seed, utility=self.plan.task,
-                                                        frame_rate=self.ctx.frame_rate, progress=self.cfg.progress))
+                                                        frame_rate=self.ctx.frame_rate, progress=self.cfg.progress,
+                                                        device=self.ctx.device))
         try:
             with np.errstate(all="ignore"):
                 defense.fit(self.fit_view)
@@ -282,7 +283,7 @@ class _LayerComparison:
             return None
         split = self.plan.utility_split
         return measure_utility(self.plan.task, view.subset(split.train), view.subset(split.test),
-                               self.cfg.utility_probe, self.cfg.seed)
+                               self.cfg.utility_probe, self.cfg.seed, self.ctx.device)
 
     def _utility_entry(self, score: UtilityScore, value: float | None, ci: list | None) -> dict:
         ref = self.undefended_utility

@@ -4,17 +4,25 @@ Written once and used by every attack family: the fitted check, seeded torch cod
 sklearn model while recording whether it converged, choosing a hyper-parameter on validation
 data, the learning curve (the attacker refitted on 25/50/100% of its training data, so a
 reviewer can see whether more data would have made it stronger), and the per-dimension frame
-statistics every frame-level model (attacker, defense, utility probe) standardises its input with.
+statistics every frame-level model (attacker, defense, utility probe) standardises its input with, and
+the one check of a torch estimator's ``device`` setting (:func:`torch_device`), with float32 on
+CUDA (:func:`full_fp32`, entered by :func:`seeded` too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from audit.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Fractions of the training data an attacker's learning curve is measured at.
 CURVE_FRACTIONS = (0.25, 0.5, 1.0)
@@ -32,12 +40,60 @@ def check_is_fitted(estimator: Any, attribute: str) -> None:
         raise NotFittedError(f"{type(estimator).__name__} is not fitted: call fit(train) first")
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run torch code under ``seed`` without disturbing the caller's global RNG."""
+def torch_device(name: "str | torch.device", owner: str = "") -> "torch.device":
+    """The ``torch.device`` of an estimator's ``device`` setting (``"cpu"``, ``"cuda"``, ``"cuda:N"``).
+
+    A name torch cannot use here (no CUDA, a missing GPU index, ``"auto"`` or anything else) is a
+    :class:`ConfigError` naming ``device`` (prefixed by ``owner``, e.g. the estimator's class), so
+    a CPU-only machine asked for ``"cuda"`` fails in one line rather than with a torch traceback.
+    """
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    prefix = f"{owner}: " if owner else ""
+    text = str(name) if isinstance(name, torch.device) else name
+    if not isinstance(text, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise ConfigError(f"{prefix}device={name!r}: expected 'cpu', 'cuda' or 'cuda:N' (a resolved device; "
+                          "'auto' is resolved once per run by audit.extractor.resolve_device)")
+    if text == "cpu":
+        return torch.device(text)
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{prefix}device={text!r}: CUDA is not available (torch {torch.__version__} sees no GPU); "
+                          "use device='cpu'")
+    index = int(text.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"{prefix}device={text!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(text)
+
+
+@contextlib.contextmanager
+def full_fp32(device: "str | torch.device") -> Iterator[None]:
+    """On a CUDA ``device``, float32 matmuls, convolutions and RNNs without TF32 for the block; nothing on the CPU.
+
+    The extractor's rule (:func:`audit.extractor.full_fp32`), so estimators on a GPU compute in
+    the same precision as on the CPU.
+    """
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    from audit.extractor import full_fp32 as extractor_fp32
+
+    with extractor_fp32(str(device)):
+        yield
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: "str | torch.device" = "cpu") -> Iterator[None]:
+    """Run torch code under ``seed`` without disturbing the caller's global RNG.
+
+    ``torch.manual_seed`` seeds the CPU and every CUDA generator; the CPU generator's state,
+    and on a CUDA ``device`` that GPU's, are restored afterwards. On CUDA the block also runs
+    in full float32 (:func:`full_fp32`).
+    """
+    import torch
+
+    device = torch.device(device)
+    devices = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices), full_fp32(device):
         torch.manual_seed(seed)
         yield
 
@@ -93,4 +149,5 @@ def learning_curve(metric: str, full_value: float, refit_value: Callable[[float]
 
 
 __all__ = ["CURVE_FRACTIONS", "MIN_EARLY_STOPPING_ROWS", "NotFittedError", "check_is_fitted", "fit_quiet",
-           "frame_moments", "grid_search", "learning_curve", "seeded", "stratified_fraction"]
+           "frame_moments", "full_fp32", "grid_search", "learning_curve", "seeded", "stratified_fraction",
+           "torch_device"]

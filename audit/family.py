@@ -41,9 +41,11 @@ from audit.splits import Split
 
 @dataclass
 class RunContext:
-    """State shared by every layer of one run: seed, output folder, and work done once per run.
+    """State shared by every layer of one run: seed, device, output folder, and work done once per run.
 
-    ``n_layers`` is the number of layers compared, so a headline picked from several layers
+    ``device`` is the resolved torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) every torch
+    estimator of the run trains and predicts on, in float32 (results come back as numpy either
+    way). ``n_layers`` is the number of layers compared, so a headline picked from several layers
     can say how many it was picked from. :meth:`once` replaces module-global caches: loaded
     judges and vocoders, and layer-independent analyses of the original audio, live here.
     """
@@ -52,6 +54,7 @@ class RunContext:
     out_dir: Path | None = None
     progress: bool = False
     n_layers: int = 1
+    device: str = "cpu"
     _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -81,6 +84,11 @@ class LayerContext:
     def seed(self) -> int:
         """The run's seed."""
         return self.run.seed
+
+    @property
+    def device(self) -> str:
+        """The run's torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
+        return self.run.device
 
     @property
     def out_dir(self) -> Path | None:

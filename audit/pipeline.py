@@ -25,7 +25,7 @@ from audit.distributed import is_main, rank_device
 from audit.defense_runner import check_defense_layers, plan_defenses, run_defenses
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
-from audit.extractor import Extractor, build_extractor
+from audit.extractor import Extractor, build_extractor, resolve_device
 from audit.family import AttackFamily, RunContext, plan_splits
 from audit.gate import check_policy, evaluate, load_policy
 from audit.report import write_report
@@ -107,7 +107,8 @@ class AuditPipeline:
         check_defense_layers(cfg, extractor.num_layers)
         if policy is not None:
             check_policy(policy, list(splits), infeasible, extractor.num_layers, bool(cfg.defenses))
-        run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers))
+        run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers),
+                         device=resolve_device(rank_device(cfg.device)))
         for name in splits:
             if registry[name].preflight is not None and is_main():
                 registry[name].preflight(cfg.settings(name), run)
@@ -131,7 +132,7 @@ class AuditPipeline:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "invocation": {"argv": self.argv} if self.argv is not None else {},
             "config": cfg.to_dict(),
-            "environment": environment(),
+            "environment": {**environment(), "device": run.device},
             "model": {**extractor.describe(), "fingerprint": extractor.fingerprint()},
             "corpus": {"spec": cfg.corpus, "description": corpus.describe(), "n_utterances": len(corpus),
                        "n_speakers": len(set(corpus.speakers)), "total_seconds": round(corpus.total_seconds, 2),

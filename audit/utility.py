@@ -27,7 +27,7 @@ import numpy as np
 from audit.ctc import BLANK, encode, greedy_decode, vocab_size
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
-from audit.estimators import check_is_fitted, fit_quiet, frame_moments, grid_search, seeded
+from audit.estimators import check_is_fitted, fit_quiet, frame_moments, full_fp32, grid_search, seeded, torch_device
 from audit.family import FamilySettings, check_range
 from audit.metrics import CI_METHOD, clopper_pearson, leakage_ci, proportion_ci
 from audit.splits import Split, closed_set_split, speaker_disjoint_split
@@ -483,10 +483,14 @@ class CTCProbe:
     seed : int, default=0
     n_boot : int, default=1000
         Bootstrap resamples of :meth:`evaluate`'s CIs.
+    device : str, default="cpu"
+        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); the probe trains and decodes there, in
+        float32 (weights initialised on the CPU). Transcripts and scores are plain Python.
 
     Attributes
     ----------
     net_ : torch.nn.Module
+        On ``device``.
     mean_, std_ : ndarray of shape (D,)
     history_ : list of dict
         Per epoch: ``epoch``, ``train_loss``, ``val_cer``, ``val_loss`` (None without validation),
@@ -498,7 +502,7 @@ class CTCProbe:
 
     def __init__(self, *, hidden: int = 128, max_epochs: int = 30, patience: int = 6, lr: float = 5e-3,
                  batch_size: int = 16, val_fraction: float = 0.15, dropout: float = 0.3, cell: str = "lstm",
-                 num_threads: int | None = 1, seed: int = 0, n_boot: int = 1000) -> None:
+                 num_threads: int | None = 1, seed: int = 0, n_boot: int = 1000, device: str = "cpu") -> None:
         self.hidden = hidden
         self.max_epochs = max_epochs
         self.patience = patience
@@ -510,6 +514,7 @@ class CTCProbe:
         self.num_threads = num_threads
         self.seed = seed
         self.n_boot = n_boot
+        self.device = device
 
     # ------------------------------------------------------------------ data
 
@@ -519,15 +524,15 @@ class CTCProbe:
             raise StoreError("the ctc utility probe needs frame-level states; this embedding set is pooled-only")
 
     @staticmethod
-    def _pad(seqs: Sequence[np.ndarray]) -> tuple["torch.Tensor", "torch.Tensor"]:
-        """``(B, T_max, D)`` float32 zero-padded batch and the ``(B,)`` lengths."""
+    def _pad(seqs: Sequence[np.ndarray], device: Any = "cpu") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """``(B, T_max, D)`` float32 zero-padded batch and the ``(B,)`` lengths, on ``device``."""
         import torch
 
         lengths = [s.shape[0] for s in seqs]
         out = np.zeros((len(seqs), max(lengths), seqs[0].shape[1]), dtype=np.float32)
         for b, s in enumerate(seqs):
             out[b, :s.shape[0]] = s
-        return torch.from_numpy(out), torch.as_tensor(lengths, dtype=torch.long)
+        return torch.from_numpy(out).to(device), torch.as_tensor(lengths, dtype=torch.long, device=device)
 
     def _validation_rows(self, norm_refs: np.ndarray) -> np.ndarray:
         """About ``val_fraction`` of the rows (at least 1), whole normalised sentences at a time."""
@@ -563,17 +568,18 @@ class CTCProbe:
         net.eval()
         with torch.no_grad():
             for batch in _sorted_batches(lengths, max(self.batch_size, 32)):
-                x, lens = self._pad([frames[i] for i in batch])
-                log_probs = net(x, lens).numpy()
+                x, lens = self._pad([frames[i] for i in batch], net.mean.device)
+                log_probs = net(x, lens).cpu().numpy()
                 for b, i in enumerate(batch):
                     hyps[i] = greedy_decode(log_probs[b, :lengths[i]])
         return hyps
 
     def _train(self, cache: list[np.ndarray], targets: list[list[int]], norm_refs: np.ndarray) -> dict:
-        """Train with early stopping on validation CER; return the record (network in ``self.net_``)."""
+        """Train with early stopping on validation CER; return the record (network in ``self.net_``, on ``device``)."""
         import torch
         from torch import nn
 
+        device = torch_device(self.device, "CTCProbe")
         val = self._validation_rows(norm_refs)
         fit_rows = np.setdiff1d(np.arange(len(cache)), val)
         mean, std = frame_moments([cache[i] for i in fit_rows])
@@ -583,8 +589,8 @@ class CTCProbe:
         t0 = time.perf_counter()
         best, best_state, best_epoch, stopped = (math.inf, math.inf), None, 0, False
         best_loss, last_gain = math.inf, 0
-        with seeded(self.seed):
-            net = _CTCNet(mean, std, self.hidden, self.cell, self.dropout)
+        with seeded(self.seed, device):
+            net = _CTCNet(mean, std, self.hidden, self.cell, self.dropout).to(device)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr)
             loss_fn = nn.CTCLoss(blank=BLANK, zero_infinity=True)
             for epoch in range(1, self.max_epochs + 1):
@@ -629,9 +635,9 @@ class CTCProbe:
     def _loss(net: Any, loss_fn: Any, seqs: list[np.ndarray], targets: list[list[int]]) -> "torch.Tensor":
         import torch
 
-        x, lens = CTCProbe._pad(seqs)
+        x, lens = CTCProbe._pad(seqs, net.mean.device)
         log_probs = net(x, lens).transpose(0, 1)  # (T, B, V)
-        flat = torch.as_tensor([c for t in targets for c in t], dtype=torch.long)
+        flat = torch.as_tensor([c for t in targets for c in t], dtype=torch.long, device=x.device)
         target_lengths = torch.as_tensor([len(t) for t in targets], dtype=torch.long)
         return loss_fn(log_probs, flat, lens, target_lengths)
 
@@ -653,6 +659,7 @@ class CTCProbe:
             raise ConfigError(f"CTCProbe: val_fraction={self.val_fraction!r} must be in (0, 1)")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"CTCProbe: dropout={self.dropout!r} must be in [0, 1)")
+        torch_device(self.device, "CTCProbe")
 
     def fit(self, train: EmbeddingSet) -> "CTCProbe":
         """Train on ``train``'s frames and transcripts (validation inside ``train``); return self."""
@@ -674,8 +681,8 @@ class CTCProbe:
         norm_refs = np.array([normalize_text(str(t)) for t in train.transcripts], dtype=object)
         with _torch_threads(self.num_threads):
             record = self._train(cache, targets, norm_refs)
-        self.mean_ = self.net_.mean.numpy().astype(np.float64)
-        self.std_ = self.net_.std.numpy().astype(np.float64)
+        self.mean_ = self.net_.mean.cpu().numpy().astype(np.float64)
+        self.std_ = self.net_.std.cpu().numpy().astype(np.float64)
         self.history_ = record.pop("history")
         self.best_epoch_ = record["best_epoch"]
         self.converged_ = record["converged"]
@@ -692,7 +699,7 @@ class CTCProbe:
         """Greedy CTC transcripts of every row of ``data``."""
         check_is_fitted(self, "net_")
         self._needs_frames(data)
-        with _torch_threads(self.num_threads):
+        with _torch_threads(self.num_threads), full_fp32(self.net_.mean.device):
             return self._decode(self.net_, lambda i: data.checked_frames(i, self.mean_.size), len(data))
 
     def evaluate(self, test: EmbeddingSet) -> UtilityScore:
@@ -731,7 +738,7 @@ def _ctc_net_class() -> type:
         def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
             """``(B, T, V)`` log-probabilities of raw padded frames ``(B, T, D)``."""
             h = self.proj(self._drop((x - self.mean) / self.std))
-            t = torch.arange(x.shape[1])[None]
+            t = torch.arange(x.shape[1], device=x.device)[None]
             rev = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)[:, :, None].expand(-1, -1, h.shape[2])
             h_fwd, _ = self.forward_rnn(h)
             h_bwd, _ = self.backward_rnn(h.gather(1, rev))
@@ -742,7 +749,7 @@ def _ctc_net_class() -> type:
             """Dropout of whole channels per utterance (one mask shared by all frames; training only)."""
             if not self.training or self.dropout == 0:
                 return x
-            keep = torch.rand(x.shape[0], 1, x.shape[2]) >= self.dropout
+            keep = torch.rand(x.shape[0], 1, x.shape[2], device=x.device) >= self.dropout
             return x * keep / (1 - self.dropout)
 
     return _Net
@@ -959,10 +966,10 @@ def retained(defended: UtilityScore, undefended: UtilityScore, *, n_boot: int = 
 
 
 def measure_utility(task: UtilityTask, train: EmbeddingSet, test: EmbeddingSet, settings: UtilitySettings,
-                    seed: int) -> UtilityScore:
+                    seed: int, device: str = "cpu") -> UtilityScore:
     """Fit ``task``'s probe on ``train`` (utility-train rows of a view) and score it on ``test``.
 
-    ``ctc``: :class:`CTCProbe` with the ``ctc_*`` settings; ``classification``:
+    ``ctc``: :class:`CTCProbe` with the ``ctc_*`` settings, on ``device`` in float32; ``classification``:
     :class:`ClassificationProbe` with ``C_grid``. The score's ``budget`` records the fit (epochs
     used, ``n_train``, ``n_train_speakers``, ``fit_seconds``, ...); it and ``history`` appear in
     :meth:`UtilityScore.to_dict`.
@@ -970,7 +977,7 @@ def measure_utility(task: UtilityTask, train: EmbeddingSet, test: EmbeddingSet, 
     if task.kind == "ctc":
         probe: Any = CTCProbe(hidden=settings.ctc_hidden, max_epochs=settings.ctc_epochs,
                               patience=settings.ctc_patience, lr=settings.ctc_lr, batch_size=settings.ctc_batch_size,
-                              seed=seed, n_boot=settings.n_boot)
+                              seed=seed, n_boot=settings.n_boot, device=device)
     elif task.kind == "classification":
         probe = ClassificationProbe(task.column, C_grid=tuple(settings.C_grid), seed=seed, n_boot=settings.n_boot)
     else:

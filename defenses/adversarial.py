@@ -43,8 +43,10 @@ encoder fools the adversary, which re-learns), so the final figure is noisy, and
 accuracy *below* chance means this adversary is confidently fooled (speakers permuted), not
 that the identity is gone.
 
-Training is seeded (``ctx.seed``), on the CPU in float32, for a fixed number of epochs (no
-early stopping: the adversarial game has no validation criterion); the last weights are kept.
+Training is seeded (``ctx.seed``), runs on ``ctx.device`` (the run's torch device; the networks
+are initialised on the CPU) in float32, for a fixed number of epochs (no early stopping: the
+adversarial game has no validation criterion); the last weights are kept, on that device, and
+:meth:`AdversarialDefense.transform` returns numpy frames.
 The heads' output biases start at the log class priors of the training rows (the blank's
 share of frames and the character frequencies for CTC; class and speaker frequencies), and
 the adversary is first trained alone for :data:`WARMUP_EPOCHS` on the untrained (identity)
@@ -71,7 +73,7 @@ from audit import ctc
 from audit.defense import Defense, DefenseFailed, DefenseFamily, DefenseSettings, check_positive_int
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
-from audit.estimators import check_is_fitted, frame_moments, seeded
+from audit.estimators import check_is_fitted, frame_moments, full_fp32, seeded, torch_device
 from audit.family import check_range
 from audit.splits import closed_set_split
 
@@ -193,7 +195,7 @@ class PrivacyEncoder(nn.Module):
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
         """``u = (x - mean) / std`` of numpy frames (float32)."""
-        return ((x - self.mean.numpy()) / self.std.numpy()).astype(np.float32, copy=False)
+        return ((x - self.mean.cpu().numpy()) / self.std.cpu().numpy()).astype(np.float32, copy=False)
 
     def residual(self, u: torch.Tensor) -> torch.Tensor:
         """``z = u + g(u)`` of standardised frames ``u`` (what the heads see)."""
@@ -249,10 +251,12 @@ def _log_prior(counts: np.ndarray) -> torch.Tensor:
 class AdversarialDefense(Defense):
     """Adversarially regularised frame encoder (see the module docstring).
 
+    Runs on ``ctx.device`` (:class:`~audit.defense.DefenseContext`) in float32.
+
     Attributes (after ``fit``)
     --------------------------
     encoder_ : PrivacyEncoder
-        The transform applied by ``transform``.
+        The transform applied by ``transform`` (on ``ctx.device``).
     utility_head_, adversary_ : torch.nn.Module
         The jointly trained utility head and speaker adversary.
     speakers_ : ndarray
@@ -281,6 +285,7 @@ class AdversarialDefense(Defense):
         if train.n_speakers < 2:
             raise DefenseFailed(f"adversarial regularization needs >= 2 training speakers, got {train.n_speakers}")
         seed = int(self.ctx.seed)
+        device = torch_device(self.ctx.device, "adversarial defense")
         cache = self._read_frames(train)
         self.speakers_ = np.unique(train.speakers)
         y = np.searchsorted(self.speakers_, train.speakers).astype(np.int64)
@@ -289,7 +294,7 @@ class AdversarialDefense(Defense):
         fit_idx = np.setdiff1d(np.arange(len(train)), heldout)
         mean, std = (m.astype(np.float32) for m in frame_moments([cache[i] for i in fit_idx]))
         rng = np.random.default_rng(seed)
-        with seeded(seed):
+        with seeded(seed, device):
             self.encoder_ = PrivacyEncoder(mean, std, s.hidden)
             cache = [self.encoder_.standardize(x) for x in cache]  # the heads work in standardised units
             dim = int(mean.size)
@@ -301,19 +306,21 @@ class AdversarialDefense(Defense):
             with torch.no_grad():
                 self.utility_head_.out.bias.copy_(_log_prior(self._utility_counts(cache, targets, fit_idx, task)))
                 self.adversary_[2].bias.copy_(_log_prior(np.bincount(y[fit_idx], minlength=self.speakers_.size)))
+            for module in (self.encoder_, self.utility_head_, self.adversary_):
+                module.to(device)
             self._train(cache, y, targets, fit_idx, rng)
         self.encoder_.eval()
         self.adversary_.eval()
         self.utility_head_.eval()
         n = self.speakers_.size
-        train_acc, _ = self._evaluate(cache, y, None, fit_idx)
+        with full_fp32(device):
+            train_acc, _ = self._evaluate(cache, y, None, fit_idx)
+            heldout_acc, heldout_loss = self._evaluate(cache, y, targets, heldout) if heldout.size else (None, None)
+        self.utility_heldout_ = None
         if heldout.size:
-            heldout_acc, heldout_loss = self._evaluate(cache, y, targets, heldout)
             self.utility_heldout_ = {"loss": heldout_loss,
                                      "loss_name": "ctc" if task.kind == "ctc" else "cross_entropy",
                                      "n_utterances": int(heldout.size)}
-        else:
-            heldout_acc, self.utility_heldout_ = None, None
         self.training_adversary_ = {"heldout_accuracy": heldout_acc, "train_accuracy": train_acc,
                                     "chance": 1.0 / n, "n_speakers": int(n), "n_heldout": int(heldout.size)}
 
@@ -363,24 +370,31 @@ class AdversarialDefense(Defense):
 
     # ------------------------------------------------------------------ batches
 
-    @staticmethod
-    def _batch(cache: list[np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Frames of ``rows`` one after another ``(N, D)`` (no padding), lengths ``(B,)``, averages ``(B, N)``."""
+    @property
+    def _device(self) -> torch.device:
+        """Where the fitted networks live."""
+        return self.encoder_.mean.device
+
+    def _batch(self, cache: list[np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames of ``rows`` one after another ``(N, D)`` (no padding), lengths ``(B,)``, averages ``(B, N)``.
+
+        Frames and averages are on the networks' device, lengths stay on the CPU.
+        """
         lengths = np.array([cache[i].shape[0] for i in rows])
         ends = np.cumsum(lengths)
         avg = np.zeros((rows.size, int(ends[-1])), dtype=np.float32)
         for j, (end, n) in enumerate(zip(ends, lengths)):
             avg[j, end - n:end] = 1.0 / n
         x = np.concatenate([cache[i] for i in rows])
-        return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(avg)
+        return torch.from_numpy(x).to(self._device), torch.from_numpy(lengths), torch.from_numpy(avg).to(self._device)
 
-    @staticmethod
-    def _batch_targets(targets: list[Any], rows: np.ndarray, ctc_kind: bool) -> Any:
+    def _batch_targets(self, targets: list[Any], rows: np.ndarray, ctc_kind: bool) -> Any:
+        """Utility targets of ``rows`` on the device: CTC labels and their lengths, or class indices."""
         if ctc_kind:
             seqs = [targets[i] for i in rows]
-            labels = torch.tensor([c for seq in seqs for c in seq], dtype=torch.long)
+            labels = torch.tensor([c for seq in seqs for c in seq], dtype=torch.long, device=self._device)
             return labels, torch.tensor([len(seq) for seq in seqs], dtype=torch.long)
-        return torch.tensor([targets[i] for i in rows], dtype=torch.long)
+        return torch.tensor([targets[i] for i in rows], dtype=torch.long, device=self._device)
 
     def _batches(self, order: np.ndarray) -> list[np.ndarray]:
         b = self.settings.batch_size
@@ -407,7 +421,7 @@ class AdversarialDefense(Defense):
             for rows in self._batches(rng.permutation(fit_idx)):
                 x, lengths, avg = self._batch(cache, rows)
                 target = self._batch_targets(targets, rows, ctc_kind)
-                spk = torch.from_numpy(y[rows])
+                spk = torch.from_numpy(y[rows]).to(self._device)
                 if alternating:
                     u_loss, a_loss, a_acc = self._alternating_step(x, lengths, avg, target, spk, main_opt, adv_opt)
                 else:
@@ -434,7 +448,7 @@ class AdversarialDefense(Defense):
         opt = torch.optim.Adam(adv.parameters(), lr=self.settings.lr)
         for epoch in range(1, WARMUP_EPOCHS + 1):
             for rows in self._batches(rng.permutation(fit_idx)):
-                loss = F.cross_entropy(adv(pooled[where[rows]]), torch.from_numpy(y[rows]))
+                loss = F.cross_entropy(adv(pooled[where[rows]]), torch.from_numpy(y[rows]).to(self._device))
                 if not torch.isfinite(loss):
                     raise DefenseFailed(f"training diverged: non-finite loss at epoch {epoch} "
                                         "of the adversary's warm-up")
@@ -497,7 +511,7 @@ class AdversarialDefense(Defense):
                 part = rows[start:start + _EVAL_BATCH]
                 x, lengths, avg = self._batch(cache, part)
                 z = self.encoder_.residual(x)
-                pred = self.adversary_(_meanstd(z, avg)).argmax(1).numpy()
+                pred = self.adversary_(_meanstd(z, avg)).argmax(1).cpu().numpy()
                 hits += int(np.sum(pred == y[part]))
                 if targets is not None:
                     loss = self.utility_head_.loss(z, lengths, avg, self._batch_targets(targets, part, ctc_kind))
@@ -513,8 +527,8 @@ class AdversarialDefense(Defense):
         dim = int(self.encoder_.mean.numel())
         if x.ndim != 2 or x.shape[1] != dim:
             raise DefenseFailed(f"frames of {utt_id!r} have shape {x.shape}, the encoder expects (T, {dim})")
-        with torch.no_grad():
-            return self.encoder_(torch.from_numpy(x)).numpy().astype(np.float32, copy=False)
+        with torch.no_grad(), full_fp32(self._device):
+            return self.encoder_(torch.from_numpy(x).to(self._device)).cpu().numpy().astype(np.float32, copy=False)
 
     def report(self) -> dict:
         """The training adversary's accuracies, the schedule and the final utility losses."""

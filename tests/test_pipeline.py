@@ -173,3 +173,22 @@ def test_inversion_family_writes_listenable_examples(tmp_path):
     wavs = [f for f in frame["files"] if f.endswith(".wav")]
     assert len(wavs) == 3 and all((out / f).stat().st_size > 1000 for f in wavs)
     assert "Inversion per layer" in (out / "summary.md").read_text()
+
+
+def test_inversion_layers_run_after_the_others_on_the_selected_layers(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=4, n_utts=5)
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
+                            "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [0, 1, 2],
+                            "attacks": ["speaker_id", "inversion"],
+                            "speaker_id": {"attackers": ["logreg"], "n_boot": 200},
+                            "inversion": {"max_epochs": 2, "n_eval": 4, "n_examples": 0, "skip_judges": True,
+                                          "n_boot": 200, "layers": ["leakiest", "last"]}})
+    with pytest.warns(UserWarning, match="skip_judges"):
+        results = AuditPipeline(cfg).run()
+    chosen = {results["summary"]["leakiest_layer"], 2}
+    for la in results["layers"]:
+        inv = la["attacks"]["inversion"]
+        if la["index"] in chosen:
+            assert inv["frame"]["signal"]["mcd_db"] > 0 and "inversion" in la["attack_seconds"]
+        else:
+            assert inv["skipped"].startswith("layer not selected") and "inversion" not in la["attack_seconds"]
