@@ -33,9 +33,10 @@ import re
 import socket
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,8 @@ OFFLINE_MODELS = ("whisper-tiny.en", "ge2e", "tiny-random-wav2vec2")
 HF_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 QUANTIZE_MODES = ("int8",)
 DEVICES = ("auto", "cpu", "cuda")
+#: Run-memo key of the loaded Whisper tiny.en bundle, shared by the extractor and the ASR judge.
+SHARED_WHISPER = ("model", "whisper-tiny.en")
 
 
 def hash_files(paths: Sequence[Path]) -> str:
@@ -154,6 +157,19 @@ class Extractor(ABC):
         self.quantize = quantize
         self.device = device
         self._model_settings: dict = {}
+        self._once: Callable[[Hashable, Callable[[], Any]], Any] | None = None
+
+    def share_models(self, once: Callable[[Hashable, Callable[[], Any]], Any]) -> None:
+        """Load models through ``once`` (a run memo, e.g. ``RunContext.once``), so a judge of the same run can
+        reuse them instead of loading the weights a second time. Only float32 CPU models are shared (the
+        extractor must not move or quantise a module a judge uses)."""
+        self._once = once
+
+    def _shared(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        """``load()`` through the run memo when sharing applies, else a private load."""
+        if self._once is not None and self.device == "cpu" and not self.quantize:
+            return self._once(key, load)
+        return load()
 
     @property
     def settings(self) -> dict:
@@ -255,7 +271,7 @@ class WhisperTinyEnOffline(Extractor):
     def _load(self) -> None:
         from audit.whisper_offline import load_whisper_tiny_en
 
-        self._bundle = load_whisper_tiny_en()
+        self._bundle = self._shared(SHARED_WHISPER, load_whisper_tiny_en)
         self._encoder = self._place(self._bundle.model.model.encoder)
 
     def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:

@@ -71,8 +71,11 @@ class ASRJudge:
         """Judge identity for reports."""
         return {"judge": "asr", "model": self.model, "decoding": "greedy, English, no timestamps"}
 
-    def load(self) -> "ASRJudge":
+    def load(self, bundle: Any = None) -> "ASRJudge":
         """Load the recogniser (once); returns ``self``.
+
+        ``bundle``: an already loaded :func:`audit.whisper_offline.load_whisper_tiny_en` bundle
+        to use for ``whisper-tiny.en`` (the audited extractor's, when the run audits that model).
 
         Raises
         ------
@@ -86,7 +89,7 @@ class ASRJudge:
         if self.model == "whisper-tiny.en":
             from audit.whisper_offline import load_whisper_tiny_en
 
-            self.bundle_ = load_whisper_tiny_en()
+            self.bundle_ = bundle if bundle is not None else load_whisper_tiny_en()
             return self
         folder = resolve_hf_folder(self.model)
         from transformers import WhisperForConditionalGeneration, WhisperProcessor

@@ -109,6 +109,7 @@ class AuditPipeline:
             check_policy(policy, list(splits), infeasible, extractor.num_layers, bool(cfg.defenses))
         run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers),
                          device=resolve_device(rank_device(cfg.device)))
+        extractor.share_models(run.once)
         for name in splits:
             if registry[name].preflight is not None and is_main():
                 registry[name].preflight(cfg.settings(name), run)
