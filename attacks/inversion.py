@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
 from audit.estimators import NotFittedError, full_fp32, seeded, torch_device
-from audit.extractor import SHARED_WHISPER
+from audit.extractor import SHARED_GE2E, SHARED_WHISPER
 from audit.family import AttackFamily, FamilySettings, LayerContext, RunContext, check_range
 from audit.metrics import bootstrap_ci, speaker_bootstrap_ci
 from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
@@ -861,8 +861,15 @@ def _judges(settings: InversionSettings, run: RunContext) -> tuple[_RunMemoJudge
         # one Whisper tiny.en per run: the audited extractor, when it is that model, reads the same bundle
         return ASRJudge(model=settings.asr_judge).load(run.once(SHARED_WHISPER, load_whisper_tiny_en))
 
+    def load_spk() -> SpeakerJudge:
+        if settings.speaker_judge != "ge2e":
+            return SpeakerJudge(model=settings.speaker_judge).load()
+        from audit.ge2e import GE2EEncoder
+
+        return SpeakerJudge(model=settings.speaker_judge).load(run.once(SHARED_GE2E, GE2EEncoder))
+
     asr = run.once(("asr", settings.asr_judge), load_asr)
-    spk = run.once(("spk", settings.speaker_judge), lambda: SpeakerJudge(model=settings.speaker_judge).load())
+    spk = run.once(("spk", settings.speaker_judge), load_spk)
     return _RunMemoJudge(asr, run, "asr"), _RunMemoJudge(spk, run, "spk")
 
 

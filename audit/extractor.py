@@ -50,6 +50,8 @@ QUANTIZE_MODES = ("int8",)
 DEVICES = ("auto", "cpu", "cuda")
 #: Run-memo key of the loaded Whisper tiny.en bundle, shared by the extractor and the ASR judge.
 SHARED_WHISPER = ("model", "whisper-tiny.en")
+#: Run-memo key of the loaded GE2E encoder, shared by the extractor and the speaker judge.
+SHARED_GE2E = ("model", "ge2e")
 
 
 def hash_files(paths: Sequence[Path]) -> str:
@@ -308,7 +310,7 @@ class GE2E(Extractor):
         return hash_files([DEFAULT_WEIGHTS_PATH])
 
     def _load(self) -> None:
-        self._encoder = self._cls()
+        self._encoder = self._shared(SHARED_GE2E, self._cls)
         if self.device != "cpu":
             self._encoder._net = _NetOnDevice(self._place(self._encoder._net), self.device)
 

@@ -179,8 +179,11 @@ class SpeakerJudge:
         """Judge identity for reports."""
         return {"judge": "speaker", "model": self.model, "score": "cosine of L2-normalised embeddings"}
 
-    def load(self) -> "SpeakerJudge":
+    def load(self, encoder: Any = None) -> "SpeakerJudge":
         """Load the encoder (once); returns ``self``.
+
+        ``encoder``: an already loaded :class:`audit.ge2e.GE2EEncoder` to use for ``ge2e`` (the
+        audited extractor's, when the run audits that model).
 
         Raises
         ------
@@ -192,7 +195,7 @@ class SpeakerJudge:
         if self.model == "ge2e":
             from audit.ge2e import GE2EEncoder
 
-            self.encoder_ = GE2EEncoder()
+            self.encoder_ = encoder if encoder is not None else GE2EEncoder()
             return self
         source = speechbrain_source(self.model, label="speaker judge")
         try:

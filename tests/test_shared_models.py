@@ -27,3 +27,16 @@ def test_extractor_and_judge_load_whisper_once_per_run(monkeypatch):
     int8.share_models(run.once)
     int8.load()  # a quantised extractor never shares (it must not alter the judge's modules)
     assert len(loads) == 2 and int8._bundle is not judge.bundle_
+
+
+def test_extractor_and_speaker_judge_share_ge2e():
+    from audit.extractor import SHARED_GE2E
+    from audit.ge2e import GE2EEncoder
+    from audit.judges import SpeakerJudge
+
+    run = RunContext()
+    judge = SpeakerJudge().load(run.once(SHARED_GE2E, GE2EEncoder))
+    extractor = build_extractor("ge2e")
+    extractor.share_models(run.once)
+    extractor.load()
+    assert extractor._encoder is judge.encoder_
