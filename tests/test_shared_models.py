@@ -40,3 +40,20 @@ def test_extractor_and_speaker_judge_share_ge2e():
     extractor.share_models(run.once)
     extractor.load()
     assert extractor._encoder is judge.encoder_
+
+
+def test_hf_whisper_extractor_loads_the_encoder_only_and_matches_the_offline_one(tmp_path):
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    from audit.whisper_offline import load_whisper_tiny_en
+
+    folder = tmp_path / "whisper-tiny.en"
+    load_whisper_tiny_en().model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    hf, offline = build_extractor(str(folder)).load(), build_extractor("whisper-tiny.en")
+    assert sum(p.numel() for p in hf._model.parameters()) < 10_000_000  # no decoder built
+    rng = np.random.default_rng(0)
+    clip = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    for a, b in zip(hf([clip])[0], offline([clip])[0]):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
