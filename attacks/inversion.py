@@ -1068,6 +1068,9 @@ def inversion_table(results: dict) -> Table:
 #: or above :data:`HIGH_SPEAKER_TOP1`; ``medium`` when the WER CI stays below :data:`MEDIUM_WER` or the
 #: top-1 lower bound exceeds twice chance. Without judges, STOI's CI lower bound: :data:`STOI_BANDS`.
 HIGH_WER = 0.5
+#: ... or when it is at most this many points above the judge's own WER on the originals (a judge that
+#: already misses words of the originals cannot score a reconstruction better than that).
+HIGH_WER_ABOVE_ORIGINAL = 0.25
 MEDIUM_WER = 0.9
 HIGH_SPEAKER_TOP1 = 0.5
 STOI_BANDS = (0.6, 0.4)
@@ -1077,9 +1080,11 @@ def _rate_layer(index: int, frame: dict) -> RiskRating:
     content, spk, sig = frame.get("content"), frame.get("speaker"), frame.get("signal") or {}
     if isinstance(content, dict) or isinstance(spk, dict):
         wer_hi = (content.get("wer_reconstruction_ci95") or [None, 1.0])[1] if isinstance(content, dict) else 1.0
+        wer_orig = content.get("wer_original") if isinstance(content, dict) else None
+        high_wer = max(HIGH_WER, wer_orig + HIGH_WER_ABOVE_ORIGINAL) if wer_orig is not None else HIGH_WER
         top1_lo = (spk.get("top1_ci95") or [0.0])[0] if isinstance(spk, dict) else 0.0
         chance = spk.get("chance", 0.0) if isinstance(spk, dict) else 0.0
-        level = ("high" if wer_hi <= HIGH_WER or top1_lo >= HIGH_SPEAKER_TOP1 else
+        level = ("high" if wer_hi <= high_wer or top1_lo >= HIGH_SPEAKER_TOP1 else
                  "medium" if wer_hi < MEDIUM_WER or top1_lo > 2 * chance else "low")
         parts = []
         if isinstance(content, dict):
@@ -1094,7 +1099,8 @@ def _rate_layer(index: int, frame: dict) -> RiskRating:
                               content.get("wer_reconstruction_ci95")) if isinstance(content, dict) else
                              ("inversion.frame.speaker.top1", spk.get("top1"), spk.get("top1_ci95")))
         reason = (f"layer {index}: speech decoded from the embeddings by a decoder trained on other people: "
-                  + "; ".join(parts) + f"; high when WER <= {HIGH_WER:.0%} or top-1 >= {HIGH_SPEAKER_TOP1:.0%} "
+                  + "; ".join(parts) + f"; high when WER <= {high_wer:.0%} (50%, or the originals' WER + "
+                  f"{HIGH_WER_ABOVE_ORIGINAL * 100:.0f} points) or top-1 >= {HIGH_SPEAKER_TOP1:.0%} "
                   f"(CI bounds), medium when WER < {MEDIUM_WER:.0%} or top-1 > 2x chance")
         return RiskRating("reconstruction", level, reason, metric, value, ci, None, index)
     lo = (sig.get("stoi_ci95") or [0.0])[0]

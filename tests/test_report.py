@@ -167,3 +167,18 @@ def test_pipeline_report_in_a_real_browser(run_dir, tmp_path):
     assert any("FAIL" in c for c in seen["status_cells"])  # the verdict
     assert sum(any(w in c for w in ("HIGH", "MEDIUM", "LOW", "NOT MEASURED")) for c in seen["status_cells"]) == 4
     assert shot.stat().st_size > 10_000
+
+
+def test_reconstruction_rating_is_relative_to_the_judges_wer_on_originals():
+    from attacks.inversion import rate_reconstruction
+
+    def results(wer: float, ci: list, original: float) -> dict:
+        frame = {"content": {"wer_reconstruction": wer, "wer_reconstruction_ci95": ci, "wer_original": original},
+                 "speaker": {"top1": 0.2, "top1_ci95": [0.05, 0.4], "chance": 0.125}, "signal": {}}
+        return {"layers": [{"index": 1, "name": "layer1", "attacks": {"inversion": {"frame": frame}}}]}
+
+    # 40% WER when the judge misses 34% of the originals: nearly everything said is recovered
+    assert rate_reconstruction(results(0.40, [0.25, 0.56], 0.34)).level == "high"
+    # the same WER when the judge reads originals perfectly: words are lost, still far from unintelligible
+    assert rate_reconstruction(results(0.40, [0.25, 0.56], 0.0)).level == "medium"
+    assert rate_reconstruction(results(0.97, [0.93, 1.0], 0.05)).level == "low"
