@@ -144,6 +144,7 @@ def _render(results: dict, path: str, out: Path, registry: dict, **kwargs) -> di
 def _gate(args: argparse.Namespace, argv: list[str]) -> int:
     from attacks import load_families
     from audit.atomic import atomic_save
+    from audit.errors import ConfigError
     from audit.gate import evaluate, load_policy
     from audit.report.junit import write_junit
     from defenses import load_defenses
@@ -153,8 +154,12 @@ def _gate(args: argparse.Namespace, argv: list[str]) -> int:
     results, source = _load_run(args.results)
     verdict = evaluate(policy, results).to_dict()
     if args.junit:
-        _writable(Path(args.junit).parent, "--junit")
-        atomic_save(Path(args.junit), lambda tmp: write_junit(verdict, tmp))
+        junit = Path(args.junit)
+        try:
+            junit.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(junit, lambda tmp: write_junit(verdict, tmp))
+        except OSError as err:
+            raise ConfigError(f"--junit {junit}: cannot write ({err.strerror or err})") from None
     if args.out:
         _render({**results, "verdict": verdict}, args.results, Path(args.out), registry, source=source,
                 redact=(results.get("report_mode") or {}).get("mode") == "redacted")
@@ -187,13 +192,6 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     compare_runs(args.runs, out)
     print(f"comparison: {out / 'compare.html'}  {out / 'compare.md'}")
     return 0
-
-
-def _writable(folder: Path, flag: str) -> None:
-    from audit.errors import ConfigError
-
-    if folder.exists() and not os.access(folder, os.W_OK):
-        raise ConfigError(f"{flag}: folder {folder} is not writable")
 
 
 def _extract(args: argparse.Namespace, argv: list[str]) -> int:

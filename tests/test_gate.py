@@ -217,3 +217,15 @@ def test_incomplete_results_are_refused_in_one_line_when_rendered(tmp_path, caps
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(path) in err[0] and "speaker_id table" in err[0], err
+
+
+def test_junit_into_a_new_folder_and_an_unwritable_one(tmp_path, capsys):
+    path = _write(tmp_path, results_with([layer(0, 1.0, [0.9, 1.0])]))
+    pol = policy(tmp_path, REID)
+    assert main(["gate", str(path), "--policy", str(pol), "--junit", str(tmp_path / "ci" / "out" / "j.xml")]) == 1
+    assert (tmp_path / "ci" / "out" / "j.xml").is_file()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["gate", str(path), "--policy", str(pol), "--junit", str(blocker / "j.xml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--junit" in err[0] and "cannot write" in err[0]
