@@ -100,7 +100,7 @@ def _padded_convs(encoder: nn.Module) -> list[SpeechbrainConv1d]:
              if isinstance(m, SpeechbrainConv1d) and m.padding == "same" and m.kernel_size > 1]
     for conv in convs:
         if conv.padding_mode != "reflect":
-            raise NotImplementedError(f"batched embedding expects reflect padding, got {conv.padding_mode!r}")
+            raise RuntimeError(f"batched embedding expects reflect padding, got {conv.padding_mode!r}")
     return convs
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import warnings
 from abc import ABC, abstractmethod
@@ -47,7 +46,6 @@ EXTRACTOR_VERSION = "1"
 OFFLINE_MODELS = ("whisper-tiny.en", "ge2e", "tiny-random-wav2vec2")
 HF_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 QUANTIZE_MODES = ("int8",)
-DEVICES = ("auto", "cpu", "cuda")
 #: Run-memo key of the loaded Whisper tiny.en bundle, shared by the extractor and the ASR judge.
 SHARED_WHISPER = ("model", "whisper-tiny.en")
 #: Run-memo key of the loaded GE2E encoder, shared by the extractor and the speaker judge.
@@ -82,17 +80,9 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return name
-    if not isinstance(name, str) or not re.fullmatch(r"cuda(:\d+)?", name):
-        raise ConfigError(f"device={name!r}: expected one of {', '.join(DEVICES)} (or cuda:N)")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r}: CUDA is not available (torch {torch.__version__} sees no GPU); "
-                          "use device='cpu' or 'auto'")
-    index = int(name.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
-    return name
+    from audit.estimators import torch_device
+
+    return str(torch_device(name))
 
 
 def check_quantize(quantize: str | None) -> None:
