@@ -55,6 +55,7 @@ from torch.nn import functional as F
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
+from audit.family import check_layer_selection
 from audit.estimators import (check_is_fitted, frame_moments, full_fp32, learning_curve, seeded,
                               stratified_fraction, torch_device)
 from audit.metrics import closed_set_metrics
@@ -623,13 +624,15 @@ class FrameSpeakerID:
 
 
 def check_frame_budget(settings: Any, prefix: str) -> None:
-    """Validate the ``frame_max_epochs``/``frame_channels``/``frame_max_train_frames`` keys of a settings section."""
+    """Validate the ``frame_max_epochs``/``frame_channels``/``frame_max_train_frames``/``frame_layers`` keys."""
     if settings.frame_max_epochs < 1:
         raise ConfigError(f"{prefix}frame_max_epochs={settings.frame_max_epochs!r}: must be >= 1")
     if settings.frame_channels < 8 or settings.frame_channels % 8:
         raise ConfigError(f"{prefix}frame_channels={settings.frame_channels!r}: must be a positive multiple of 8")
     if settings.frame_max_train_frames < 1000:
         raise ConfigError(f"{prefix}frame_max_train_frames={settings.frame_max_train_frames!r}: must be >= 1000")
+    if settings.frame_layers is not None:
+        check_layer_selection(prefix, "frame_layers", settings.frame_layers)
 
 
 def budgeted_frame_attacker(settings: Any, *, seed: int, frame_rate: float, learning_curve: bool = True,

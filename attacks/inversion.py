@@ -52,7 +52,8 @@ from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
 from audit.estimators import NotFittedError, full_fp32, seeded, torch_device
 from audit.extractor import SHARED_GE2E, SHARED_WHISPER
-from audit.family import AttackFamily, FamilySettings, LayerContext, RunContext, check_range
+from audit.family import (AttackFamily, FamilySettings, LayerContext, RunContext, check_layer_selection,
+                          check_range)
 from audit.metrics import bootstrap_ci, speaker_bootstrap_ci
 from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
                            layer_attack, skip_cell)
@@ -733,13 +734,7 @@ class InversionSettings(FamilySettings):
         if self.n_boot < 100:
             raise ConfigError(f"{prefix}n_boot={self.n_boot!r}: must be >= 100 for a meaningful 95% CI")
         if self.layers is not None:
-            if not isinstance(self.layers, list) or not self.layers:
-                raise ConfigError(f"{prefix}layers={self.layers!r}: a non-empty list of layer indices, 'leakiest' "
-                                  "or 'last' (omit it for every layer)")
-            for layer in self.layers:
-                if not (layer in ("leakiest", "last") or (isinstance(layer, int) and not isinstance(layer, bool)
-                                                         and layer >= 0)):
-                    raise ConfigError(f"{prefix}layers: {layer!r} is not a layer index, 'leakiest' or 'last'")
+            check_layer_selection(prefix, "layers", self.layers)
 
     def _extra_weakening(self, prefix: str) -> list[str]:
         if self.skip_judges:

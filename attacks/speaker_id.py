@@ -177,7 +177,9 @@ class SpeakerIDSettings(FamilySettings):
     trained from scratch on the frame-level sequence); ``frame_max_epochs``, ``frame_channels``
     (TDNN width) and ``frame_max_train_frames`` (frames cached for training) bound its budget,
     sized so a layer trains in minutes on 2 CPU cores. Fewer attackers or a budget below these
-    defaults weakens the audit (reported).
+    defaults weakens the audit (reported). ``frame_layers`` (None: every layer) runs the frame
+    attacker only on the layers it names (indices, ``"leakiest"``: the pooled attackers' headline
+    layer, ``"last"``); elsewhere its result says why it did not run.
     """
 
     BUDGET = ("n_boot", "frame_max_epochs", "frame_channels", "frame_max_train_frames")
@@ -190,6 +192,7 @@ class SpeakerIDSettings(FamilySettings):
     frame_max_epochs: int = 20
     frame_channels: int = 128
     frame_max_train_frames: int = 200_000
+    frame_layers: list[int | str] | None = None
 
     def validate(self, prefix: str = "speaker_id.") -> None:
         """Raise :class:`ConfigError` naming the bad key."""
@@ -229,8 +232,9 @@ def attack_speaker_id(train: EmbeddingSet, test: EmbeddingSet, settings: Speaker
     fitted, results = {}, {}
     for name in settings.attackers:
         if name == "frame":
-            if train.frame_source is None:
-                results[name] = AttackResult.skip("speaker_id", "frame", "pooled-only layer: no frames").to_dict()
+            if train.frame_source is None or ctx.frame_skip:
+                reason = ctx.frame_skip or "pooled-only layer: no frames"
+                results[name] = AttackResult.skip("speaker_id", "frame", reason).to_dict()
                 continue
             attacker = budgeted_frame_attacker(settings, seed=seed, frame_rate=ctx.frame_rate, n_boot=settings.n_boot,
                                                n_comparisons=n_comparisons, device=ctx.device)

@@ -487,7 +487,8 @@ class VerificationSettings(FamilySettings):
     ``scorers``: projections learned on the training speakers (``lda``, ``plda``, ``cosine``)
     and ``frame``, the cosine of a frame-level ECAPA attacker's embedding trained on the
     training speakers. The headline is the scorer with the lowest test EER (the worst case for
-    privacy, as for speaker ID); every scorer is listed beside it.
+    privacy, as for speaker ID); every scorer is listed beside it. ``frame_layers`` (None: every
+    layer) runs the ``frame`` scorer only on the layers it names, as in ``[speaker_id]``.
     """
 
     BUDGET = ("n_boot", "frame_max_epochs", "frame_channels", "frame_max_train_frames")
@@ -502,6 +503,7 @@ class VerificationSettings(FamilySettings):
     frame_max_epochs: int = 20
     frame_channels: int = 128
     frame_max_train_frames: int = 200_000
+    frame_layers: list[int | str] | None = None
 
     def validate(self, prefix: str = "verification.") -> None:
         """Raise :class:`ConfigError` naming the bad key."""
@@ -569,8 +571,8 @@ def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: Verificatio
 
     The attacker runs on the run's device (``ctx.device``) in float32.
     """
-    if train.frame_source is None:
-        return AttackResult.skip("verification", "frame-ecapa", "pooled-only layer: no frames").to_dict()
+    if train.frame_source is None or ctx.frame_skip:
+        return AttackResult.skip("verification", "frame-ecapa", ctx.frame_skip or "pooled-only layer: no frames").to_dict()
     encoder = budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate, learning_curve=False,
                                       device=ctx.device).fit(train)
     result = SpeakerVerification(backend="cosine", **common).fit(train.with_pooled(encoder.transform(train))).evaluate(

@@ -13,6 +13,7 @@ A TOML file holds the same settings as the CLI flags::
     quantize = "int8"         # audit the dynamically int8-quantised model (CPU); omit for float32
     utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
     defense_fraction = 0.5    # share of speakers in the defense partition (disjoint from evaluated speakers)
+    defense_attacks = ["speaker_id", "verification"]   # families that attack the defenses (omit: all run)
 
     [speaker_id]
     attackers = ["logreg", "mlp", "frame"]
@@ -52,14 +53,12 @@ from attacks import default_attacks, load_families
 from audit.defense import DefenseFamily
 from audit.errors import ConfigError
 from audit.extractor import check_quantize
-from audit.family import AttackFamily
+from audit.family import AttackFamily, check_layer_selection
 from audit.utility import UtilitySettings, UtilityTask
 from defenses import load_defenses
 
 #: Attacker scenarios of a defense comparison, weakest to strongest (VoicePrivacy's names).
 SCENARIOS = ("ignorant", "lazy_informed", "semi_informed")
-#: ``layers`` entries of a ``[[defense]]`` table besides layer indices.
-LAYER_NAMES = ("leakiest", "last")
 #: Keys of a ``[[defense]]`` table that are not the defense's own settings.
 DEFENSE_KEYS = ("name", "sweep", "layers")
 
@@ -107,6 +106,8 @@ class AuditConfig:
     the ``[[defense]]`` tables; each is fitted on a defense partition of ``defense_fraction``
     of the speakers, disjoint from the evaluated speakers (``defense_fit_on = "evaluated"``
     fits on the evaluated speakers instead, only to show how much that flatters a defense).
+    ``defense_attacks`` (None: every family of ``attacks``) names the families that attack the
+    defended embeddings; leaving one out weakens the comparison (reported).
     """
 
     model: str = "whisper-tiny.en"
@@ -126,6 +127,7 @@ class AuditConfig:
     defense_fraction: float = 0.5
     defense_fit_on: str = "disjoint"
     defense_scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    defense_attacks: list[str] | None = None
     defenses: list[DefenseSpec] = field(default_factory=list)
     policy: str | None = None
     redact: bool = False
@@ -188,6 +190,12 @@ class AuditConfig:
         for name in self.defense_scenarios:
             if name not in SCENARIOS:
                 raise ConfigError(f"defense_scenarios: unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+        for name in self.defense_attacks or []:
+            if name not in self.attacks:
+                raise ConfigError(f"defense_attacks: {name!r} is not among the audit's attacks "
+                                  f"({', '.join(self.attacks)})")
+        if self.defense_attacks is not None and not self.defense_attacks:
+            raise ConfigError("defense_attacks: empty; name at least one of the audit's attacks or omit the key")
         if "semi_informed" not in self.defense_scenarios:
             raise ConfigError("defense_scenarios: must include 'semi_informed' (a defense is judged by the "
                               "retrained attacker)")
@@ -212,13 +220,7 @@ class AuditConfig:
                     spec.settings(family, params, prefix)
                 except ConfigError as exc:
                     raise ConfigError(f"{prefix}sweep {swept}: {exc}") from exc
-            if not isinstance(spec.layers, list) or not spec.layers:
-                raise ConfigError(f"{prefix}layers={spec.layers!r}: expected a non-empty list of layer indices, "
-                                  f"'leakiest' or 'last'")
-            for layer in spec.layers:
-                ok = layer in LAYER_NAMES or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0)
-                if not ok:
-                    raise ConfigError(f"{prefix}layers: {layer!r} is not a layer index, 'leakiest' or 'last'")
+            check_layer_selection(prefix, "layers", spec.layers)
 
     def weakening_settings(self) -> list[str]:
         """Settings that make this audit weaker than a full one (warned about and reported).
@@ -239,6 +241,8 @@ class AuditConfig:
                             "which flatters them (a deployed defense never sees its users' speech)")
             weak += [f"defense_scenarios: scenario {s!r} not run" for s in SCENARIOS
                      if s not in self.defense_scenarios]
+            weak += [f"defense_attacks: attack family {n!r} does not attack the defenses" for n in self.attacks
+                     if self.defense_attacks is not None and n not in self.defense_attacks]
             weak += self.utility_probe.weakening("utility_probe.")
         return weak + [w for name in self.attacks for w in self.families[name].weakening(f"{name}.")]
 

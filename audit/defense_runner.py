@@ -106,7 +106,8 @@ def plan_defenses(cfg: AuditConfig, families: dict[str, AttackFamily], labels: E
         except CorpusError as err:
             raise ConfigError(f"utility={task.name!r}: cannot split the evaluated speakers for the probe: "
                               f"{err}") from err
-    splits, infeasible = plan_splits({n: families[n] for n in cfg.attacks}, cfg.settings, evaluated, cfg.seed)
+    attacks = cfg.attacks if cfg.defense_attacks is None else cfg.defense_attacks
+    splits, infeasible = plan_splits({n: families[n] for n in attacks}, cfg.settings, evaluated, cfg.seed)
     for name, reason in infeasible.items():
         warnings.warn(f"defense comparison: attack family {name!r} cannot run on the evaluated speakers: {reason}",
                       stacklevel=2)

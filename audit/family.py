@@ -67,18 +67,24 @@ class RunContext:
         """True when ``key`` was already computed in this run."""
         return key in self._memo
 
-    def layer(self, index: int | None, frame_rate: float) -> "LayerContext":
-        """The context of one layer of this run."""
-        return LayerContext(self, index, frame_rate)
+    def layer(self, index: int | None, frame_rate: float, frame_skip: str | None = None) -> "LayerContext":
+        """The context of one layer of this run (``frame_skip``: why frame-level attackers do not run here)."""
+        return LayerContext(self, index, frame_rate, frame_skip)
 
 
 @dataclass(frozen=True)
 class LayerContext:
-    """One layer's context: its index and frame rate, plus the run's."""
+    """One layer's context: its index and frame rate, plus the run's.
+
+    ``frame_skip`` (None: they run) is why a family's frame-level attackers, the costly ones, are
+    not run on this layer (its ``frame_layers`` setting names other layers); the family records
+    it in place of their result.
+    """
 
     run: RunContext
     index: int | None
     frame_rate: float
+    frame_skip: str | None = None
 
     @property
     def seed(self) -> int:
@@ -145,6 +151,26 @@ def check_range(prefix: str, key: str, value: Any, low: float, high: float | Non
         lo = "(" if open_low else "["
         hi = "inf)" if high is None else (f"{high})" if open_high else f"{high}]")
         raise ConfigError(f"{prefix}{key}={value!r}: must be in {lo}{low}, {hi}")
+
+
+#: Layer names a ``layers``-style setting may hold besides layer indices.
+LAYER_WORDS = ("leakiest", "last")
+
+
+def check_layer_selection(prefix: str, key: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a non-empty list of layer indices, 'leakiest' or 'last'."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{prefix}{key}={value!r}: expected a non-empty list of layer indices, 'leakiest' or "
+                          "'last'")
+    for layer in value:
+        if not (layer in LAYER_WORDS or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0)):
+            raise ConfigError(f"{prefix}{key}: {layer!r} is not a layer index, 'leakiest' or 'last'")
+
+
+def select_layers(wanted: list[int | str], leakiest: int | None, num_layers: int, audited: list[int]) -> list[int]:
+    """The audited layers a selection names: ``leakiest`` is the headline layer, ``last`` the model's last."""
+    chosen = {leakiest if w == "leakiest" else num_layers - 1 if w == "last" else w for w in wanted}
+    return sorted(i for i in chosen if i is not None and i in audited)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from audit.defense_runner import check_defense_layers, plan_defenses, run_defens
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.extractor import Extractor, build_extractor, resolve_device
-from audit.family import AttackFamily, RunContext, plan_splits
+from audit.family import AttackFamily, RunContext, plan_splits, select_layers
 from audit.gate import check_policy, evaluate, load_policy
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
@@ -125,6 +125,8 @@ class AuditPipeline:
         with threadpool_limits(limits=1, user_api="blas"):
             layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
                              for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
+            self._attack_frame_layers(cfg, registry, every_layer, store, corpus, layer_results,
+                                      extractor.num_layers, run)
             self._attack_selected_layers(cfg, registry, {n: s for n, s in splits.items() if n not in every_layer},
                                          store, corpus, layer_results, extractor.num_layers, run)
         results = {
@@ -199,14 +201,46 @@ class AuditPipeline:
     def _attack_layer(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
                       store: EmbeddingStore, corpus: Corpus, layer: int, run: RunContext) -> dict:
         view = layer_set(store, corpus, layer)
-        ctx = run.layer(layer, store.frame_rates[layer])
         attacks, seconds = {}, {}
         for name, split in splits.items():
+            wanted = getattr(cfg.settings(name), "frame_layers", None)
+            ctx = run.layer(layer, store.frame_rates[layer], frame_skip=None if wanted is None else _DEFERRED)
             t0 = time.perf_counter()
             result = registry[name].attack(view.subset(split.train), view.subset(split.test), cfg.settings(name), ctx)
             attacks[name] = result
             seconds[name] = round(time.perf_counter() - t0, 2)
         return {**store.layer_info(layer), "attacks": attacks, "attack_seconds": seconds}
+
+    @staticmethod
+    def _attack_frame_layers(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
+                             store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
+                             run: RunContext) -> None:
+        """Families whose settings name ``frame_layers`` rerun with their frame attackers on those layers only.
+
+        The first pass ran them without frame attackers, so ``leakiest`` is the pooled attackers'
+        headline layer. On a chosen layer the whole family reruns (its pooled attackers are
+        seeded, so they repeat their numbers) and its result replaces the first; elsewhere the
+        frame attacker's entry says which layers it ran on.
+        """
+        leaky = headline(layer_results).get("leakiest_layer")
+        audited = [la["index"] for la in layer_results]
+        for name, split in splits.items():
+            wanted = getattr(cfg.settings(name), "frame_layers", None)
+            if wanted is None:
+                continue
+            chosen = select_layers(wanted, leaky, num_layers, audited)
+            note = (f"frame attacker not run on this layer ({name}.frame_layers = {list(wanted)}: layers "
+                    f"{', '.join(map(str, chosen)) or 'none'})")
+            for la in tqdm(layer_results, desc=f"{name} frame layers", disable=not cfg.progress):
+                if la["index"] not in chosen:
+                    _restate_deferred(la["attacks"][name], note)
+                    continue
+                t0 = time.perf_counter()
+                view = layer_set(store, corpus, la["index"])
+                ctx = run.layer(la["index"], store.frame_rates[la["index"]])
+                la["attacks"][name] = registry[name].attack(view.subset(split.train), view.subset(split.test),
+                                                            cfg.settings(name), ctx)
+                la["attack_seconds"][name] = round(la["attack_seconds"][name] + time.perf_counter() - t0, 2)
 
     @staticmethod
     def _attack_selected_layers(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
@@ -223,8 +257,7 @@ class AuditPipeline:
         audited = [la["index"] for la in layer_results]
         for name, split in splits.items():
             wanted = getattr(cfg.settings(name), "layers")
-            chosen = {leaky if w == "leakiest" else num_layers - 1 if w == "last" else w for w in wanted}
-            chosen = {i for i in chosen if i is not None and i in audited}
+            chosen = select_layers(wanted, leaky, num_layers, audited)
             for la in tqdm(layer_results, desc=f"{name} layers", disable=not cfg.progress):
                 if la["index"] not in chosen:
                     la["attacks"][name] = {"skipped": f"layer not selected ({name}.layers = {list(wanted)}: layers "
@@ -266,6 +299,18 @@ class AuditPipeline:
                             "caption": f"Layer {layer} ({tag} leaky): embedding map coloured by "
                                        f"{', '.join(colours)}."})
         return written
+
+
+#: Why a frame attacker skipped a layer in the first pass (restated once its layers are chosen).
+_DEFERRED = "frame attacker deferred until its frame_layers are chosen"
+
+
+def _restate_deferred(result: dict, note: str) -> None:
+    """Replace the first pass's :data:`_DEFERRED` reason of the frame attackers in ``result`` by ``note``."""
+    for group in ("attackers", "scorers"):
+        for entry in (result.get(group) or {}).values():
+            if isinstance(entry, dict) and entry.get("skipped") == _DEFERRED:
+                entry["skipped"] = note
 
 
 def _attack_files(layers: list[dict]) -> list[str]:

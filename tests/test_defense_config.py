@@ -45,9 +45,23 @@ def test_bad_defense_options_name_the_key():
     for extra, key in (({"utility": "asr"}, "utility"), ({"defense_fraction": 1.5}, "defense_fraction"),
                        ({"defense_fit_on": "users"}, "defense_fit_on"),
                        ({"defense_scenarios": ["ignorant"]}, "defense_scenarios"),
+                       ({"attacks": ["speaker_id"], "defense_attacks": ["verification"]}, "defense_attacks"),
+                       ({"defense_attacks": []}, "defense_attacks"),
                        ({"utility_probe": {"test_fraction": 2.0}}, "utility_probe.test_fraction")):
         with pytest.raises(ConfigError, match=key):
             _cfg(defense=[{"name": "noise"}], **extra)
+
+
+def test_defense_attacks_limit_the_families_that_attack_the_defenses_and_weaken(tmp_path):
+    from audit.defense_runner import plan_defenses
+    from audit.pipeline import corpus_labels, prepare_corpus
+
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=8, n_utts=4)
+    cfg = _cfg(corpus=str(corpus), attacks=["speaker_id", "verification"], defense_attacks=["speaker_id"], utility="none",
+               defense=[{"name": "noise"}])
+    assert "defense_attacks: attack family 'verification' does not attack the defenses" in cfg.weakening_settings()
+    plan = plan_defenses(cfg, cfg.registry(), corpus_labels(prepare_corpus(cfg)))
+    assert list(plan.splits) == ["speaker_id"]
 
 
 def test_fitting_on_the_evaluated_speakers_is_flagged_as_weakening():

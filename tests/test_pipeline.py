@@ -192,3 +192,40 @@ def test_inversion_layers_run_after_the_others_on_the_selected_layers(tmp_path):
             assert inv["frame"]["signal"]["mcd_db"] > 0 and "inversion" in la["attack_seconds"]
         else:
             assert inv["skipped"].startswith("layer not selected") and "inversion" not in la["attack_seconds"]
+
+
+def test_frame_layers_run_the_frame_attackers_on_the_named_layers_only(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=6, n_utts=4)
+    frame = {"frame_max_epochs": 1, "frame_channels": 16, "frame_layers": [0]}
+    base = {"model": "tiny-random-wav2vec2", "corpus": str(corpus), "cache_dir": str(tmp_path / "s"),
+            "progress": False, "layers": [0, 1, 2], "attacks": ["speaker_id", "verification"]}
+    cfg = config_from_dict({**base, "out": str(tmp_path / "r"),
+                            "speaker_id": {"attackers": ["logreg", "frame"], "n_boot": 200, **frame},
+                            "verification": {"scorers": ["lda", "frame"], "n_boot": 200, **frame}})
+    with pytest.warns(UserWarning, match="weakened audit"):
+        results = AuditPipeline(cfg).run()
+    for la in results["layers"]:
+        sid = la["attacks"]["speaker_id"]["attackers"]
+        ver = la["attacks"]["verification"]["scorers"]
+        if la["index"] == 0:
+            assert sid["frame"]["top1"] is not None and ver["frame"]["eer"] is not None
+        else:
+            for family, entry in (("speaker_id", sid["frame"]), ("verification", ver["frame"])):
+                assert entry["skipped"] == (f"frame attacker not run on this layer ({family}.frame_layers = [0]: "
+                                            "layers 0)")
+    pooled_only = config_from_dict({**base, "out": str(tmp_path / "r2"),
+                                    "speaker_id": {"attackers": ["logreg"], "n_boot": 200},
+                                    "verification": {"scorers": ["lda"], "n_boot": 200}})
+    with pytest.warns(UserWarning, match="weakened audit"):
+        reference = AuditPipeline(pooled_only).run()
+    # the pooled attackers' numbers are the same whether or not the family reran with the frame attacker
+    for la, ref in zip(results["layers"], reference["layers"]):
+        assert la["attacks"]["speaker_id"]["attackers"]["logreg"]["top1"] == ref["attacks"]["speaker_id"]["top1"]
+        assert la["attacks"]["verification"]["scorers"]["lda"]["eer"] == ref["attacks"]["verification"]["eer"]
+
+
+def test_frame_layers_are_validated():
+    with pytest.raises(ConfigError, match=r"speaker_id\.frame_layers: 'first' is not a layer index"):
+        config_from_dict({"speaker_id": {"frame_layers": ["first"]}}).validate()
+    with pytest.raises(ConfigError, match=r"verification\.frame_layers=\[\]"):
+        config_from_dict({"verification": {"frame_layers": []}}).validate()
