@@ -29,6 +29,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", help="auto (default: cuda when present) | cpu | cuda | cuda:N")
     p.add_argument("--quantize", choices=["int8"], help="audit the dynamically int8-quantised model (CPU)")
+    p.add_argument("--skip-bad-audio", action="store_true",
+                   help="leave out unusable audio files (each listed) instead of stopping; >1%% dropped weakens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +80,7 @@ def _config(args: argparse.Namespace):
         "layers": parse_layers(args.layers) if getattr(args, "layers", None) else None,
         "out": getattr(args, "out", None), "quick": True if getattr(args, "quick", False) else None,
         "progress": False if args.no_progress else None,
-        "device": args.device, "quantize": args.quantize,
+        "device": args.device, "quantize": args.quantize, "skip_bad_audio": True if args.skip_bad_audio else None,
         "policy": getattr(args, "policy", None), "redact": True if getattr(args, "redact", False) else None,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -195,13 +197,14 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _extract(args: argparse.Namespace, argv: list[str]) -> int:
+    from audit.audio_check import check_corpus_audio
     from audit.distributed import is_main, rank_device
     from audit.extractor import build_extractor
     from audit.pipeline import prepare_corpus
     from audit.store import EmbeddingStore
 
     cfg = _config(args)
-    corpus = prepare_corpus(cfg)
+    corpus, _ = check_corpus_audio(prepare_corpus(cfg), skip_bad=cfg.skip_bad_audio, progress=cfg.progress)
     store = EmbeddingStore.build(build_extractor(cfg.model, quantize=cfg.quantize, device=rank_device(cfg.device)),
                                  corpus, cache_dir=cfg.cache_dir,
                                  batch_size=cfg.batch_size, progress=cfg.progress)
@@ -234,8 +237,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args, argv)
     except SpeechAuditError as exc:
-        print(f"speech-audit: error: {exc}", file=sys.stderr)
+        print(f"speech-audit: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("speech-audit: interrupted; finished store shards are kept, rerun to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last guard: one line for the user, the traceback in a log
+        log = _crash_log(argv)
+        print(f"speech-audit: error: unexpected {type(exc).__name__}: {_one_line(str(exc))[:300]} (a bug or an "
+              f"unsupported input; traceback in {log})", file=sys.stderr)
+        return 2
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (newlines of nested messages joined with ' | ')."""
+    return " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _crash_log(argv: list[str]) -> Path:
+    """Write the current exception's traceback (and the command line) to a log file; its path."""
+    import tempfile
+    import time
+    import traceback
+
+    from audit.cache import cache_root
+
+    text = f"speech-audit {' '.join(argv)}\n{time.strftime('%Y-%m-%dT%H:%M:%S')}\n\n{traceback.format_exc()}"
+    for folder in (cache_root() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            log = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            log.write_text(text, encoding="utf-8")
+            return log
+        except OSError:
+            continue
+    return Path("(no writable log folder)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ A TOML file holds the same settings as the CLI flags::
     redact = false            # true: the report holds no original audio, transcripts or raw speaker ids
     device = "auto"           # cpu | cuda | cuda:N | auto (cuda when torch sees a GPU)
     quantize = "int8"         # audit the dynamically int8-quantised model (CPU); omit for float32
+    skip_bad_audio = false    # true: leave out unusable audio files (listed in the results) instead of stopping
     utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
     defense_fraction = 0.5    # share of speakers in the defense partition (disjoint from evaluated speakers)
     defense_attacks = ["speaker_id", "verification"]   # families that attack the defenses (omit: all run)
@@ -59,6 +60,8 @@ from defenses import load_defenses
 
 #: Attacker scenarios of a defense comparison, weakest to strongest (VoicePrivacy's names).
 SCENARIOS = ("ignorant", "lazy_informed", "semi_informed")
+#: AuditConfig fields that are not top-level config keys.
+INTERNAL_KEYS = frozenset({"families", "defenses", "attacks_by_default"})
 #: Keys of a ``[[defense]]`` table that are not the defense's own settings.
 DEFENSE_KEYS = ("name", "sweep", "layers")
 
@@ -133,12 +136,15 @@ class AuditConfig:
     redact: bool = False
     device: str = "auto"
     quantize: str | None = None
+    skip_bad_audio: bool = False
     families: dict[str, Any] = field(default_factory=dict)
+    attacks_by_default: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         registry = load_families()
         if self.attacks is None:
             self.attacks = default_attacks(registry)
+            self.attacks_by_default = True
         for name, family in registry.items():
             self.families.setdefault(name, family.settings())
 
@@ -156,8 +162,12 @@ class AuditConfig:
         known = tuple(self.registry())
         if isinstance(self.layers, str) and self.layers != "all":
             self.layers = parse_layers(self.layers)
-        if isinstance(self.layers, list) and (not self.layers or any(i < 0 for i in self.layers)):
+        if isinstance(self.layers, list) and (not self.layers or any(
+                isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.layers)):
             raise ConfigError(f"layers={self.layers!r}: expected 'all' or non-negative layer indices")
+        if isinstance(self.layers, list) and len(set(self.layers)) < len(self.layers):
+            repeated = sorted({i for i in self.layers if self.layers.count(i) > 1})
+            raise ConfigError(f"layers={self.layers!r}: layer {', '.join(map(str, repeated))} named more than once")
         for cond in self.where:
             if "=" not in cond:
                 raise ConfigError(f"where: {cond!r} is not COLUMN=VALUE")
@@ -258,7 +268,7 @@ class AuditConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready config: the plain settings plus one table per family."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("families", "defenses", "utility_probe")}
+               if f.name not in ("families", "defenses", "utility_probe", "attacks_by_default")}
         out["utility_probe"] = asdict(self.utility_probe)
         out["defense"] = [asdict(spec) for spec in self.defenses]
         out.update({name: asdict(s) for name, s in self.families.items()})
@@ -350,10 +360,10 @@ def config_from_dict(data: dict, *, source: str = "config") -> AuditConfig:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key} must be a table [{key}]")
             families[key] = _fill(registry[key].settings, value, f"{key}.", source)
-        elif key in {f.name for f in fields(AuditConfig)} - {"families", "defenses"}:
+        elif key in {f.name for f in fields(AuditConfig)} - INTERNAL_KEYS:
             plain[key] = value
         else:
-            fields_known = sorted({f.name for f in fields(AuditConfig)} - {"families", "defenses"})
+            fields_known = sorted({f.name for f in fields(AuditConfig)} - INTERNAL_KEYS)
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(fields_known)}; "
                               f"family tables: {', '.join(f'[{n}]' for n in registry)})")
     cfg = _fill(AuditConfig, plain, "", source)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -144,6 +146,10 @@ class Corpus:
                 e = min(u.start + (k + 1) * seconds, u.start + total)
                 out.append(replace(u, utt_id=f"{u.utt_id}_seg{k:03d}", transcript=None,
                                    start=s, end=e, duration=e - s))
+        dup, count = Counter(seg.utt_id for seg in out).most_common(1)[0]
+        if count > 1:
+            raise CorpusError(f"--segment {seconds}: segment id {dup!r} occurs {count} times in corpus {self.name} "
+                              "(an utt_id already ends like a segment id); rename those rows")
         return Corpus(self.name, out, self.filters, seconds)
 
 
@@ -169,40 +175,80 @@ def load_manifest(location: str | Path) -> Corpus:
     if not csv_path.is_file():
         raise CorpusError(f"{location}: no manifest.csv found (expected a folder holding manifest.csv or a CSV file)")
     root = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    utts: list[Utterance] = []
+    seen: set[str] = set()
+    reader = csv.DictReader(io.StringIO(_manifest_text(csv_path), newline=""))
+    try:
         columns = reader.fieldnames or []
         for required in ("path", "speaker"):
             if required not in columns:
                 raise CorpusError(f"{csv_path}: missing required column {required!r} (columns: {', '.join(columns)})")
-        utts: list[Utterance] = []
-        seen: set[str] = set()
-        for lineno, row in enumerate(reader, start=2):
+        for row in reader:
+            lineno = reader.line_num
+            if None in row:
+                raise CorpusError(f"{csv_path}:{lineno}: more fields than the header's {len(columns)} columns")
             rel = (row.get("path") or "").strip()
             speaker = (row.get("speaker") or "").strip()
             if not rel or not speaker:
                 raise CorpusError(f"{csv_path}:{lineno}: empty 'path' or 'speaker'")
-            path = (root / rel).resolve() if not os.path.isabs(rel) else Path(rel)
-            if not path.is_file():
-                raise CorpusError(f"{csv_path}:{lineno}: audio file not found: {path}")
+            path = _row_path(csv_path, lineno, root, rel)
             utt_id = (row.get("utt_id") or "").strip() or Path(rel).stem
+            if "\0" in utt_id or "\0" in speaker:
+                raise CorpusError(f"{csv_path}:{lineno}: NUL character in 'utt_id' or 'speaker'")
             if utt_id in seen:
                 raise CorpusError(f"{csv_path}:{lineno}: duplicate utt_id {utt_id!r}")
             seen.add(utt_id)
             dur_text = (row.get("duration_s") or "").strip()
-            try:
-                duration = float(dur_text) if dur_text else audio_duration(path)
-            except ValueError as exc:
-                raise CorpusError(f"{csv_path}:{lineno}: bad duration_s {dur_text!r}") from exc
+            duration = _row_duration(csv_path, lineno, dur_text) if dur_text else audio_duration(path)
             attrs = {k: (v or "").strip() for k, v in row.items() if k not in RESERVED_COLUMNS and k is not None}
             transcript = (row.get("transcript") or "").strip() or None
             recording = (row.get("recording") or "").strip() or str(path)
             session = (row.get("session") or "").strip() or attrs.get("chapter") or recording
             utts.append(Utterance(utt_id, str(path), speaker, transcript, duration, attrs,
                                   recording=recording, session=f"{speaker}/{session}"))
+    except csv.Error as exc:
+        raise CorpusError(f"{csv_path}:{reader.line_num}: malformed CSV ({exc})") from exc
     if not utts:
         raise CorpusError(f"{csv_path}: manifest has no rows")
     return Corpus(str(location), utts)
+
+
+def _manifest_text(csv_path: Path) -> str:
+    """The manifest as text: UTF-8, a leading byte-order mark (as spreadsheets write) dropped; else one line."""
+    data = csv_path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise CorpusError(f"{csv_path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          "save the manifest as UTF-8") from exc
+
+
+def _row_path(csv_path: Path, lineno: int, root: Path, rel: str) -> Path:
+    """A row's audio file: absolute as given, or relative to (and inside) the manifest's folder."""
+    if "\0" in rel:
+        raise CorpusError(f"{csv_path}:{lineno}: NUL character in 'path'")
+    if os.path.isabs(rel):
+        path = Path(rel)
+    else:
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise CorpusError(f"{csv_path}:{lineno}: relative path {rel!r} resolves outside the manifest's folder "
+                              f"({path}); give an absolute path to use audio stored elsewhere")
+    if not path.is_file():
+        raise CorpusError(f"{csv_path}:{lineno}: audio file not found: {path}")
+    return path
+
+
+def _row_duration(csv_path: Path, lineno: int, text: str) -> float:
+    """A row's ``duration_s``: a finite number of seconds > 0."""
+    try:
+        duration = float(text)
+    except ValueError as exc:
+        raise CorpusError(f"{csv_path}:{lineno}: bad duration_s {text!r} (expected seconds)") from exc
+    if not math.isfinite(duration) or duration <= 0:
+        raise CorpusError(f"{csv_path}:{lineno}: bad duration_s {text!r} (must be a finite number of seconds > 0)")
+    return duration
 
 
 def _speakers_txt(root: Path) -> dict[str, dict[str, str]]:

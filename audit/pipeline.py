@@ -7,6 +7,7 @@ helpers and always produce the same result type, a JSON-ready dict following
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from attacks import load_families
 from audit import plots
+from audit.audio_check import check_corpus_audio, skipped_weakening
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
 from audit.distributed import is_main, rank_device
@@ -98,7 +100,13 @@ class AuditPipeline:
         out = Path(cfg.out or Path("reports") / cfg.run_name())
         registry = load_families()
         policy = load_policy(cfg.policy, registry, set(load_defenses())) if cfg.policy else None
+        if is_main():
+            check_writable(out)
         corpus = prepare_corpus(cfg)
+        n_listed = len(corpus)
+        corpus, bad_audio = check_corpus_audio(corpus, skip_bad=cfg.skip_bad_audio, progress=cfg.progress)
+        for line in skipped_weakening(bad_audio, n_listed):
+            warnings.warn(f"weakened audit: {line}", stacklevel=2)
         labels = corpus_labels(corpus)
         splits, infeasible = self._prepare_splits(cfg, registry, labels)
         defense_plan = plan_defenses(cfg, registry, labels)
@@ -150,7 +158,10 @@ class AuditPipeline:
                       "wall_seconds": round(store.stats.wall_seconds, 2),
                       "duration_source": store.duration_source},
             "threat_model": THREAT_MODEL,
-            "weakened": cfg.weakening_settings(),
+            "weakened": cfg.weakening_settings() + [f"attack family {n!r} not measurable on this corpus: {r}"
+                                                    for n, r in infeasible.items()]
+                        + skipped_weakening(bad_audio, n_listed),
+            "skipped_audio": [b.to_dict() for b in bad_audio],
             "families_not_measurable": infeasible,
             "splits": {name: split.describe() for name, split in splits.items()},
             "layers": layer_results,
@@ -177,10 +188,15 @@ class AuditPipeline:
                         labels: EmbeddingSet) -> tuple[dict[str, Split], dict[str, str]]:
         """Each selected family's split, made from labels before extraction; families that cannot run, with why.
 
-        A family that cannot run on this corpus is left out with a one-line warning naming the
-        reason (recorded in the results); when none can run, the audit stops with that reason.
+        A family the config names in ``attacks`` that cannot run on this corpus stops the audit
+        with the reason. A default family that cannot run is left out with a one-line warning
+        naming the reason (recorded in the results, and a weakening).
         """
         splits, infeasible = plan_splits({n: registry[n] for n in cfg.attacks}, cfg.settings, labels, cfg.seed)
+        if infeasible and not cfg.attacks_by_default:
+            raise CorpusError(f"corpus {cfg.corpus}: too small for the chosen attack families: "
+                              + "; ".join(f"{n}: {r}" for n, r in infeasible.items())
+                              + "; drop them from 'attacks' or use a corpus with more speakers")
         for name, reason in infeasible.items():
             warnings.warn(f"attack family {name!r} cannot run on this corpus: {reason}", stacklevel=2)
         if not splits:
@@ -303,6 +319,17 @@ class AuditPipeline:
 
 #: Why a frame attacker skipped a layer in the first pass (restated once its layers are chosen).
 _DEFERRED = "frame attacker deferred until its frame_layers are chosen"
+
+
+def check_writable(out: Path) -> None:
+    """Create the report folder and write a probe file there; :class:`ConfigError` naming it when that fails."""
+    probe = out / f".write-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"out={str(out)!r}: the report folder cannot be written ({err.strerror or err})") from None
 
 
 def _restate_deferred(result: dict, note: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -52,3 +54,58 @@ def test_nan_audio_rejected(tmp_path):
     sf.write(path, wav, 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match="NaN"):
         load_audio(path)
+
+
+def _corpus_with_bad_files(folder):
+    from tests.conftest import write_tone_corpus
+
+    corpus = write_tone_corpus(folder, n_speakers=4, n_utts=5)
+    (corpus / "audio" / "spk0_0.wav").write_bytes(b"RIFF0000WAVEjunk")
+    sf.write(corpus / "audio" / "spk1_0.wav", np.zeros(8000, np.float32), 16000)
+    sf.write(corpus / "audio" / "spk2_0.wav", np.full(8000, np.nan, np.float32), 16000, subtype="FLOAT")
+    return corpus
+
+
+def test_every_bad_file_is_named_at_once_before_any_model_work(tmp_path, monkeypatch):
+    from audit.cli import main
+
+    monkeypatch.setenv("SPEECH_AUDIT_CACHE", str(tmp_path / "cache"))
+    corpus = _corpus_with_bad_files(tmp_path / "c")
+    args = ["run", "--model", "tiny-random-wav2vec2", "--corpus", str(corpus), "--no-progress", "--quick",
+            "--cache-dir", str(tmp_path / "store"), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert not (tmp_path / "store").exists()  # refused before extraction
+
+
+def test_bad_audio_message_lists_each_file_with_its_reason(tmp_path, monkeypatch):
+    from audit.audio_check import check_corpus_audio
+    from audit.corpus import load_manifest
+
+    monkeypatch.setenv("SPEECH_AUDIT_CACHE", str(tmp_path / "cache"))
+    corpus = load_manifest(_corpus_with_bad_files(tmp_path / "c"))
+    with pytest.raises(AudioError) as err:
+        check_corpus_audio(corpus)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("3 of 20 audio files")
+    for name, reason in (("spk0_0.wav", "unreadable"), ("spk1_0.wav", "silent"), ("spk2_0.wav", "NaN")):
+        assert re.search(rf"{name}: [^;]*{reason}", text), (name, text)
+    kept, bad = check_corpus_audio(corpus, skip_bad=True)
+    assert len(kept) == 17 and sorted(b.path.rsplit("/", 1)[-1] for b in bad) == ["spk0_0.wav", "spk1_0.wav",
+                                                                                  "spk2_0.wav"]
+
+
+def test_skip_bad_audio_records_the_dropped_files_and_weakens(tmp_path, monkeypatch):
+    from audit.config import config_from_dict
+    from audit.pipeline import AuditPipeline
+
+    monkeypatch.setenv("SPEECH_AUDIT_CACHE", str(tmp_path / "cache"))
+    corpus = _corpus_with_bad_files(tmp_path / "c")
+    cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
+                            "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [1],
+                            "skip_bad_audio": True, "attacks": ["speaker_id"],
+                            "speaker_id": {"attackers": ["logreg"], "n_boot": 200}})
+    with pytest.warns(UserWarning, match="skip-bad-audio: 3 of 20"):
+        results = AuditPipeline(cfg).run()
+    assert len(results["skipped_audio"]) == 3 and results["corpus"]["n_utterances"] == 17
+    assert any(w.startswith("--skip-bad-audio: 3 of 20") for w in results["weakened"])
+    assert "Left out for bad audio" in (tmp_path / "r" / "summary.md").read_text()

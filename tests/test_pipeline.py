@@ -95,7 +95,7 @@ def test_impossible_family_is_named_before_extraction(tmp_path):
     cache = tmp_path / "s"
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
                             "cache_dir": str(cache), "quick": True, "progress": False, "attacks": ["verification"]})
-    with pytest.raises(CorpusError, match="no attack family can run.*verification.*--segment"):
+    with pytest.raises(CorpusError, match="too small for the chosen attack families: verification.*--segment"):
         AuditPipeline(cfg).run()
     assert not cache.exists()  # refused before any extraction
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
@@ -103,6 +103,7 @@ def test_impossible_family_is_named_before_extraction(tmp_path):
     with pytest.warns(UserWarning, match="'verification' cannot run on this corpus"):
         results = AuditPipeline(cfg).run()
     assert "speaker-disjoint split impossible" in results["families_not_measurable"]["verification"]
+    assert any(w.startswith("attack family 'verification' not measurable") for w in results["weakened"])
     assert "verification" not in results["layers"][0]["attacks"]
     assert "Not measurable on this corpus" in (tmp_path / "r" / "summary.md").read_text()
 

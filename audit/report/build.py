@@ -105,6 +105,10 @@ def _notices(results: dict) -> Section:
     if results.get("weakened"):
         blocks.append(Callout("warning", "Weakened audit: these settings make the attackers weaker than a full audit, "
                                          "so leakage may be underestimated", list(results["weakened"])))
+    if results.get("skipped_audio"):
+        skipped = results["skipped_audio"]
+        blocks.append(Callout("warning", f"Left out for bad audio (--skip-bad-audio): {len(skipped)} utterances",
+                              [f"{b.get('utt_id')}: {b.get('reason')}" for b in skipped]))
     if results.get("families_not_measurable"):
         blocks.append(Callout("warning", "Not measurable on this corpus: these threats were not tested",
                               [f"{n}: {r}" for n, r in results["families_not_measurable"].items()]))
