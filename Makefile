@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=thorough $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # Measured figures only (nothing asserted): extraction overhead, warm vs cold store, peak RSS 1x/4x,
 # int8 vs fp32, and where the last default audit's time went.

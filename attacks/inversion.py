@@ -55,6 +55,7 @@ from audit.extractor import SHARED_GE2E, SHARED_WHISPER
 from audit.family import (AttackFamily, FamilySettings, LayerContext, RunContext, check_layer_selection,
                           check_range)
 from audit.metrics import bootstrap_ci, speaker_bootstrap_ci
+from audit.names import safe_filename
 from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
                            layer_attack, skip_cell)
 from audit.signal_metrics import lsd_from_logmel
@@ -976,12 +977,6 @@ def _strip(content: dict) -> dict:
     return content
 
 
-def _safe_name(text: str) -> str:
-    """``text`` usable as one file-name component (no separators, no leading dots)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).lstrip(".")
-    return cleaned[:80] or "utt"
-
-
 def _write_examples(out_dir: Path, layer: int | None, test: EmbeddingSet, rows: np.ndarray,
                     originals: list[np.ndarray], copies: list[np.ndarray], recon: list[np.ndarray],
                     true_mels: list[np.ndarray], pred_mels: list[np.ndarray], n_examples: int) -> list[dict]:
@@ -999,7 +994,7 @@ def _write_examples(out_dir: Path, layer: int | None, test: EmbeddingSet, rows: 
     examples = []
     for k in range(min(n_examples, len(rows))):
         row = rows[k]
-        utt = _safe_name(test.utt_ids[row])
+        utt = safe_filename(test.utt_ids[row])
         files = {}
         for kind, wav in (("original", originals[k]), ("vocoder_copy", copies[k]), ("reconstruction", recon[k])):
             files[kind] = f"examples/layer{layer}_{utt}_{kind}.wav"

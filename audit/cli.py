@@ -135,12 +135,14 @@ def _load_run(path: str) -> tuple[dict, Path]:
 def _render(results: dict, path: str, out: Path, registry: dict, **kwargs) -> dict:
     """``write_report``, with results too incomplete to render named by their file."""
     from audit.report import write_report
-    from audit.results import ResultsError
+    from audit.results import ResultsError, malformed_results
 
     try:
-        return write_report(results, out, registry, **kwargs)
+        with malformed_results(path):
+            return write_report(results, out, registry, **kwargs)
     except ResultsError as err:
-        raise ResultsError(f"{path}: {err}") from None
+        message = str(err)
+        raise ResultsError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
 def _gate(args: argparse.Namespace, argv: list[str]) -> int:
@@ -149,12 +151,14 @@ def _gate(args: argparse.Namespace, argv: list[str]) -> int:
     from audit.errors import ConfigError
     from audit.gate import evaluate, load_policy
     from audit.report.junit import write_junit
+    from audit.results import malformed_results
     from defenses import load_defenses
 
     registry = load_families()
     policy = load_policy(args.policy, registry, set(load_defenses()))
     results, source = _load_run(args.results)
-    verdict = evaluate(policy, results).to_dict()
+    with malformed_results(args.results):
+        verdict = evaluate(policy, results).to_dict()
     if args.junit:
         junit = Path(args.junit)
         try:
@@ -172,6 +176,7 @@ def _gate(args: argparse.Namespace, argv: list[str]) -> int:
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
     from attacks import load_families
     from audit.gate import evaluate, load_policy
+    from audit.results import malformed_results
     from defenses import load_defenses
 
     registry = load_families()
@@ -179,7 +184,8 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     results, source = _load_run(args.results)
     out = Path(args.out) if args.out else source
     if policy is not None:
-        results["verdict"] = evaluate(policy, results).to_dict()
+        with malformed_results(args.results):
+            results["verdict"] = evaluate(policy, results).to_dict()
     redact = args.redact or (results.get("report_mode") or {}).get("mode") == "redacted"
     written = _render(results, args.results, out, registry, source=source, redact=redact)
     print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  ({'redacted' if redact else 'full'}, "
@@ -189,9 +195,11 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     from audit.compare import compare_runs
+    from audit.results import malformed_results
 
     out = Path(args.out)
-    compare_runs(args.runs, out)
+    with malformed_results(" / ".join(args.runs)):
+        compare_runs(args.runs, out)
     print(f"comparison: {out / 'compare.html'}  {out / 'compare.md'}")
     return 0
 

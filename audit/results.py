@@ -6,8 +6,11 @@ renderer (Markdown, HTML, JUnit) draws the same table; the ``fmt_*`` helpers wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,22 @@ REQUIRED_KEYS = ("schema_version", "config", "model", "corpus", "layers")
 
 class ResultsError(SpeechAuditError):
     """A results file is unreadable, truncated, of another schema version, or not a run's results."""
+
+
+@contextlib.contextmanager
+def malformed_results(source: str | Path) -> Iterator[None]:
+    """Turn a structural surprise while reading loaded results (a key missing, a value of the wrong
+    type) into one :class:`ResultsError` naming ``source``: a results file is input, and an edited or
+    foreign one must not end in a traceback."""
+    try:
+        yield
+    except ResultsError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise ResultsError(f"{source}: malformed results, not as speech-audit {SCHEMA_VERSION} writes them "
+                           f"({type(exc).__name__}: {str(exc)[:120]} in {where.name}); re-run the audit or restore "
+                           "the file") from exc
 
 
 def load_results(path: str | Path) -> dict:

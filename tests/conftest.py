@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import HealthCheck, settings
 
 # Tests use tiny models: one intra-op thread is faster and reproducible when the 2 cores are shared.
 torch.set_num_threads(1)
+
+# Property tests: a small, derandomised profile in `make test` (fast, reproducible in CI); `make test-all`
+# selects the thorough one (HYPOTHESIS_PROFILE=thorough).
+settings.register_profile("fast", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
