@@ -1,17 +1,25 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename over the target.
 
 A crash leaves the previous file or none, never half a file (rename is atomic on one filesystem).
+A failed write (e.g. a full disk) removes the temporary file and re-raises the ``OSError``;
+:func:`write_error` turns it into the one-line message callers raise as their own error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 
 def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, flush it to disk, and rename it to ``path``."""
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, flush it to disk, and rename it to ``path``.
+
+    Whatever ``write`` raises propagates after the temporary file is removed; a failure to remove
+    it never hides the original error.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -20,8 +28,8 @@ def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,4 +37,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_save(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-__all__ = ["atomic_save", "atomic_write_text"]
+def write_error(path: str | Path, exc: OSError) -> str:
+    """One line for an ``OSError`` raised while writing ``path``, naming ``path`` (the target, not a temporary file).
+
+    ``<path>: cannot write: disk full (ENOSPC)``, ``<path>: cannot write: disk quota exceeded (EDQUOT)``,
+    else ``<path>: cannot write: <strerror>`` (e.g. ``Permission denied``).
+    """
+    if exc.errno == errno.ENOSPC:
+        reason = "disk full (ENOSPC)"
+    elif exc.errno == getattr(errno, "EDQUOT", None):
+        reason = "disk quota exceeded (EDQUOT)"
+    else:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{path}: cannot write: {' '.join(reason.split())}"
+
+
+__all__ = ["atomic_save", "atomic_write_text", "write_error"]
