@@ -843,7 +843,8 @@ def _audio(run: RunContext, data: EmbeddingSet, i: int) -> np.ndarray:
 def _vocoder(settings: InversionSettings, run: RunContext) -> Any:
     from audit.vocoder import build_vocoder
 
-    return run.once(("vocoder", settings.vocoder), lambda: build_vocoder(settings.vocoder, seed=run.seed))
+    return run.once(("vocoder", settings.vocoder),
+                    lambda: build_vocoder(settings.vocoder, seed=run.seed, trust_remote_code=run.trust_remote_code))
 
 
 def _judges(settings: InversionSettings, run: RunContext) -> tuple[_RunMemoJudge, _RunMemoJudge]:
@@ -859,7 +860,7 @@ def _judges(settings: InversionSettings, run: RunContext) -> tuple[_RunMemoJudge
 
     def load_spk() -> SpeakerJudge:
         if settings.speaker_judge != "ge2e":
-            return SpeakerJudge(model=settings.speaker_judge).load()
+            return SpeakerJudge(model=settings.speaker_judge, trust_remote_code=run.trust_remote_code).load()
         from audit.ge2e import GE2EEncoder
 
         return SpeakerJudge(model=settings.speaker_judge).load(run.once(SHARED_GE2E, GE2EEncoder))

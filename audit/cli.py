@@ -29,6 +29,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", help="auto (default: cuda when present) | cpu | cuda | cuda:N")
     p.add_argument("--quantize", choices=["int8"], help="audit the dynamically int8-quantised model (CPU)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let models that ship code load (speechbrain folders or non-speechbrain/ hub ids, HF auto_map)")
     p.add_argument("--skip-bad-audio", action="store_true",
                    help="leave out unusable audio files (each listed) instead of stopping; >1%% dropped weakens")
 
@@ -81,6 +83,7 @@ def _config(args: argparse.Namespace):
         "out": getattr(args, "out", None), "quick": True if getattr(args, "quick", False) else None,
         "progress": False if args.no_progress else None,
         "device": args.device, "quantize": args.quantize, "skip_bad_audio": True if args.skip_bad_audio else None,
+        "trust_remote_code": True if args.trust_remote_code else None,
         "policy": getattr(args, "policy", None), "redact": True if getattr(args, "redact", False) else None,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -213,7 +216,8 @@ def _extract(args: argparse.Namespace, argv: list[str]) -> int:
 
     cfg = _config(args)
     corpus, _ = check_corpus_audio(prepare_corpus(cfg), skip_bad=cfg.skip_bad_audio, progress=cfg.progress)
-    store = EmbeddingStore.build(build_extractor(cfg.model, quantize=cfg.quantize, device=rank_device(cfg.device)),
+    store = EmbeddingStore.build(build_extractor(cfg.model, quantize=cfg.quantize, device=rank_device(cfg.device),
+                                                 trust_remote_code=cfg.trust_remote_code),
                                  corpus, cache_dir=cfg.cache_dir,
                                  batch_size=cfg.batch_size, progress=cfg.progress)
     st = store.stats

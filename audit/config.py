@@ -12,6 +12,7 @@ A TOML file holds the same settings as the CLI flags::
     device = "auto"           # cpu | cuda | cuda:N | auto (cuda when torch sees a GPU)
     quantize = "int8"         # audit the dynamically int8-quantised model (CPU); omit for float32
     skip_bad_audio = false    # true: leave out unusable audio files (listed in the results) instead of stopping
+    trust_remote_code = false # true: let models that ship code load (speechbrain folders/other orgs, HF auto_map)
     utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
     defense_fraction = 0.5    # share of speakers in the defense partition (disjoint from evaluated speakers)
     defense_attacks = ["speaker_id", "verification"]   # families that attack the defenses (omit: all run)
@@ -137,6 +138,7 @@ class AuditConfig:
     device: str = "auto"
     quantize: str | None = None
     skip_bad_audio: bool = False
+    trust_remote_code: bool = False
     families: dict[str, Any] = field(default_factory=dict)
     attacks_by_default: bool = field(default=False, repr=False)
 

@@ -336,16 +336,17 @@ class HuggingFaceSpeech(Extractor):
     """
 
     def __init__(self, spec: str, *, model=None, feature_extractor=None, weights_id: str | None = None,
-                 quantize: str | None = None, device: str = "cpu") -> None:
+                 quantize: str | None = None, device: str = "cpu", trust_remote_code: bool = False) -> None:
         super().__init__(quantize=quantize, device=device)
         self.spec = spec
+        self.trust_remote_code = trust_remote_code
         if model is not None:
             self._model, self._fe, self._weights_id = self._place(model), feature_extractor, weights_id
             self._folder = None
             self._loaded = True
         else:
             self._folder = resolve_hf_folder(spec)
-            config, self._fe = _read_hf_config(spec, self._folder)
+            config, self._fe = _read_hf_config(spec, self._folder, trust_remote_code)
         self._setup(model.config if model is not None else config)
 
     def _setup(self, config) -> None:
@@ -383,7 +384,8 @@ class HuggingFaceSpeech(Extractor):
             if self.family == "whisper":
                 model = _whisper_encoder(self._folder)
             else:
-                model = AutoModel.from_pretrained(self._folder, dtype=torch.float32)
+                model = AutoModel.from_pretrained(self._folder, dtype=torch.float32,
+                                                  trust_remote_code=self.trust_remote_code)
         except Exception as exc:
             raise ModelLoadError(f"model {self.spec!r}: cannot load weights from {self._folder}: {exc}") from exc
         self._model = self._place(model)
@@ -454,16 +456,21 @@ def tiny_random_wav2vec2(seed: int = 0, *, quantize: str | None = None, device: 
                              quantize=quantize, device=device)
 
 
-def _read_hf_config(spec: str, folder: str):
-    """Config and feature extractor of a from_pretrained folder (cheap: JSON only, no weights)."""
+def _read_hf_config(spec: str, folder: str, trust_remote_code: bool = False):
+    """Config and feature extractor of a from_pretrained folder (cheap: JSON only, no weights).
+
+    Code a folder ships (``auto_map``) runs only with ``trust_remote_code``; otherwise transformers
+    refuses it and so do we, in one line.
+    """
     from transformers import AutoConfig, AutoFeatureExtractor
 
     try:
-        config = AutoConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(f"model {spec!r}: cannot read config.json in {folder}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(f"model {spec!r}: cannot read config.json in {folder}: {first}") from exc
     try:
-        fe = AutoFeatureExtractor.from_pretrained(folder)
+        fe = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception:
         if config.model_type == "whisper":
             from transformers import WhisperFeatureExtractor
@@ -529,23 +536,38 @@ def hub_snapshot(spec: str, *, label: str, how: str, allow_patterns: list[str] |
         raise ModelLoadError(f"{label} {spec!r}: download failed: {type(exc).__name__}: {exc}") from exc
 
 
-def speechbrain_source(spec: str, *, label: str) -> str:
+#: Hub organisation whose speechbrain models load without ``trust_remote_code``.
+OFFICIAL_SPEECHBRAIN_ORG = "speechbrain/"
+_TRUST_HINT = "set trust_remote_code = true in the config (or pass --trust-remote-code) if you trust its author"
+
+
+def speechbrain_source(spec: str, *, label: str, trust_remote_code: bool = False) -> str:
     """Local folder or hub id speechbrain should load ``spec`` from; fails fast offline.
 
     A folder must hold a speechbrain ``hyperparams.yaml``; a hub id (``org/name``) resolves to
-    its cached copy, or is passed on to speechbrain when the hub is reachable.
+    its cached copy, or is passed on to speechbrain when the hub is reachable. Loading runs the
+    YAML's ``!new:``/``!apply:`` tags, which is arbitrary code: only the ``speechbrain/``
+    organisation's models load without ``trust_remote_code``; any other hub id or local folder
+    is refused (one line) unless the user trusts it.
     """
     if os.path.isdir(spec):
         if not (Path(spec) / "hyperparams.yaml").is_file():
             raise ModelLoadError(f"{label} folder {spec}: no hyperparams.yaml (expected a speechbrain model folder)")
+        if not trust_remote_code:
+            raise ModelLoadError(f"{label} folder {spec}: loading it runs the code its hyperparams.yaml names "
+                                 f"(!new:/!apply: tags); {_TRUST_HINT}")
         return spec
     if spec.count("/") != 1:
         raise ModelLoadError(f"unknown {label} {spec!r}: use a speechbrain hub id (org/name) or a local speechbrain "
                              "model folder")
+    if not spec.startswith(OFFICIAL_SPEECHBRAIN_ORG) and not trust_remote_code:
+        raise ModelLoadError(f"{label} {spec!r}: not a model of the {OFFICIAL_SPEECHBRAIN_ORG} organisation, and "
+                             f"loading it runs the code its hyperparams.yaml names; {_TRUST_HINT}")
     return hub_snapshot(spec, label=label, how="pass DIR", download=False)
 
 
-def build_extractor(spec: str, *, quantize: str | None = None, device: str = "cpu") -> Extractor:
+def build_extractor(spec: str, *, quantize: str | None = None, device: str = "cpu",
+                    trust_remote_code: bool = False) -> Extractor:
     """Extractor for a model spec: an offline name, a Hugging Face id or a local folder.
 
     ``quantize``: None (float32) or ``"int8"`` (torch dynamic quantisation of the Linear layers,
@@ -565,4 +587,4 @@ def build_extractor(spec: str, *, quantize: str | None = None, device: str = "cp
         return GE2E(**kw)
     if spec == "tiny-random-wav2vec2":
         return tiny_random_wav2vec2(**kw)
-    return HuggingFaceSpeech(spec, **kw)
+    return HuggingFaceSpeech(spec, trust_remote_code=trust_remote_code, **kw)

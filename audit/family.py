@@ -46,7 +46,8 @@ class RunContext:
     ``device`` is the resolved torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) every torch
     estimator of the run trains and predicts on, in float32 (results come back as numpy either
     way). ``n_layers`` is the number of layers compared, so a headline picked from several layers
-    can say how many it was picked from. :meth:`once` replaces module-global caches: loaded
+    can say how many it was picked from. ``trust_remote_code`` lets models that ship code (speechbrain
+    folders and non-official hub ids, Hugging Face ``auto_map``) load. :meth:`once` replaces module-global caches: loaded
     judges and vocoders, and layer-independent analyses of the original audio, live here.
     """
 
@@ -55,6 +56,7 @@ class RunContext:
     progress: bool = False
     n_layers: int = 1
     device: str = "cpu"
+    trust_remote_code: bool = False
     _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:

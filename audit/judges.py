@@ -172,8 +172,9 @@ class SpeakerJudge:
     (2, 256)
     """
 
-    def __init__(self, *, model: str = "ge2e") -> None:
+    def __init__(self, *, model: str = "ge2e", trust_remote_code: bool = False) -> None:
         self.model = model
+        self.trust_remote_code = trust_remote_code
 
     def describe(self) -> dict[str, Any]:
         """Judge identity for reports."""
@@ -197,7 +198,7 @@ class SpeakerJudge:
 
             self.encoder_ = encoder if encoder is not None else GE2EEncoder()
             return self
-        source = speechbrain_source(self.model, label="speaker judge")
+        source = speechbrain_source(self.model, label="speaker judge", trust_remote_code=self.trust_remote_code)
         try:
             from speechbrain.inference.speaker import EncoderClassifier
 

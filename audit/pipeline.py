@@ -110,13 +110,17 @@ class AuditPipeline:
         labels = corpus_labels(corpus)
         splits, infeasible = self._prepare_splits(cfg, registry, labels)
         defense_plan = plan_defenses(cfg, registry, labels)
-        extractor = build_extractor(cfg.model, quantize=cfg.quantize, device=rank_device(cfg.device))
+        if cfg.trust_remote_code:
+            warnings.warn("trust_remote_code: models that ship code may run it (speechbrain YAML tags, Hugging Face "
+                          "auto_map); recorded in the report", stacklevel=2)
+        extractor = build_extractor(cfg.model, quantize=cfg.quantize, device=rank_device(cfg.device),
+                                    trust_remote_code=cfg.trust_remote_code)
         layers = self._prepare_layers(cfg, extractor)
         check_defense_layers(cfg, extractor.num_layers)
         if policy is not None:
             check_policy(policy, list(splits), infeasible, extractor.num_layers, bool(cfg.defenses))
         run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers),
-                         device=resolve_device(rank_device(cfg.device)))
+                         device=resolve_device(rank_device(cfg.device)), trust_remote_code=cfg.trust_remote_code)
         extractor.share_models(run.once)
         for name in splits:
             if registry[name].preflight is not None and is_main():
@@ -143,7 +147,7 @@ class AuditPipeline:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "invocation": {"argv": self.argv} if self.argv is not None else {},
             "config": cfg.to_dict(),
-            "environment": {**environment(), "device": run.device},
+            "environment": {**environment(), "device": run.device, "trust_remote_code": cfg.trust_remote_code},
             "model": {**extractor.describe(), "fingerprint": extractor.fingerprint()},
             "corpus": {"spec": cfg.corpus, "description": corpus.describe(), "n_utterances": len(corpus),
                        "n_speakers": len(set(corpus.speakers)), "total_seconds": round(corpus.total_seconds, 2),

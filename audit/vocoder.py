@@ -199,8 +199,9 @@ class HifiGanVocoder(Vocoder):
         ``sample_rate`` when present, else the LibriTTS 16 kHz card's values).
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, trust_remote_code: bool = False) -> None:
         self.source = source
+        self.trust_remote_code = trust_remote_code
 
     def load(self) -> "HifiGanVocoder":
         """Resolve the source, load the generator and measure its hop; returns ``self``."""
@@ -208,7 +209,7 @@ class HifiGanVocoder(Vocoder):
             return self
         from audit.extractor import speechbrain_source
 
-        folder = speechbrain_source(self.source, label="vocoder")
+        folder = speechbrain_source(self.source, label="vocoder", trust_remote_code=self.trust_remote_code)
         try:
             from speechbrain.inference.vocoders import HIFIGAN
 
@@ -271,11 +272,12 @@ def check_vocoder_spec(spec: str) -> str | None:
             "or an existing local folder")
 
 
-def build_vocoder(spec: str, *, seed: int = 0) -> Vocoder:
-    """The vocoder named by ``spec`` (see :func:`check_vocoder_spec`), loaded."""
+def build_vocoder(spec: str, *, seed: int = 0, trust_remote_code: bool = False) -> Vocoder:
+    """The vocoder named by ``spec`` (see :func:`check_vocoder_spec`), loaded (``trust_remote_code``: see
+    :func:`audit.extractor.speechbrain_source`)."""
     problem = check_vocoder_spec(spec)
     if problem:
         raise ModelLoadError(f"vocoder {spec!r}: {problem}")
     if spec == "griffinlim":
         return GriffinLimVocoder(seed=seed)
-    return HifiGanVocoder(spec).load()
+    return HifiGanVocoder(spec, trust_remote_code=trust_remote_code).load()

@@ -50,7 +50,7 @@ def hifigan_folder(tmp_path_factory) -> Path:
 
 
 def test_hifigan_folder_loads_with_its_hop_and_analysis(hifigan_folder):
-    voc = HifiGanVocoder(str(hifigan_folder)).load()
+    voc = HifiGanVocoder(str(hifigan_folder), trust_remote_code=True).load()
     assert (voc.hop_length, voc.frame_rate, voc.n_mels) == (256, 62.5, 80)
     wav = 0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     mel = voc.analyze(wav)
@@ -63,7 +63,7 @@ def test_hifigan_folder_loads_with_its_hop_and_analysis(hifigan_folder):
 
 def test_hifigan_output_is_aligned_with_its_input_frames(hifigan_folder):
     """The generator's own input padding is cut: a burst in frames 30-32 sounds around frame 31, not 36."""
-    voc = HifiGanVocoder(str(hifigan_folder)).load()
+    voc = HifiGanVocoder(str(hifigan_folder), trust_remote_code=True).load()
     silent = np.full((60, 80), np.log(1e-5), dtype=np.float32)
     burst = silent.copy()
     burst[30:33] = 0.0
@@ -105,7 +105,7 @@ def test_inversion_trains_on_the_neural_vocoders_mel(tmp_path, hifigan_folder):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=4, n_utts=5)
     out = tmp_path / "r"
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(out),
-                            "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [1],
+                            "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [1], "trust_remote_code": True,
                             "attacks": ["speaker_id", "inversion"],
                             "speaker_id": {"attackers": ["logreg"], "n_boot": 200},
                             "inversion": {"max_epochs": 2, "n_eval": 4, "n_examples": 1, "skip_judges": True,

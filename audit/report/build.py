@@ -105,6 +105,10 @@ def _notices(results: dict) -> Section:
     if results.get("weakened"):
         blocks.append(Callout("warning", "Weakened audit: these settings make the attackers weaker than a full audit, "
                                          "so leakage may be underestimated", list(results["weakened"])))
+    if (results.get("environment") or {}).get("trust_remote_code"):
+        blocks.append(Callout("warning", "trust_remote_code was set", [
+            "models that ship code (speechbrain hyperparams.yaml tags, Hugging Face auto_map) were allowed to run it "
+            "during this audit"]))
     if results.get("skipped_audio"):
         skipped = results["skipped_audio"]
         blocks.append(Callout("warning", f"Left out for bad audio (--skip-bad-audio): {len(skipped)} utterances",
