@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from audit.errors import OutputError
+
 
 def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, flush it to disk, and rename it to ``path``.
@@ -52,4 +54,17 @@ def write_error(path: str | Path, exc: OSError) -> str:
     return f"{path}: cannot write: {' '.join(reason.split())}"
 
 
-__all__ = ["atomic_save", "atomic_write_text", "write_error"]
+def write_output(path: Path, write: Callable[[Path], None]) -> None:
+    """:func:`atomic_save` for a run's outputs: an ``OSError`` becomes one :class:`OutputError` line naming ``path``."""
+    try:
+        atomic_save(path, write)
+    except OSError as exc:
+        raise OutputError(write_error(path, exc)) from exc
+
+
+def write_output_text(path: Path, text: str) -> None:
+    """:func:`write_output` of UTF-8 text."""
+    write_output(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+__all__ = ["atomic_save", "atomic_write_text", "write_error", "write_output", "write_output_text"]

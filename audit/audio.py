@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from audit.atomic import write_output
 from audit.errors import AudioError
 
 SAMPLE_RATE = 16000
@@ -117,6 +118,11 @@ def audio_duration(path: str | Path) -> float:
 
 
 def write_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write a mono float waveform as 16-bit PCM (format from the suffix: .wav or .flac)."""
+    """Write a mono float waveform as 16-bit PCM (format from the suffix: .wav or .flac), atomically.
+
+    A write failure (disk full, no permission) is one :class:`~audit.errors.OutputError` naming ``path``.
+    """
+    path = Path(path)
     wav = np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0)
-    sf.write(str(path), wav, sample_rate, subtype="PCM_16")
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower(), "WAV")
+    write_output(path, lambda tmp: sf.write(str(tmp), wav, sample_rate, subtype="PCM_16", format=fmt))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audit import plots
-from audit.atomic import atomic_write_text
+from audit.atomic import write_output_text
 from audit.defense_tables import setting_label
 from audit.errors import SpeechAuditError
 from audit.report.document import Bullets, Callout, Figure, Paragraph, ReportDocument, Section
@@ -107,8 +107,8 @@ def compare_runs(runs: Sequence[str | Path], out: Path) -> ReportDocument:
     measures = find_measures(loaded)
     figures = {m.slug: _figure(loaded, m, out) for m in measures}
     doc = comparison_document(loaded, measures, figures)
-    atomic_write_text(out / "compare.md", render_markdown(doc, summary_only=False))
-    atomic_write_text(out / "compare.html", render_html(doc, out))
+    write_output_text(out / "compare.md", render_markdown(doc, summary_only=False))
+    write_output_text(out / "compare.html", render_html(doc, out))
     return doc
 
 

@@ -28,3 +28,7 @@ class ConfigError(SpeechAuditError):
 
 class StoreError(SpeechAuditError):
     """The embedding store on disk is inconsistent or cannot be written."""
+
+
+class OutputError(SpeechAuditError):
+    """A report, plot or listenable example cannot be written (disk full, no permission)."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from audit.atomic import write_output
+
 
 def _pyplot():
     import matplotlib
@@ -19,6 +21,12 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save ``fig`` atomically as ``path`` (format from its suffix); a write failure is one line naming it."""
+    path = Path(path)
+    write_output(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
 
 
 def layer_curves(path: Path, layers: Sequence[int], names: Sequence[str], series: dict[str, dict],
@@ -49,7 +57,7 @@ def layer_curves(path: Path, layers: Sequence[int], names: Sequence[str], series
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -86,7 +94,7 @@ def pareto_plot(path: Path, points: Sequence[dict], front: Sequence[dict], *, ti
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -130,7 +138,7 @@ def embedding_map(path: Path, X: np.ndarray, colour_by: dict[str, np.ndarray], *
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -150,7 +158,7 @@ def score_histogram(path: Path, hist: dict, *, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -168,7 +176,7 @@ def learning_curves(path: Path, curves: dict[str, list[dict]], *, metric: str, t
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -184,6 +192,6 @@ def mel_comparison(path: Path, true_mel: np.ndarray, pred_mel: np.ndarray, *, ti
     axes[1].set_xlabel("frame")
     fig.colorbar(im, ax=axes, fraction=0.03, label="ln mel")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

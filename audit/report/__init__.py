@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from audit.atomic import atomic_save, atomic_write_text
+from audit.atomic import write_output, write_output_text
 from audit.family import AttackFamily
 from audit.report.build import build_document, risk_ratings
 from audit.report.document import Figure, ReportDocument
@@ -100,11 +100,11 @@ def write_report(results: dict, out: Path, registry: dict[str, AttackFamily], *,
         written.add("junit.xml")
     results["files"] = sorted(set(results.get("files", [])) | written)
     doc = build_document(results, registry, figures)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
-    atomic_write_text(out / "summary.md", render_markdown(doc, summary_only=True))
-    atomic_write_text(out / "report.html", render_html(doc, out))
+    write_output_text(out / "results.json", json.dumps(results, indent=1))
+    write_output_text(out / "summary.md", render_markdown(doc, summary_only=True))
+    write_output_text(out / "report.html", render_html(doc, out))
     if results.get("verdict"):
-        atomic_save(out / "junit.xml", lambda tmp: write_junit(results["verdict"], tmp))
+        write_output(out / "junit.xml", lambda tmp: write_junit(results["verdict"], tmp))
     return results
 
 
