@@ -14,13 +14,12 @@ import io
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from audit.audio import audio_duration
-from audit.errors import CorpusError
+from audit.errors import AudioError, CorpusError
 
 RESERVED_COLUMNS = ("path", "speaker", "transcript", "duration_s", "utt_id", "recording", "session")
 
@@ -128,7 +127,8 @@ class Corpus:
         Each segment keeps its speaker, attributes, ``recording`` and ``session`` (so splits
         keep a recording's segments together); transcripts are dropped because no word timing
         is known. A tail shorter than half a segment is dropped; an utterance
-        shorter than one segment stays whole.
+        shorter than one segment stays whole. Segment ids are ``<utt_id>_segNNN``: unique, because
+        utterance ids are and the text after the last ``_seg`` is all digits.
         """
         if not seconds or seconds <= 0:
             raise CorpusError(f"--segment {seconds!r}: must be a positive number of seconds")
@@ -146,10 +146,6 @@ class Corpus:
                 e = min(u.start + (k + 1) * seconds, u.start + total)
                 out.append(replace(u, utt_id=f"{u.utt_id}_seg{k:03d}", transcript=None,
                                    start=s, end=e, duration=e - s))
-        dup, count = Counter(seg.utt_id for seg in out).most_common(1)[0]
-        if count > 1:
-            raise CorpusError(f"--segment {seconds}: segment id {dup!r} occurs {count} times in corpus {self.name} "
-                              "(an utt_id already ends like a segment id); rename those rows")
         return Corpus(self.name, out, self.filters, seconds)
 
 
@@ -167,8 +163,11 @@ def load_manifest(location: str | Path) -> Corpus:
     Required columns: ``path`` (relative to the manifest's folder or absolute) and
     ``speaker``; optional ``transcript``, ``duration_s``, ``utt_id``, ``recording`` (the
     source recording, default: the file) and ``session`` (default: a ``chapter`` column, else
-    the recording); every other column becomes an attribute. A row naming a missing file is
-    an error that names the row.
+    the recording); every other column becomes an attribute. Each of these is an error naming
+    the row: a missing file, a relative path that resolves outside the manifest's folder, a
+    ``duration_s`` that is not a finite number > 0, a duplicate ``utt_id``, NUL in a path or id,
+    more fields than columns. The file must be UTF-8 (a byte-order mark is dropped). Unreadable
+    audio is not an error here: :mod:`audit.audio_check` names every bad file at once.
     """
     location = Path(location)
     csv_path = location / "manifest.csv" if location.is_dir() else location
@@ -199,7 +198,7 @@ def load_manifest(location: str | Path) -> Corpus:
                 raise CorpusError(f"{csv_path}:{lineno}: duplicate utt_id {utt_id!r}")
             seen.add(utt_id)
             dur_text = (row.get("duration_s") or "").strip()
-            duration = _row_duration(csv_path, lineno, dur_text) if dur_text else audio_duration(path)
+            duration = _row_duration(csv_path, lineno, dur_text) if dur_text else _header_duration(path)
             attrs = {k: (v or "").strip() for k, v in row.items() if k not in RESERVED_COLUMNS and k is not None}
             transcript = (row.get("transcript") or "").strip() or None
             recording = (row.get("recording") or "").strip() or str(path)
@@ -238,6 +237,15 @@ def _row_path(csv_path: Path, lineno: int, root: Path, rel: str) -> Path:
     if not path.is_file():
         raise CorpusError(f"{csv_path}:{lineno}: audio file not found: {path}")
     return path
+
+
+def _header_duration(path: Path) -> float:
+    """A file's duration from its header; 0.0 when the header is unreadable or empty, so that loading
+    goes on and the audio check (:mod:`audit.audio_check`) names every bad file at once."""
+    try:
+        return audio_duration(path)
+    except AudioError:
+        return 0.0
 
 
 def _row_duration(csv_path: Path, lineno: int, text: str) -> float:

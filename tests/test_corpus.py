@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given
+from hypothesis import strategies as st
 
-from audit.corpus import load_corpus, load_librispeech, load_manifest, speech_rate
+from audit.corpus import Corpus, Utterance, load_corpus, load_librispeech, load_manifest, speech_rate
 from audit.errors import CorpusError
 from audit.splits import speaker_disjoint_split, utterance_split
 from tests.conftest import shared_corpus, voice
@@ -118,3 +120,40 @@ def test_impossible_splits_name_the_setting():
         speaker_disjoint_split(["a", "a", "b"], min_test_speakers=2)
     with pytest.raises(CorpusError, match="--segment"):
         utterance_split(["a", "b", "c"])
+
+
+@given(ids=st.lists(st.text(alphabet="ab_seg0123", min_size=1, max_size=10), min_size=1, max_size=8, unique=True),
+       seconds=st.lists(st.floats(0.3, 5.0), min_size=8, max_size=8), segment=st.floats(0.25, 2.0))
+def test_segment_ids_stay_unique(ids, seconds, segment):
+    corpus = Corpus("c", [Utterance(u, f"/x/{i}.wav", "s", None, seconds[i]) for i, u in enumerate(ids)])
+    cut = corpus.segmented(segment)
+    assert len({u.utt_id for u in cut}) == len(cut)
+
+
+def _manifest(folder, body: bytes):
+    """A manifest folder holding ``body`` as manifest.csv and one valid clip, a.wav."""
+    folder.mkdir()
+    sf.write(folder / "a.wav", 0.1 * np.ones(1600, np.float32), 16000)
+    (folder / "manifest.csv").write_bytes(body)
+    return folder
+
+
+@pytest.mark.parametrize("body, message", [
+    ("path,speaker,transcript\na.wav,s1,H\xc9LLO\n".encode("latin-1"), r"manifest.csv:2: not UTF-8 \(byte 0xc9"),
+    (b"path,speaker,duration_s\na.wav,s1,nan\n", r"manifest.csv:2: bad duration_s 'nan'"),
+    (b"path,speaker,duration_s\na.wav,s1,inf\n", r"manifest.csv:2: bad duration_s 'inf'"),
+    (b"path,speaker,duration_s\na.wav,s1,-2\n", r"manifest.csv:2: bad duration_s '-2'"),
+    (b"path,speaker\n../a.wav,s1\n", r"manifest.csv:2: relative path '../a.wav' resolves outside"),
+    (b"path,speaker,utt_id\na.wav,s1,x\x00y\n", r"manifest.csv:2: NUL character"),
+    (b"path,speaker\na.wav,s1,extra\n", r"manifest.csv:2: more fields than the header's 2 columns"),
+    (b"path,speaker\na.wav,s1\na.wav,s2\n", r"manifest.csv:3: duplicate utt_id 'a'"),
+])
+def test_bad_manifests_name_the_row(tmp_path, body, message):
+    with pytest.raises(CorpusError, match=message) as err:
+        load_manifest(_manifest(tmp_path / "m", body))
+    assert "\n" not in str(err.value)
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    corpus = load_manifest(_manifest(tmp_path / "m", b"\xef\xbb\xbfpath,speaker\na.wav,s1\n"))
+    assert corpus.utterances[0].speaker == "s1" and corpus.utterances[0].utt_id == "a"
