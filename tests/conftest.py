@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,33 @@ settings.register_profile("fast", max_examples=25, deadline=None, derandomize=Tr
 settings.register_profile("thorough", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+def _drop_broken_lazy_modules() -> None:
+    """Remove lazy modules whose ``__file__`` cannot be read (speechbrain's stub of its optional k2 integration).
+
+    Hypothesis scans ``sys.modules`` for constants of local code (at collection and while
+    generating) and reads every module's ``__file__``; on such a stub that read raises ImportError.
+    """
+    for name, module in list(sys.modules.items()):
+        try:
+            getattr(module, "__file__", None)
+        except ImportError:
+            del sys.modules[name]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Before hypothesis's own collection hook scans the modules the test files imported."""
+    _drop_broken_lazy_modules()
+
+
+@pytest.fixture(autouse=True)
+def _no_broken_lazy_modules():
+    """Before and after every test: a test that imported speechbrain may have added stubs."""
+    _drop_broken_lazy_modules()
+    yield
+    _drop_broken_lazy_modules()
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -14,7 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
-from audit.atomic import write_output, write_output_text
+from audit.atomic import write_error, write_output, write_output_text
+from audit.errors import OutputError
 from audit.family import AttackFamily
 from audit.report.build import build_document, risk_ratings
 from audit.report.document import Figure, ReportDocument
@@ -47,11 +48,14 @@ def _carry_files(results: dict, source: Path | None, out: Path, names: dict[str,
         dst = out / target
         if not src.is_file() or (same and target == file):
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if same:
-            src.replace(dst)
-        else:
-            shutil.copyfile(src, dst)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if same:
+                src.replace(dst)
+                continue
+        except OSError as exc:
+            raise OutputError(write_error(dst, exc)) from exc
+        write_output(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
 
 
 def _kept_figures(results: dict, out: Path, drawn: list[Figure]) -> list[Figure]:
@@ -78,7 +82,10 @@ def write_report(results: dict, out: Path, registry: dict[str, AttackFamily], *,
     its id hashes is ``salt`` or a fresh secret, never stored.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(write_error(out, exc)) from exc
     source = Path(source) if source is not None else out
     results = dict(results)
     results["risks"] = [r.to_dict() for r in risk_ratings(results, registry)]
