@@ -148,6 +148,12 @@ def _render(results: dict, path: str, out: Path, registry: dict, **kwargs) -> di
         raise ResultsError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
+def _was_redacted(results: dict) -> bool:
+    """Whether loaded results come from a redacted report (then every re-render stays redacted)."""
+    mode = results.get("report_mode")
+    return isinstance(mode, dict) and mode.get("mode") == "redacted"
+
+
 def _gate(args: argparse.Namespace, argv: list[str]) -> int:
     from attacks import load_families
     from audit.atomic import atomic_save
@@ -171,7 +177,7 @@ def _gate(args: argparse.Namespace, argv: list[str]) -> int:
             raise ConfigError(f"--junit {junit}: cannot write ({err.strerror or err})") from None
     if args.out:
         _render({**results, "verdict": verdict}, args.results, Path(args.out), registry, source=source,
-                redact=(results.get("report_mode") or {}).get("mode") == "redacted")
+                redact=_was_redacted(results))
     _print_verdict(verdict)
     return verdict["exit_code"]
 
@@ -189,11 +195,12 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     if policy is not None:
         with malformed_results(args.results):
             results["verdict"] = evaluate(policy, results).to_dict()
-    redact = args.redact or (results.get("report_mode") or {}).get("mode") == "redacted"
+    redact = args.redact or _was_redacted(results)
     written = _render(results, args.results, out, registry, source=source, redact=redact)
     print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  ({'redacted' if redact else 'full'}, "
           f"{len(written['files'])} files)")
-    return _verdict_exit(written)
+    with malformed_results(args.results):
+        return _verdict_exit(written)
 
 
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
