@@ -572,7 +572,8 @@ def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: Verificatio
     The attacker runs on the run's device (``ctx.device``) in float32.
     """
     if train.frame_source is None or ctx.frame_skip:
-        return AttackResult.skip("verification", "frame-ecapa", ctx.frame_skip or "pooled-only layer: no frames").to_dict()
+        reason = ctx.frame_skip or "pooled-only layer: no frames"
+        return AttackResult.skip("verification", "frame-ecapa", reason).to_dict()
     encoder = budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate, learning_curve=False,
                                       device=ctx.device).fit(train)
     result = SpeakerVerification(backend="cosine", **common).fit(train.with_pooled(encoder.transform(train))).evaluate(

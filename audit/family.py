@@ -47,8 +47,9 @@ class RunContext:
     estimator of the run trains and predicts on, in float32 (results come back as numpy either
     way). ``n_layers`` is the number of layers compared, so a headline picked from several layers
     can say how many it was picked from. ``trust_remote_code`` lets models that ship code (speechbrain
-    folders and non-official hub ids, Hugging Face ``auto_map``) load. :meth:`once` replaces module-global caches: loaded
-    judges and vocoders, and layer-independent analyses of the original audio, live here.
+    folders and non-official hub ids, Hugging Face ``auto_map``) load. :meth:`once` replaces
+    module-global caches: loaded judges and vocoders, and layer-independent analyses of the
+    original audio, live here.
     """
 
     seed: int = 0

@@ -57,7 +57,8 @@ def test_defense_attacks_limit_the_families_that_attack_the_defenses_and_weaken(
     from audit.pipeline import corpus_labels, prepare_corpus
 
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=8, n_utts=4)
-    cfg = _cfg(corpus=str(corpus), attacks=["speaker_id", "verification"], defense_attacks=["speaker_id"], utility="none",
+    cfg = _cfg(corpus=str(corpus), attacks=["speaker_id", "verification"], defense_attacks=["speaker_id"],
+               utility="none",
                defense=[{"name": "noise"}])
     assert "defense_attacks: attack family 'verification' does not attack the defenses" in cfg.weakening_settings()
     plan = plan_defenses(cfg, cfg.registry(), corpus_labels(prepare_corpus(cfg)))

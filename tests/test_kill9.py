@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # seven audits in fresh processes (~100 s): `make test-all`
-
 from tests.conftest import write_tone_corpus
+
+pytestmark = pytest.mark.slow  # seven audits in fresh processes (~100 s): `make test-all`
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,8 @@ def _run(args: list[str], kill: tuple[str, str, int] | None = None, env: dict | 
     prelude = textwrap.dedent(f"""
         from audit.store import EmbeddingStore
         build = EmbeddingStore.build.__func__
-        EmbeddingStore.build = classmethod(lambda cls, *a, **k: build(cls, *a, **{{**k, "max_shard_utts": {SHARD_UTTS}}}))
+        EmbeddingStore.build = classmethod(
+            lambda cls, *a, **k: build(cls, *a, **{{**k, "max_shard_utts": {SHARD_UTTS}}}))
     """)
     if kill is not None:
         module, attr, nth = kill

@@ -105,7 +105,8 @@ def test_inversion_trains_on_the_neural_vocoders_mel(tmp_path, hifigan_folder):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=4, n_utts=5)
     out = tmp_path / "r"
     cfg = config_from_dict({"model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(out),
-                            "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [1], "trust_remote_code": True,
+                            "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [1],
+                            "trust_remote_code": True,
                             "attacks": ["speaker_id", "inversion"],
                             "speaker_id": {"attackers": ["logreg"], "n_boot": 200},
                             "inversion": {"max_epochs": 2, "n_eval": 4, "n_examples": 1, "skip_judges": True,
