@@ -1,11 +1,12 @@
 # Two commands do all set-up on a fresh machine:
-#   make audit   - build .venv/ if missing or stale, then audit the offline embedded default and gate it
+#   make audit   - build .venv/ if missing or stale, then run the complete offline default audit and gate it
 #   make test    - build .venv/ if missing or stale, then run the fast test suite
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 POLICY ?= examples/policies/release_pooled.toml
+CONFIG ?= examples/complete_default.toml
 
 .PHONY: venv audit test test-all bench clean-venv
 
@@ -23,7 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 # The default's encoder identifies its (synthetic) speakers, so the gate says FAIL (exit 1): that is
 # the audit's finding, not a broken build. Only exit 2 (an error) fails `make audit`.
 audit: $(STAMP)
-	@rc=0; $(VENV)/bin/speech-audit run --policy $(POLICY) || rc=$$?; \
+	@rc=0; $(VENV)/bin/speech-audit run --config $(CONFIG) --policy $(POLICY) || rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "make audit: audit complete; the release gate FAILS (speech-audit exit 1): see reports/default/report.html"; fi; \
 	test $$rc -le 1
 

@@ -35,7 +35,7 @@ def malformed_results(source: str | Path) -> Iterator[None]:
         yield
     except ResultsError:
         raise
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, ArithmeticError) as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         raise ResultsError(f"{source}: malformed results, not as speech-audit {SCHEMA_VERSION} writes them "
                            f"({type(exc).__name__}: {str(exc)[:120]} in {where.name}); re-run the audit or restore "
