@@ -30,6 +30,7 @@ from audit.errors import ConfigError, CorpusError
 from audit.extractor import Extractor, build_extractor, resolve_device
 from audit.family import AttackFamily, RunContext, plan_splits, select_layers
 from audit.gate import check_policy, evaluate, load_policy
+from audit.jobs import LayerJob, run_layer_jobs
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
 from audit.splits import Split
@@ -137,10 +138,7 @@ class AuditPipeline:
         with threadpool_limits(limits=1, user_api="blas"):
             layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
                              for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
-            self._attack_frame_layers(cfg, registry, every_layer, store, corpus, layer_results,
-                                      extractor.num_layers, run)
-            self._attack_selected_layers(cfg, registry, {n: s for n, s in splits.items() if n not in every_layer},
-                                         store, corpus, layer_results, extractor.num_layers, run)
+            self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers, run)
         results = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "speech-audit", "version": _version()},
@@ -232,63 +230,52 @@ class AuditPipeline:
         return {**store.layer_info(layer), "attacks": attacks, "attack_seconds": seconds}
 
     @staticmethod
-    def _attack_frame_layers(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
-                             store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
-                             run: RunContext) -> None:
-        """Families whose settings name ``frame_layers`` rerun with their frame attackers on those layers only.
+    def _second_pass(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
+                     store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
+                     run: RunContext) -> None:
+        """The costly attacks, on the layers their settings name, once the headline layer is known.
 
-        The first pass ran them without frame attackers, so ``leakiest`` is the pooled attackers'
-        headline layer. On a chosen layer the whole family reruns (its pooled attackers are
-        seeded, so they repeat their numbers) and its result replaces the first; elsewhere the
-        frame attacker's entry says which layers it ran on.
+        * A family whose settings name ``frame_layers`` ran in the first pass without its frame
+          attackers. On a chosen layer the whole family reruns with them (its pooled attackers
+          are seeded, so they repeat their numbers) and its result replaces the first; elsewhere
+          the frame attacker's entry says which layers it ran on.
+        * A family whose settings name ``layers`` (inversion) did not run in the first pass; it
+          attacks the chosen layers now, and other layers record why it did not run there.
+
+        ``leakiest`` is the first pass's headline layer (the pooled attackers'). The jobs run over
+        ``cfg.workers`` processes (:mod:`audit.jobs`), the longest kind first.
         """
         leaky = headline(layer_results).get("leakiest_layer")
         audited = [la["index"] for la in layer_results]
-        for name, split in splits.items():
-            wanted = getattr(cfg.settings(name), "frame_layers", None)
-            if wanted is None:
-                continue
-            chosen = select_layers(wanted, leaky, num_layers, audited)
-            note = (f"frame attacker not run on this layer ({name}.frame_layers = {list(wanted)}: layers "
-                    f"{', '.join(map(str, chosen)) or 'none'})")
-            for la in tqdm(layer_results, desc=f"{name} frame layers", disable=not cfg.progress):
-                if la["index"] not in chosen:
-                    _restate_deferred(la["attacks"][name], note)
-                    continue
-                t0 = time.perf_counter()
-                view = layer_set(store, corpus, la["index"])
-                ctx = run.layer(la["index"], store.frame_rates[la["index"]])
-                la["attacks"][name] = registry[name].attack(view.subset(split.train), view.subset(split.test),
-                                                            cfg.settings(name), ctx)
-                la["attack_seconds"][name] = round(la["attack_seconds"][name] + time.perf_counter() - t0, 2)
-
-    @staticmethod
-    def _attack_selected_layers(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
-                                store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
-                                run: RunContext) -> None:
-        """Families whose settings name ``layers`` (``leakiest``, ``last``, indices) attack only those.
-
-        They run after every other family has attacked every layer, so ``leakiest`` (the headline
-        layer) is known; other layers record why the family did not run there.
-        """
-        if not splits:
-            return
-        leaky = headline(layer_results).get("leakiest_layer")
-        audited = [la["index"] for la in layer_results]
-        for name, split in splits.items():
-            wanted = getattr(cfg.settings(name), "layers")
-            chosen = select_layers(wanted, leaky, num_layers, audited)
-            for la in tqdm(layer_results, desc=f"{name} layers", disable=not cfg.progress):
-                if la["index"] not in chosen:
-                    la["attacks"][name] = {"skipped": f"layer not selected ({name}.layers = {list(wanted)}: layers "
-                                                      f"{', '.join(map(str, sorted(chosen))) or 'none'})"}
-                    continue
-                t0 = time.perf_counter()
-                view = layer_set(store, corpus, la["index"])
-                ctx = run.layer(la["index"], store.frame_rates[la["index"]])
-                la["attacks"][name] = registry[name].attack(view.subset(split.train), view.subset(split.test),
-                                                            cfg.settings(name), ctx)
-                la["attack_seconds"][name] = round(time.perf_counter() - t0, 2)
+        by_index = {la["index"]: la for la in layer_results}
+        selected, frame = [], []
+        for name in splits:
+            settings = cfg.settings(name)
+            if getattr(settings, "layers", None) is not None:
+                wanted = settings.layers
+                chosen = select_layers(wanted, leaky, num_layers, audited)
+                for la in layer_results:
+                    if la["index"] not in chosen:
+                        la["attacks"][name] = {"skipped": f"layer not selected ({name}.layers = {list(wanted)}: "
+                                                          f"layers {', '.join(map(str, chosen)) or 'none'})"}
+                selected += [LayerJob(name, i) for i in chosen]
+            elif getattr(settings, "frame_layers", None) is not None:
+                wanted = settings.frame_layers
+                chosen = select_layers(wanted, leaky, num_layers, audited)
+                note = (f"frame attacker not run on this layer ({name}.frame_layers = {list(wanted)}: layers "
+                        f"{', '.join(map(str, chosen)) or 'none'})")
+                for la in layer_results:
+                    if la["index"] not in chosen:
+                        _restate_deferred(la["attacks"][name], note)
+                frame += [LayerJob(name, i) for i in chosen]
+        jobs = selected + frame
+        done = run_layer_jobs(jobs, families=registry, settings=cfg.settings, splits=splits, store=store,
+                              corpus=corpus, run=run, workers=cfg.workers, progress=cfg.progress)
+        for job, (result, seconds) in zip(jobs, done):
+            la = by_index[job.layer]
+            first = la["attack_seconds"].get(job.family, 0.0) if job in frame else 0.0
+            la["attacks"][job.family] = result
+            la["attack_seconds"][job.family] = round(first + seconds, 2)
 
     @staticmethod
     def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, summary: dict, out: Path) -> list[dict]:

@@ -230,3 +230,39 @@ def test_frame_layers_are_validated():
         config_from_dict({"speaker_id": {"frame_layers": ["first"]}}).validate()
     with pytest.raises(ConfigError, match=r"verification\.frame_layers=\[\]"):
         config_from_dict({"verification": {"frame_layers": []}}).validate()
+
+
+def test_layer_jobs_over_two_worker_processes_give_the_in_process_results(tmp_path):
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=6, n_utts=4)
+    base = {"model": "tiny-random-wav2vec2", "corpus": str(corpus), "cache_dir": str(tmp_path / "s"),
+            "progress": False, "layers": [0, 1, 2], "attacks": ["speaker_id", "inversion"],
+            "speaker_id": {"attackers": ["logreg", "frame"], "n_boot": 200, "frame_max_epochs": 1,
+                           "frame_channels": 16, "frame_layers": ["leakiest", "last"]},
+            "inversion": {"max_epochs": 2, "n_eval": 4, "n_examples": 1, "skip_judges": True, "n_boot": 200,
+                          "layers": ["leakiest", "last"]}}
+    runs = {}
+    for workers in (1, 2):
+        cfg = config_from_dict({**base, "workers": workers, "out": str(tmp_path / f"r{workers}")})
+        with pytest.warns(UserWarning, match="weakened audit"):
+            runs[workers] = AuditPipeline(cfg).run()
+    def same(a, b, path=""):
+        """Equal, timings aside; floats to 1e-9 (a worker sums on one BLAS thread, in another order)."""
+        if isinstance(a, dict):
+            keys = {k for k in a if not k.endswith("seconds")}
+            assert keys == {k for k in b if not k.endswith("seconds")}, path
+            for k in keys:
+                same(a[k], b[k], f"{path}.{k}")
+        elif isinstance(a, list):
+            assert len(a) == len(b), path
+            for k, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{path}[{k}]")
+        elif isinstance(a, float):
+            assert b == pytest.approx(a, rel=1e-9, abs=1e-12), path
+        else:
+            assert a == b, path
+
+    same([la["attacks"] for la in runs[1]["layers"]], [la["attacks"] for la in runs[2]["layers"]])
+    chosen = {runs[1]["summary"]["leakiest_layer"], 2}
+    for la in runs[2]["layers"]:
+        ran = la["attacks"]["speaker_id"]["attackers"]["frame"].get("top1") is not None
+        assert ran == (la["index"] in chosen) and ("skipped" not in la["attacks"]["inversion"]) == ran
