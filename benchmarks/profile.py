@@ -35,14 +35,20 @@ def main(argv: list[str]) -> int:
           f"{results['model'].get('device', 'cpu')})")
     print(f"store: {'built (cold)' if cold else 'reused (warm)'}, {store.get('wall_seconds', 0):.1f} s wall, "
           f"{store.get('model_seconds', 0):.1f} s in the model, {store.get('audio_seconds', 0):.0f} audio-s")
-    families: dict[str, list[float]] = {}
+    families: dict[str, dict[int, float]] = {}
     for la in results["layers"]:
         for name, sec in (la.get("attack_seconds") or {}).items():
-            families.setdefault(name, []).append(sec)
-    print("attack seconds per layer (layers " + ", ".join(str(la["index"]) for la in results["layers"]) + "):")
+            families.setdefault(name, {})[la["index"]] = sec
+    indices = [la["index"] for la in results["layers"]]
+    workers = (results.get("config") or {}).get("workers", 1)
+    print("attack seconds per layer (layers " + ", ".join(map(str, indices)) + "; '-': not run there):")
     for name, secs in families.items():
-        print(f"  {name:14s} " + " ".join(f"{s:7.1f}" for s in secs) + f"   total {sum(secs):7.1f}")
-    attacks = sum(sum(v) for v in families.values())
+        print(f"  {name:14s} " + " ".join(f"{secs[i]:7.1f}" if i in secs else f"{'-':>7s}" for i in indices)
+              + f"   total {sum(secs.values()):7.1f}")
+    if workers > 1:
+        print(f"  (the costly second pass ran over {workers} worker processes: these are per-job seconds, "
+              "their sum exceeds its wall time)")
+    attacks = sum(sum(v.values()) for v in families.values())
     defenses = 0.0
     for e in results.get("defenses") or []:
         per = {sc: sum(v.values()) for sc, v in (e.get("attack_seconds") or {}).items()}
