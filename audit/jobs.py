@@ -32,18 +32,17 @@ from audit.store import EmbeddingStore
 
 @dataclass(frozen=True)
 class LayerJob:
-    """Attack ``layer`` with ``family`` (``frame_skip``: why its frame attackers do not run there, or None)."""
+    """Attack ``layer`` with ``family`` (its frame attackers included)."""
 
     family: str
     layer: int
-    frame_skip: str | None = None
 
 
 def attack_one(job: LayerJob, families: dict[str, AttackFamily], settings: Any, split: Split,
                store: EmbeddingStore, corpus: Corpus, run: RunContext) -> tuple[dict, float]:
     """The job's attack result and its wall seconds."""
     view = layer_set(store, corpus, job.layer)
-    ctx = run.layer(job.layer, store.frame_rates[job.layer], frame_skip=job.frame_skip)
+    ctx = run.layer(job.layer, store.frame_rates[job.layer])
     t0 = time.perf_counter()
     result = families[job.family].attack(view.subset(split.train), view.subset(split.test), settings, ctx)
     return result, time.perf_counter() - t0
