@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 # Property tests: a small, derandomised profile in `make test` (fast, reproducible in CI); `make test-all`
 # selects the thorough one (HYPOTHESIS_PROFILE=thorough).
-settings.register_profile("fast", max_examples=25, deadline=None, derandomize=True,
+settings.register_profile("fast", max_examples=20, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("thorough", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
