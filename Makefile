@@ -39,7 +39,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/extraction.py
 	$(VENV)/bin/python benchmarks/int8.py
-	$(VENV)/bin/python benchmarks/profile.py reports/default
+	$(VENV)/bin/python benchmarks/attack_profile.py reports/default
 
 clean-venv:
 	rm -rf $(VENV)

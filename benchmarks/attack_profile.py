@@ -5,7 +5,7 @@ figures only (nothing is asserted): the store's extraction seconds, every family
 seconds per layer, the defense comparison's seconds per setting and scenario, and the run's
 wall time as a multiple of its own extraction time (the budget of issue #11 is <= 4x, cold).
 
-Usage: ``python benchmarks/profile.py [RUN_DIR_OR_RESULTS_JSON]``
+Usage: ``python benchmarks/attack_profile.py [RUN_DIR_OR_RESULTS_JSON]``
 """
 
 from __future__ import annotations
