@@ -126,7 +126,6 @@ class AuditPipeline:
         for name in splits:
             if registry[name].preflight is not None and is_main():
                 registry[name].preflight(cfg.settings(name), run)
-        out.mkdir(parents=True, exist_ok=True)
         store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
                                      progress=cfg.progress)
         if not is_main():
@@ -251,23 +250,20 @@ class AuditPipeline:
         selected, frame = [], []
         for name in splits:
             settings = cfg.settings(name)
-            if getattr(settings, "layers", None) is not None:
-                wanted = settings.layers
-                chosen = select_layers(wanted, leaky, num_layers, audited)
-                for la in layer_results:
-                    if la["index"] not in chosen:
-                        la["attacks"][name] = {"skipped": f"layer not selected ({name}.layers = {list(wanted)}: "
-                                                          f"layers {', '.join(map(str, chosen)) or 'none'})"}
-                selected += [LayerJob(name, i) for i in chosen]
-            elif getattr(settings, "frame_layers", None) is not None:
-                wanted = settings.frame_layers
-                chosen = select_layers(wanted, leaky, num_layers, audited)
-                note = (f"frame attacker not run on this layer ({name}.frame_layers = {list(wanted)}: layers "
-                        f"{', '.join(map(str, chosen)) or 'none'})")
-                for la in layer_results:
-                    if la["index"] not in chosen:
-                        _restate_deferred(la["attacks"][name], note)
-                frame += [LayerJob(name, i) for i in chosen]
+            key = "layers" if getattr(settings, "layers", None) is not None else "frame_layers"
+            wanted = getattr(settings, key, None)
+            if wanted is None:
+                continue
+            chosen = select_layers(wanted, leaky, num_layers, audited)
+            where = f"{name}.{key} = {list(wanted)}: layers {', '.join(map(str, chosen)) or 'none'}"
+            for la in layer_results:
+                if la["index"] in chosen:
+                    continue
+                if key == "layers":
+                    la["attacks"][name] = {"skipped": f"layer not selected ({where})"}
+                else:
+                    _restate_deferred(la["attacks"][name], f"frame attacker not run on this layer ({where})")
+            (selected if key == "layers" else frame).extend(LayerJob(name, i) for i in chosen)
         jobs = selected + frame
         done = run_layer_jobs(jobs, families=registry, settings=cfg.settings, splits=splits, store=store,
                               corpus=corpus, run=run, workers=cfg.workers, progress=cfg.progress)
