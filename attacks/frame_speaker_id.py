@@ -56,7 +56,7 @@ from torch.nn import functional as F
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
 from audit.family import check_layer_selection
-from audit.estimators import (check_is_fitted, frame_moments, full_fp32, learning_curve, seeded,
+from audit.estimators import (CURVE_FRACTIONS, check_is_fitted, frame_moments, full_fp32, learning_curve, seeded,
                               stratified_fraction, torch_device)
 from audit.metrics import closed_set_metrics
 from audit.results import AttackResult
@@ -233,7 +233,8 @@ class FrameSpeakerID:
         Cap on the training frames cached in memory (float16): every utterance keeps a random
         window of its proportional share, but at least one crop.
     learning_curve : bool, default=True
-        Retrain on 25% and 50% of the training data in :meth:`evaluate` (same budget).
+        Also train on 25% and 50% of the training data in :meth:`fit` (same budget), for the
+        learning curve :meth:`evaluate` reports.
     seed : int, default=0
     n_boot : int, default=1000
         Bootstrap resamples of the accuracy CIs.
@@ -258,7 +259,9 @@ class FrameSpeakerID:
         Early stopping fired before ``max_epochs``.
     validation_score_ : float
         Best validation top-1 (compared across attackers to pick the strongest, never on test).
-    n_params_, total_train_frames_, fit_seconds_ : int, int, float
+    curve_nets_ : dict of float to torch.nn.Module
+        The learning curve's networks by training fraction (empty without ``learning_curve``).
+    n_params_, total_train_frames_, cached_frames_, fit_seconds_, curve_seconds_ : int, int, int, float, float
 
     Examples
     --------
@@ -563,8 +566,9 @@ class FrameSpeakerID:
         self._y = np.searchsorted(self.classes_, train.speakers).astype(np.int64)
         self._speakers = np.asarray(train.speakers)
         self._grouping = train.grouping
-        self._cache, self.total_train_frames_ = self._cache_frames(train, np.random.default_rng(self.seed))
-        self.net_, self.record_ = self._train(self._cache, self._y, self._grouping, len(self.classes_), self.seed)
+        cache, self.total_train_frames_ = self._cache_frames(train, np.random.default_rng(self.seed))
+        self.cached_frames_ = int(sum(x.shape[0] for x in cache))
+        self.net_, self.record_ = self._train(cache, self._y, self._grouping, len(self.classes_), self.seed)
         self.mean_ = self.net_.mean.cpu().numpy().copy()
         self.std_ = self.net_.std.cpu().numpy().copy()
         self.history_ = self.record_["history"]
@@ -573,6 +577,18 @@ class FrameSpeakerID:
                                      default=0.0)
         self.n_params_ = int(sum(p.numel() for p in self.net_.parameters()))
         self.fit_seconds_ = time.perf_counter() - t0
+        # The learning curve's networks (25/50% of the training speakers' utterances, same budget) are
+        # part of the fit, so a fitted attacker scores several test sets without retraining.
+        t1 = time.perf_counter()
+        self.curve_nets_ = {}
+        if self.learning_curve:
+            for fraction in CURVE_FRACTIONS:
+                if fraction < 1.0:
+                    sub = stratified_fraction(self._speakers, fraction, self.seed)
+                    self.curve_nets_[fraction] = self._train([cache[i] for i in sub], self._y[sub],
+                                                             self._grouping.subset(sub), len(self.classes_),
+                                                             self.seed)[0]
+        self.curve_seconds_ = time.perf_counter() - t1
         return self
 
     def transform(self, data: EmbeddingSet) -> np.ndarray:
@@ -597,15 +613,13 @@ class FrameSpeakerID:
         metrics = closed_set_metrics(self.predict_proba(test), self.classes_, test.speakers,
                                      n_boot=self.n_boot, seed=self.seed, n_comparisons=self.n_comparisons)
 
-        def refit(fraction: float) -> float:
-            sub = stratified_fraction(self._speakers, fraction, self.seed)
-            net, _ = self._train([self._cache[i] for i in sub], self._y[sub], self._grouping.subset(sub),
-                                 len(self.classes_), self.seed)
+        def curve_top1(fraction: float) -> float:
+            net = self.curve_nets_[fraction]
             emb = self._embed(net, len(test), lambda i: test.checked_frames(i, self.mean_.size))
             pred = self.classes_[self._scores(net, emb).argmax(1).numpy()]
             return float(np.mean(pred == test.speakers))
 
-        curve = learning_curve("top1", metrics["top1"], refit) if self.learning_curve else []
+        curve = learning_curve("top1", metrics["top1"], curve_top1) if self.learning_curve else []
         return AttackResult("speaker_id", f"frame-{self.arch}", metrics, chance=1.0 / len(self.classes_),
                             budget=self._budget(), learning_curve=curve, converged=self.converged_)
 
@@ -620,7 +634,7 @@ class FrameSpeakerID:
                 "head": f"AAM-softmax (margin={self.margin}, scale={self.scale})",
                 "max_epochs": self.max_epochs, "patience": self.patience, "epochs": rec["epochs"],
                 "best_epoch": rec["best_epoch"], "steps": rec["steps"], "val_top1": rec["val_top1"],
-                "fit_seconds": round(self.fit_seconds_, 3)}
+                "fit_seconds": round(self.fit_seconds_, 3), "curve_fit_seconds": round(self.curve_seconds_, 3)}
 
 
 def check_frame_budget(settings: Any, prefix: str) -> None:

@@ -269,7 +269,11 @@ class InversionDecoder:
     max_epochs : int, default=60
         An epoch is one pass over the training frames in expectation.
     patience : int, default=8
-        Epochs without validation improvement before training stops; the best weights are kept.
+        Epochs without a validation improvement of at least ``min_delta`` before training
+        stops; the best weights (by any improvement) are kept.
+    min_delta : float, default=1e-3
+        Relative validation-loss improvement that counts for ``patience`` (Keras' habit): late
+        steps that improve by less than 0.1% no longer keep a converged decoder training.
     batch_size : int, default=16
     lr : float, default=1e-3
         Initial Adam learning rate (gradients clipped to norm 1), halved whenever validation
@@ -314,8 +318,8 @@ class InversionDecoder:
     """
 
     def __init__(self, *, input_rate: float, target_rate: float, channels: int = 256, n_layers: int = 4,
-                 kernel_size: int = 5, max_epochs: int = 60, patience: int = 8, batch_size: int = 16,
-                 lr: float = 1e-3, crop_seconds: float = 3.0, spectral_convergence_weight: float = 0.0,
+                 kernel_size: int = 5, max_epochs: int = 60, patience: int = 8, min_delta: float = 1e-3,
+                 batch_size: int = 16, lr: float = 1e-3, crop_seconds: float = 3.0, spectral_convergence_weight: float = 0.0,
                  val_fraction: float = 0.15, num_threads: int | None = None, seed: int = 0,
                  device: str = "cpu") -> None:
         self.input_rate = input_rate
@@ -325,6 +329,7 @@ class InversionDecoder:
         self.kernel_size = kernel_size
         self.max_epochs = max_epochs
         self.patience = patience
+        self.min_delta = min_delta
         self.batch_size = batch_size
         self.lr = lr
         self.crop_seconds = crop_seconds
@@ -354,6 +359,8 @@ class InversionDecoder:
                               "must be a finite number >= 0")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"{name}: val_fraction={self.val_fraction!r} must be in (0, 1)")
+        if not 0 <= self.min_delta < 1:
+            raise ConfigError(f"{name}: min_delta={self.min_delta!r} must be in [0, 1)")
         threads = self.num_threads
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 1):
@@ -456,7 +463,8 @@ class InversionDecoder:
                         "target_rate": self.target_rate, "channels": self.channels,
                         "n_layers": self.n_layers, "kernel_size": self.kernel_size,
                         "crop_frames": self.crop_frames, "max_epochs": self.max_epochs,
-                        "patience": self.patience, "batch_size": self.batch_size, "lr": self.lr,
+                        "patience": self.patience, "min_delta": self.min_delta, "batch_size": self.batch_size,
+                        "lr": self.lr,
                         "spectral_convergence_weight": self.spectral_convergence_weight,
                         "torch_threads": self.num_threads or torch.get_num_threads()}
         return self
@@ -476,6 +484,7 @@ class InversionDecoder:
         t_mean, t_std = torch.from_numpy(self.target_mean_).to(device), torch.from_numpy(self.target_std_).to(device)
         val_x, val_y = [xs[i] for i in val_idx], [ys[i] for i in val_idx]
         history, best, best_state, best_epoch, steps, stopped = [], math.inf, None, 0, 0, False
+        counted, counted_epoch = math.inf, 0
         with seeded(self.seed, device):
             net = _DecoderNet(xs[0].shape[1], ys[0].shape[1], self.channels, self.n_layers,
                               self.kernel_size).to(device)
@@ -508,7 +517,9 @@ class InversionDecoder:
                 if val_loss < best:
                     best, best_epoch = val_loss, epoch
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                elif epoch - best_epoch >= self.patience:
+                if val_loss < counted * (1 - self.min_delta):
+                    counted, counted_epoch = val_loss, epoch
+                elif epoch - counted_epoch >= self.patience:
                     stopped = True
                     break
             net.load_state_dict(best_state)

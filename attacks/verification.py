@@ -303,7 +303,7 @@ class SpeakerVerification:
     def __init__(self, *, backend: str = "lda", n_components: int | None = None, enroll_fraction: float = 0.5,
                  p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0, plda_iter: int = 10,
                  plda_reg: float = 1e-3, val_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000,
-                 n_comparisons: int = 1) -> None:
+                 n_comparisons: int = 1, learning_curve: bool = True) -> None:
         self.backend = backend
         self.n_components = n_components
         self.enroll_fraction = enroll_fraction
@@ -316,12 +316,13 @@ class SpeakerVerification:
         self.seed = seed
         self.n_boot = n_boot
         self.n_comparisons = n_comparisons
+        self.learning_curve = learning_curve
 
     def get_params(self) -> dict:
         """Constructor settings (for refitting on learning-curve subsets)."""
         return {k: getattr(self, k) for k in ("backend", "n_components", "enroll_fraction", "p_target", "c_miss",
                                               "c_fa", "plda_iter", "plda_reg", "val_fraction", "seed", "n_boot",
-                                              "n_comparisons")}
+                                              "n_comparisons", "learning_curve")}
 
     def _validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -361,6 +362,17 @@ class SpeakerVerification:
         self.dims_ = int(Z.shape[1])
         self.train_ = train
         self.fit_seconds_ = time.perf_counter() - t0
+        # The learning curve's scorers (25/50% of the training speakers, the chosen dimension) are part
+        # of the fit, so a fitted scorer can be evaluated on several test sets without refitting.
+        self.curve_scorers_: dict[float, tuple[SpeakerVerification, int]] = {}
+        if self.learning_curve:
+            params = {**self.get_params(), "learning_curve": False,
+                      "n_components": self.dims_ if self.scalings_ is not None else None}
+            for fraction in CURVE_FRACTIONS:
+                if fraction < 1.0:
+                    rows = self._curve_subset(fraction)
+                    self.curve_scorers_[fraction] = (type(self)(**params).fit(train.subset(rows)),
+                                                     int(np.unique(train.speakers[rows]).size))
         return self
 
     def _select_dims(self, Z: np.ndarray, grouping: Grouping, cap: int) -> tuple[int, str]:
@@ -448,19 +460,14 @@ class SpeakerVerification:
         if design.same_recording:
             metrics.update(same_recording_speakers=len(design.same_recording), same_recording_note=SAME_RECORDING_NOTE)
         curve = []
-        for frac in CURVE_FRACTIONS:
-            if frac == 1.0:
-                value_f, n_spk = value, self.train_.n_speakers
-            else:
-                params = {**self.get_params(), "n_components": self.dims_ if self.scalings_ is not None else None}
-                rows = self._curve_subset(frac)
-                sub = type(self)(**params).fit(self.train_.subset(rows))
-                value_f = eer(*trial_scores(sub.score_matrix(test, design), design.trial_model))[0]
-                n_spk = int(np.unique(self.train_.speakers[rows]).size)
-            curve.append({"fraction": frac, "n_train_speakers": n_spk, "eer": value_f})
-        converged = curve[1]["eer"] - curve[2]["eer"] <= 0.02
+        for frac, (sub, n_spk) in sorted(self.curve_scorers_.items()):
+            curve.append({"fraction": frac, "n_train_speakers": n_spk,
+                          "eer": eer(*trial_scores(sub.score_matrix(test, design), design.trial_model))[0]})
+        if self.learning_curve:
+            curve.append({"fraction": 1.0, "n_train_speakers": self.train_.n_speakers, "eer": value})
+        converged = bool(curve[-2]["eer"] - curve[-1]["eer"] <= 0.02) if len(curve) > 1 else None
         return AttackResult(self.attack, self.backend, metrics, chance=0.5, budget=self._budget(design),
-                            learning_curve=curve, converged=bool(converged))
+                            learning_curve=curve, converged=converged)
 
     def _budget(self, design: TrialDesign) -> dict:
         budget = {"n_train": len(self.train_), "n_train_speakers": self.train_.n_speakers, "backend": self.backend,
@@ -549,7 +556,7 @@ def attack_verification(train: EmbeddingSet, test: EmbeddingSet, settings: Verif
     for name in settings.scorers:
         if name == "frame":
             continue
-        fitted[name] = SpeakerVerification(backend=name, **common).fit(train)
+        fitted[name] = ctx.run.fitted(SpeakerVerification(backend=name, **common), train)
         results[name] = fitted[name].evaluate(test).to_dict()
     if "frame" in settings.scorers:
         results["frame"] = _frame_scorer(train, test, settings, common, ctx)
@@ -574,10 +581,11 @@ def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: Verificatio
     if train.frame_source is None or ctx.frame_skip:
         reason = ctx.frame_skip or "pooled-only layer: no frames"
         return AttackResult.skip("verification", "frame-ecapa", reason).to_dict()
-    encoder = budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate, learning_curve=False,
-                                      device=ctx.device).fit(train)
-    result = SpeakerVerification(backend="cosine", **common).fit(train.with_pooled(encoder.transform(train))).evaluate(
-        test.with_pooled(encoder.transform(test)))
+    encoder = ctx.run.fitted(budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate,
+                                                     learning_curve=False, device=ctx.device), train, frames=True)
+    scorer = ctx.run.fitted(SpeakerVerification(backend="cosine", **common),
+                            train.with_pooled(encoder.transform(train)))
+    result = scorer.evaluate(test.with_pooled(encoder.transform(test)))
     result.attacker = "frame-ecapa+cosine"
     result.budget["encoder"] = {"epochs": len(encoder.history_), "converged": encoder.converged_,
                                 "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2)}

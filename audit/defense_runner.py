@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
-
 from audit.config import AuditConfig, DefenseSpec
 from audit.defense import DefenseContext, DefenseFailed, DefenseFamily
 from audit.embeddings import EmbeddingSet, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.family import AttackFamily, RunContext, plan_splits
+from audit.jobs import run_jobs
 from audit.splits import Split, speaker_disjoint_split
 from audit.store import EmbeddingStore
 from audit.utility import UtilityScore, UtilityTask, measure_utility, resolve_task, retained, utility_split
@@ -158,29 +157,89 @@ def check_defense_layers(cfg: AuditConfig, num_layers: int) -> None:
 
 def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, AttackFamily], store: EmbeddingStore,
                  corpus: Any, leakiest: int | None, run: RunContext) -> list[dict]:
-    """Every defense setting on every layer it names, the undefended reference first (see the module docstring)."""
+    """Every defense setting on every layer it names, the undefended reference first (see the module docstring).
+
+    Each layer's comparison is split into jobs (:mod:`audit.jobs`, over ``cfg.workers``
+    processes): one job trains every attacker on undefended embeddings once, for the reference
+    and for every setting's ignorant and lazy-informed scenarios; one job per setting fits the
+    defense and retrains every attacker on defended embeddings (semi-informed) and probes utility.
+    """
     last = store.num_layers - 1
     spec_layers = [defended_layers(spec.layers, leakiest, last) for spec in cfg.defenses]
     layers = list(dict.fromkeys(la for named in spec_layers for la in named))
-    jobs = {la: [(spec, params, settings) for spec, params, settings in plan.settings
-                 if la in spec_layers[cfg.defenses.index(spec)]] for la in layers}
-    registry = load_defenses()
-    entries = []
-    bar = tqdm(total=sum(len(j) + 1 for j in jobs.values()), desc="defense settings", disable=not run.progress)
+    named = {la: [k for k, (spec, _, _) in enumerate(plan.settings) if la in spec_layers[cfg.defenses.index(spec)]]
+             for la in layers}
+    jobs: list[tuple[Any, tuple]] = []
     for la in layers:
-        comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, la),
-                                      run.layer(la, store.frame_rates[la]))
-        entries.append(comparison.reference())
-        bar.update()
-        for spec, params, settings in jobs[la]:
-            entries.append(comparison.defended(registry[spec.name], params, settings))
-            bar.update()
-    bar.close()
+        jobs.append((_undefended_part, (plan, cfg, la, named[la])))
+        jobs += [(_retrained_part, (plan, cfg, la, k)) for k in named[la]]
+    parts = iter(run_jobs(jobs, families=families, store=store, corpus=corpus, run=run, workers=cfg.workers,
+                          progress=run.progress, desc="defense settings"))
+    entries = []
+    for la in layers:
+        reference, undefended_utility, undefended_scenarios = next(parts)
+        entries.append(reference)
+        for k in named[la]:
+            entries.append(_merge(next(parts), undefended_scenarios[k], undefended_utility, cfg))
     return entries
 
 
+def _undefended_part(families: dict[str, AttackFamily], store: EmbeddingStore, corpus: Any, run: RunContext,
+                     plan: DefensePlan, cfg: AuditConfig, layer: int,
+                     settings: list[int]) -> tuple[dict, UtilityScore | None, dict[int, dict]]:
+    """A layer's reference entry, its utility score, and each setting's ignorant and lazy-informed scenarios."""
+    comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, layer),
+                                  run.layer(layer, store.frame_rates[layer]))
+    registry = load_defenses()
+    reference = comparison.reference()
+    scenarios = {k: comparison.undefended_trained(registry[plan.settings[k][0].name], *plan.settings[k][1:])
+                 for k in settings}
+    return reference, comparison.undefended_utility, scenarios
+
+
+def _retrained_part(families: dict[str, AttackFamily], store: EmbeddingStore, corpus: Any, run: RunContext,
+                    plan: DefensePlan, cfg: AuditConfig, layer: int, setting: int) -> tuple[dict, UtilityScore | None]:
+    """One setting's entry without its undefended-trained scenarios, and its utility score."""
+    comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, layer),
+                                  run.layer(layer, store.frame_rates[layer]))
+    spec, params, settings = plan.settings[setting]
+    return comparison.defended(load_defenses()[spec.name], params, settings)
+
+
+def _merge(part: tuple[dict, UtilityScore | None], undefended: dict, undefended_utility: UtilityScore | None,
+           cfg: AuditConfig) -> dict:
+    """One setting's entry: its retrained part with the undefended-trained scenarios first, strongest, utility kept."""
+    entry, score = part
+    if entry["status"] != "ok":
+        return entry
+    if undefended.get("defended_sha256") != entry.get("defended_sha256"):
+        note = ("the ignorant and lazy-informed attackers met a refit of this defense whose output differs from "
+                "the one the semi-informed attackers retrained on (the defense's fit is not deterministic)")
+        warnings.warn(f"defense {entry['name']} {entry['params']}: {note}", stacklevel=2)
+        entry["scenario_note"] = note
+    entry["scenarios"] = {**undefended["scenarios"], **entry["scenarios"]}
+    entry["attack_seconds"] = {**undefended["attack_seconds"], **entry["attack_seconds"]}
+    entry["strongest"] = strongest(entry["scenarios"])
+    entry["wall_seconds"] = round(entry["wall_seconds"] + undefended["wall_seconds"], 2)
+    entry["utility"] = None
+    if score is not None and undefended_utility is not None:
+        value, ci = retained(score, undefended_utility, n_boot=cfg.utility_probe.n_boot, seed=cfg.seed)
+        entry["utility"] = _utility_entry(score, undefended_utility, value, ci)
+    return entry
+
+
+def _utility_entry(score: UtilityScore, ref: UtilityScore | None, value: float | None, ci: list | None) -> dict:
+    """A utility score with the undefended score and the share retained."""
+    return {**score.to_dict(), "undefended": None if ref is None else ref.value,
+            "undefended_ci95": None if ref is None else ref.ci95, "retained": value, "retained_ci95": ci}
+
+
 class _LayerComparison:
-    """One layer's comparison: the undefended reference (measured once) and each defense setting."""
+    """One layer's comparison: the undefended reference and each defense setting's parts.
+
+    The run context keeps what parts share in one process: attackers trained on undefended
+    embeddings (:meth:`audit.family.RunContext.fitted`) and each fitted defense.
+    """
 
     def __init__(self, plan: DefensePlan, cfg: AuditConfig, families: dict[str, AttackFamily], view: EmbeddingSet,
                  ctx: Any) -> None:
@@ -197,67 +256,74 @@ class _LayerComparison:
         self.undefended_utility = self._utility(self.clean)
         utility = None
         if self.undefended_utility is not None:
-            utility = self._utility_entry(self.undefended_utility, 1.0, None)
+            utility = _utility_entry(self.undefended_utility, self.undefended_utility, 1.0, None)
         return {"name": "none", "params": {}, "layer": self.ctx.index, "status": "ok",
                 "fit": None, "scenarios": {"semi_informed": attacks},
                 "attack_seconds": {"semi_informed": seconds},
                 "strongest": strongest({"semi_informed": attacks}), "utility": utility,
                 "wall_seconds": round(time.perf_counter() - t0, 2)}
 
-    def defended(self, family: DefenseFamily, params: dict, settings: Any) -> dict:
-        """One defense setting: fit on the defense partition, transform the evaluated speakers, attack, probe."""
+    def _fit_defense(self, family: DefenseFamily, params: dict,
+                     settings: Any) -> tuple[Any, EmbeddingSet | None, Exception | None]:
+        """The fitted defense and the defended evaluation set (or the error), once per process."""
+        def fit() -> tuple[Any, EmbeddingSet | None, Exception | None]:
+            defense = family.build(settings, DefenseContext(seed=self.cfg.seed, utility=self.plan.task,
+                                                            frame_rate=self.ctx.frame_rate,
+                                                            progress=self.cfg.progress, device=self.ctx.device))
+            try:
+                with np.errstate(all="ignore"):
+                    defense.fit(self.fit_view)
+                    return defense, defense.transform(self.clean), None
+            except (DefenseFailed, ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError) as err:
+                return defense, None, err
+
+        return self.ctx.run.once(("defense", self.ctx.index, family.name, repr(params), repr(settings)), fit)
+
+    def undefended_trained(self, family: DefenseFamily, params: dict, settings: Any) -> dict:
+        """One setting's ignorant and lazy-informed scenarios: attackers trained on undefended embeddings."""
+        t0 = time.perf_counter()
+        _, defended, err = self._fit_defense(family, params, settings)
+        if defended is None:
+            return {"scenarios": {}, "attack_seconds": {}, "wall_seconds": 0.0, "error": f"{type(err).__name__}: {err}"}
+        scenarios, seconds = {}, {}
+        same_dims = defended.pooled.shape[1] == self.clean.pooled.shape[1] and (
+            defended.frames(0).shape[1] == self.clean.frames(0).shape[1])
+        wanted = [name for name in ("ignorant", "lazy_informed") if name in self.cfg.defense_scenarios]
+        for name in wanted:
+            if not same_dims:
+                scenarios[name] = {"not_applicable": (
+                    f"the defense changes the dimension ({self.clean.pooled.shape[1]} -> {defended.pooled.shape[1]} "
+                    "pooled): an attacker trained on undefended embeddings cannot read defended ones")}
+            else:
+                scenarios[name], seconds[name] = self._attacks(self.clean, defended, ignorant=name == "ignorant",
+                                                               only_enrolment=name == "lazy_informed")
+        return {"scenarios": scenarios, "attack_seconds": seconds, "defended_sha256": defended.fingerprint(),
+                "wall_seconds": round(time.perf_counter() - t0, 2)}
+
+    def defended(self, family: DefenseFamily, params: dict, settings: Any) -> tuple[dict, UtilityScore | None]:
+        """One setting's retrained part: fit on the defense partition, transform, retrain every attacker, probe.
+
+        Returns the entry (its ``scenarios`` hold ``semi_informed`` only) and the utility score.
+        """
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"name": family.name, "params": params, "layer": self.ctx.index}
-        defense = family.build(settings, DefenseContext(seed=self.cfg.seed, utility=self.plan.task,
-                                                        frame_rate=self.ctx.frame_rate, progress=self.cfg.progress,
-                                                        device=self.ctx.device))
-        try:
-            with np.errstate(all="ignore"):
-                defense.fit(self.fit_view)
-                defended = defense.transform(self.clean)
-        except (DefenseFailed, ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError) as err:
+        defense, defended, err = self._fit_defense(family, params, settings)
+        if defended is None:
             warnings.warn(f"defense {family.name} {params}: failed: {err}", stacklevel=2)
             return {**entry, "status": "failed", "reason": f"{type(err).__name__}: {err}",
-                    "history": getattr(defense, "history_", None), "wall_seconds": round(time.perf_counter() - t0, 2)}
+                    "history": getattr(defense, "history_", None),
+                    "wall_seconds": round(time.perf_counter() - t0, 2)}, None
         entry["status"] = "ok"
         entry["fit"] = {**defense.fit_info_, "loss_history": defense.history_, **defense.report()}
         if "training_adversary" in entry["fit"]:
             entry["training_adversary"] = entry["fit"].pop("training_adversary")
         entry["dims"] = {"frames": int(defended.frames(0).shape[1]), "pooled": int(defended.pooled.shape[1])}
-        entry["scenarios"], entry["attack_seconds"] = self._scenarios(defended)
-        entry["strongest"] = strongest(entry["scenarios"])
+        entry["defended_sha256"] = defended.fingerprint()
+        attacks, seconds = self._attacks(defended, defended)
+        entry["scenarios"], entry["attack_seconds"] = {"semi_informed": attacks}, {"semi_informed": seconds}
         score = self._utility(defended)
-        if score is not None and self.undefended_utility is not None:
-            value, ci = retained(score, self.undefended_utility, n_boot=self.cfg.utility_probe.n_boot,
-                                 seed=self.cfg.seed)
-            entry["utility"] = self._utility_entry(score, value, ci)
-        else:
-            entry["utility"] = None
         entry["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        return entry
-
-    def _scenarios(self, defended: EmbeddingSet) -> tuple[dict, dict]:
-        """Each scenario's attack results and per-family attack seconds."""
-        scenarios, seconds = {}, {}
-        same_dims = defended.pooled.shape[1] == self.clean.pooled.shape[1] and (
-            defended.frames(0).shape[1] == self.clean.frames(0).shape[1])
-        wanted = self.cfg.defense_scenarios
-        if "ignorant" in wanted or "lazy_informed" in wanted:
-            if same_dims:
-                if "ignorant" in wanted:
-                    scenarios["ignorant"], seconds["ignorant"] = self._attacks(self.clean, defended, ignorant=True)
-                if "lazy_informed" in wanted:
-                    scenarios["lazy_informed"], seconds["lazy_informed"] = self._attacks(
-                        self.clean, defended, only_enrolment=True)
-            else:
-                reason = (f"the defense changes the dimension ({self.clean.pooled.shape[1]} -> "
-                          f"{defended.pooled.shape[1]} pooled): an attacker trained on undefended embeddings "
-                          "cannot read defended ones")
-                for name in ("ignorant", "lazy_informed"):
-                    if name in wanted:
-                        scenarios[name] = {"not_applicable": reason}
-        scenarios["semi_informed"], seconds["semi_informed"] = self._attacks(defended, defended)
-        return scenarios, seconds
+        return entry, score
 
     def _attacks(self, train_view: EmbeddingSet, test_view: EmbeddingSet, *, ignorant: bool = False,
                  only_enrolment: bool = False) -> tuple[dict, dict]:
@@ -285,12 +351,6 @@ class _LayerComparison:
         split = self.plan.utility_split
         return measure_utility(self.plan.task, view.subset(split.train), view.subset(split.test),
                                self.cfg.utility_probe, self.cfg.seed, self.ctx.device)
-
-    def _utility_entry(self, score: UtilityScore, value: float | None, ci: list | None) -> dict:
-        ref = self.undefended_utility
-        return {**score.to_dict(), "undefended": None if ref is None else ref.value,
-                "undefended_ci95": None if ref is None else ref.ci95,
-                "retained": value, "retained_ci95": ci}
 
 
 def _leak(result: dict | None, metric: str) -> dict | None:

@@ -7,6 +7,7 @@ another; defenses map a set to a set of the same layout, so attacks run unchange
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +77,36 @@ class EmbeddingSet:
         if self.audio_source is None:
             raise StoreError("this embedding set has no audio attached")
         return self.audio_source(i)
+
+    def fingerprint(self, *, frames: bool = False) -> str:
+        """sha256 of everything an attacker can read from this set: vectors, labels, grouping (and frames).
+
+        Two sets with the same fingerprint hold the same data, so an attacker fitted on one is
+        the attacker fitted on the other (see :meth:`audit.family.RunContext.fitted`). ``frames``
+        also hashes every row's frame-level states (for attackers that read them).
+        """
+        h = hashlib.sha256()
+
+        def add(tag: str, data: bytes) -> None:
+            h.update(f"{tag}:{len(data)}:".encode())
+            h.update(data)
+
+        pooled = np.ascontiguousarray(self.pooled)
+        add("pooled", f"{pooled.dtype.str}{pooled.shape}".encode() + pooled.tobytes())
+        add("speakers", "\0".join(map(str, self.speakers)).encode())
+        add("utt_ids", "\0".join(self.utt_ids).encode())
+        add("layer", repr(self.layer).encode())
+        g = self.grouping
+        add("grouping", "\0".join(map(str, g.recordings)).encode() + b"\1" + "\0".join(map(str, g.sessions)).encode()
+            + b"\1" + np.asarray(g.starts, dtype=np.float64).tobytes())
+        for name in sorted(self.attributes):
+            add(f"attribute {name}", repr(list(self.attributes[name])).encode())
+        add("transcripts", repr(None if self.transcripts is None else list(self.transcripts)).encode())
+        if frames and self.frame_source is not None:
+            for i in range(len(self)):
+                x = np.ascontiguousarray(self.frames(i))
+                add("frames", f"{x.dtype.str}{x.shape}".encode() + x.tobytes())
+        return h.hexdigest()
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "EmbeddingSet":
         """Rows ``index`` as a new set (frames and audio stay lazy)."""

@@ -70,6 +70,21 @@ class RunContext:
         """True when ``key`` was already computed in this run."""
         return key in self._memo
 
+    def fitted(self, estimator: Any, train: EmbeddingSet, *, frames: bool = False) -> Any:
+        """``estimator.fit(train)``, or the one already fitted in this run with the same settings on the same data.
+
+        The key is the estimator's class, its constructor settings (``vars`` before fitting:
+        plain settings, learned state comes later) and ``train``'s fingerprint (``frames``: its
+        frame-level states too, for attackers that read them). Fits are seeded, so the kept
+        estimator is the one a refit would give. The defense comparison relies on it: its
+        ignorant and lazy-informed attackers train on the same undefended rows as the
+        undefended reference, so they are trained once per layer, not once per defense.
+        """
+        settings = repr(sorted(vars(estimator).items()))
+        key = ("fitted", type(estimator).__module__, type(estimator).__qualname__, settings,
+               train.fingerprint(frames=frames))
+        return self.once(key, lambda: estimator.fit(train))
+
     def layer(self, index: int | None, frame_rate: float, frame_skip: str | None = None) -> "LayerContext":
         """The context of one layer of this run (``frame_skip``: why frame-level attackers do not run here)."""
         return LayerContext(self, index, frame_rate, frame_skip)

@@ -1,12 +1,12 @@
-"""Layer jobs: one family's attack on one layer, run in this process or spread over worker processes.
+"""Jobs (one family's attack on one layer, a part of a defense comparison), run here or over worker processes.
 
 The costly attacks of an audit (frame-level attackers, inversion decoders) train small torch
 networks that do not get faster with more threads on a few cores; two of them side by side, one
-thread each, use a 2-core machine fully. :func:`run_layer_jobs` runs a list of
-:class:`LayerJob` in order in this process (``workers = 1``) or over a pool of ``workers``
-processes (spawned, one torch and one BLAS thread each). A job carries everything it needs
-(the config, the family's split, the store folder, the corpus), so a worker opens the store
-itself and shares nothing with the parent but the files. Each job seeds its attack from the
+thread each, use a 2-core machine fully. :func:`run_jobs` runs a list of jobs in order in this
+process (``workers = 1``) or over a pool of ``workers`` processes (spawned, one torch and one
+BLAS thread each); :func:`run_layer_jobs` does so for :class:`LayerJob`. A job carries
+everything it needs (settings, splits, the store folder, the corpus), so a worker opens the
+store itself and shares nothing with the parent but the files. Each job seeds its attack from the
 run's seed as in-process, so its numbers are the same, up to float rounding where one thread
 sums in a different order than two.
 """
@@ -48,8 +48,13 @@ def attack_one(job: LayerJob, families: dict[str, AttackFamily], settings: Any, 
     return result, time.perf_counter() - t0
 
 
-def _worker_job(job: LayerJob, settings: Any, split: Split, store_root: str, corpus: Corpus,
-                run_settings: dict) -> tuple[dict, float]:
+def _layer_job(families: dict[str, AttackFamily], store: EmbeddingStore, corpus: Corpus, run: RunContext,
+               job: LayerJob, settings: Any, split: Split) -> tuple[dict, float]:
+    return attack_one(job, families, settings, split, store, corpus, run)
+
+
+def _in_worker(function: Callable[..., Any], args: tuple, store_root: str, corpus: Corpus,
+               run_settings: dict) -> Any:
     """One job in a worker process: one torch and one BLAS thread, the store opened from its folder."""
     import torch
     from threadpoolctl import threadpool_limits
@@ -59,27 +64,42 @@ def _worker_job(job: LayerJob, settings: Any, split: Split, store_root: str, cor
     torch.set_num_threads(1)
     with threadpool_limits(limits=1):
         store = EmbeddingStore(store_root, check_hashes=False)
-        return attack_one(job, load_families(), settings, split, store, corpus, RunContext(**run_settings))
+        return function(load_families(), store, corpus, RunContext(**run_settings), *args)
+
+
+def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str, AttackFamily],
+             store: EmbeddingStore, corpus: Corpus, run: RunContext, workers: int = 1, progress: bool = False,
+             desc: str = "jobs") -> list[Any]:
+    """Each ``function(families, store, corpus, run, *args)`` of ``jobs``, in order; over ``workers`` processes if > 1.
+
+    ``function`` must be a module-level function and ``args`` picklable. In this process the
+    jobs share ``run`` (and what its memo keeps); in a worker each job gets a fresh run context
+    with the same settings, so it recomputes what it needs. Submitted in list order: put the
+    longest first.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        return [function(families, store, corpus, run, *args)
+                for function, args in tqdm(jobs, desc=desc, disable=not progress)]
+    run_settings = {"seed": run.seed, "out_dir": run.out_dir, "progress": False, "n_layers": run.n_layers,
+                    "device": run.device, "trust_remote_code": run.trust_remote_code}
+    out: list[Any] = [None] * len(jobs)
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_in_worker, function, args, str(Path(store.root)), corpus, run_settings): k
+                   for k, (function, args) in enumerate(jobs)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({workers} workers)",
+                           disable=not progress):
+            out[futures[future]] = future.result()
+    return out
 
 
 def run_layer_jobs(jobs: list[LayerJob], *, families: dict[str, AttackFamily], settings: Callable[[str], Any],
                    splits: dict[str, Split], store: EmbeddingStore, corpus: Corpus, run: RunContext,
                    workers: int = 1, progress: bool = False) -> list[tuple[dict, float]]:
     """Each job's ``(result, seconds)``, in the order of ``jobs``; over ``workers`` processes when > 1."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [attack_one(job, families, settings(job.family), splits[job.family], store, corpus, run)
-                for job in tqdm(jobs, desc="layer jobs", disable=not progress)]
-    run_settings = {"seed": run.seed, "out_dir": run.out_dir, "progress": False, "n_layers": run.n_layers,
-                    "device": run.device, "trust_remote_code": run.trust_remote_code}
-    out: list[tuple[dict, float] | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker_job, job, settings(job.family), splits[job.family], str(Path(store.root)),
-                               corpus, run_settings): k for k, job in enumerate(jobs)}
-        for future in tqdm(as_completed(futures), total=len(futures), desc=f"layer jobs ({workers} workers)",
-                           disable=not progress):
-            out[futures[future]] = future.result()
-    return out  # type: ignore[return-value]
+    return run_jobs([(_layer_job, (job, settings(job.family), splits[job.family])) for job in jobs],
+                    families=families, store=store, corpus=corpus, run=run, workers=workers, progress=progress,
+                    desc="layer jobs")
 
 
-__all__ = ["LayerJob", "attack_one", "run_layer_jobs"]
+__all__ = ["LayerJob", "attack_one", "run_jobs", "run_layer_jobs"]

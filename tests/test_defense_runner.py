@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from attacks.speaker_id import LogisticSpeakerID
 from audit.config import config_from_dict
 from audit.defense_runner import defended_layers, strongest
 from audit.defense_tables import pareto_front
@@ -31,9 +32,32 @@ def comparison(tmp_path_factory):
                     {"name": "adversarial", "lambda": 0.0, "epochs": 5, "layers": [1]},
                     {"name": "adversarial", "lr": 1e9, "epochs": 2, "layers": [1]}],
     })
-    with pytest.warns(UserWarning):
+    fits = []
+    original = LogisticSpeakerID.fit
+
+    def counted(self, train):
+        fits.append(train.fingerprint())
+        return original(self, train)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(UserWarning):
+        patch.setattr(LogisticSpeakerID, "fit", counted)
         results = AuditPipeline(cfg).run()
+    results["_logreg_fits"] = fits
     return results, out
+
+
+def test_attackers_trained_on_undefended_embeddings_are_fitted_once_per_layer(comparison):
+    """The ignorant scenario of every setting reuses the reference's attackers (same rows, same seed)."""
+    results, _ = comparison
+    fits = results["_logreg_fits"]
+    assert len(fits) == len(set(fits)), "an attacker was refitted on the same training data"
+    retrained = sum(e["status"] == "ok" for e in results["defenses"][1:])
+    # the audit's layer, the reference, and one retrained (semi-informed) attacker per working setting
+    assert len(fits) == 1 + 1 + retrained
+    for entry in results["defenses"][1:]:
+        if entry["status"] == "ok" and "top1" in entry["scenarios"]["ignorant"].get("speaker_id", {}):
+            assert entry["scenarios"]["ignorant"]["speaker_id"]["budget"]["n_train"] == \
+                results["defenses"][0]["scenarios"]["semi_informed"]["speaker_id"]["budget"]["n_train"]
 
 
 def test_reference_and_every_setting_are_recorded(comparison):

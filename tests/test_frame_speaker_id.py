@@ -109,7 +109,7 @@ def test_learning_curve_and_sequences_shorter_than_receptive_field():
 def test_max_train_frames_caps_the_cache(signal_sets):
     train = signal_sets[0]
     attacker = FrameSpeakerID(**{**TINY, "max_epochs": 1, "max_train_frames": 2000}).fit(train)
-    cached = sum(x.shape[0] for x in attacker._cache)
+    cached = attacker.cached_frames_
     assert cached <= 2000 + len(train) and cached < attacker.total_train_frames_
     assert attacker.evaluate(signal_sets[1]).budget["train_frames_total"] == attacker.total_train_frames_
 

@@ -232,14 +232,17 @@ def test_frame_layers_are_validated():
         config_from_dict({"verification": {"frame_layers": []}}).validate()
 
 
-def test_layer_jobs_over_two_worker_processes_give_the_in_process_results(tmp_path):
+def test_jobs_over_two_worker_processes_give_the_in_process_results(tmp_path):
     corpus = write_tone_corpus(tmp_path / "c", n_speakers=6, n_utts=4)
     base = {"model": "tiny-random-wav2vec2", "corpus": str(corpus), "cache_dir": str(tmp_path / "s"),
             "progress": False, "layers": [0, 1, 2], "attacks": ["speaker_id", "inversion"],
             "speaker_id": {"attackers": ["logreg", "frame"], "n_boot": 200, "frame_max_epochs": 1,
                            "frame_channels": 16, "frame_layers": ["leakiest", "last"]},
             "inversion": {"max_epochs": 2, "n_eval": 4, "n_examples": 1, "skip_judges": True, "n_boot": 200,
-                          "layers": ["leakiest", "last"]}}
+                          "layers": ["leakiest", "last"]},
+            "defense_attacks": ["speaker_id"], "utility": "classification:digit", "utility_probe": {"n_boot": 200},
+            "defense": [{"name": "noise", "sigma": 1.0, "layers": ["leakiest"]},
+                        {"name": "pca", "k": 4, "layers": ["leakiest"]}]}
     runs = {}
     for workers in (1, 2):
         cfg = config_from_dict({**base, "workers": workers, "out": str(tmp_path / f"r{workers}")})
@@ -262,6 +265,11 @@ def test_layer_jobs_over_two_worker_processes_give_the_in_process_results(tmp_pa
             assert a == b, path
 
     same([la["attacks"] for la in runs[1]["layers"]], [la["attacks"] for la in runs[2]["layers"]])
+    # the defense comparison's jobs too: each setting's ignorant and semi-informed parts met the same defended data
+    same(runs[1]["defenses"], runs[2]["defenses"])
+    assert [e["name"] for e in runs[2]["defenses"]] == ["none", "noise", "pca"]
+    assert all("scenario_note" not in e for e in runs[2]["defenses"])
+    assert set(runs[2]["defenses"][1]["scenarios"]) == {"ignorant", "lazy_informed", "semi_informed"}
     chosen = {runs[1]["summary"]["leakiest_layer"], 2}
     for la in runs[2]["layers"]:
         ran = la["attacks"]["speaker_id"]["attackers"]["frame"].get("top1") is not None
