@@ -212,7 +212,7 @@ def _merge(part: tuple[dict, UtilityScore | None], undefended: dict, undefended_
     entry, score = part
     if entry["status"] != "ok":
         return entry
-    if undefended.get("defended_sha256") != entry.get("defended_sha256"):
+    if undefended["scenarios"] and undefended.get("defended_sha256") != entry.get("defended_sha256"):
         note = ("the ignorant and lazy-informed attackers met a refit of this defense whose output differs from "
                 "the one the semi-informed attackers retrained on (the defense's fit is not deterministic)")
         warnings.warn(f"defense {entry['name']} {entry['params']}: {note}", stacklevel=2)
@@ -282,13 +282,15 @@ class _LayerComparison:
     def undefended_trained(self, family: DefenseFamily, params: dict, settings: Any) -> dict:
         """One setting's ignorant and lazy-informed scenarios: attackers trained on undefended embeddings."""
         t0 = time.perf_counter()
+        wanted = [name for name in ("ignorant", "lazy_informed") if name in self.cfg.defense_scenarios]
+        if not wanted:
+            return {"scenarios": {}, "attack_seconds": {}, "wall_seconds": 0.0}
         _, defended, err = self._fit_defense(family, params, settings)
         if defended is None:
             return {"scenarios": {}, "attack_seconds": {}, "wall_seconds": 0.0, "error": f"{type(err).__name__}: {err}"}
         scenarios, seconds = {}, {}
         same_dims = defended.pooled.shape[1] == self.clean.pooled.shape[1] and (
             defended.frames(0).shape[1] == self.clean.frames(0).shape[1])
-        wanted = [name for name in ("ignorant", "lazy_informed") if name in self.cfg.defense_scenarios]
         for name in wanted:
             if not same_dims:
                 scenarios[name] = {"not_applicable": (
