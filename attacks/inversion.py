@@ -319,9 +319,9 @@ class InversionDecoder:
 
     def __init__(self, *, input_rate: float, target_rate: float, channels: int = 256, n_layers: int = 4,
                  kernel_size: int = 5, max_epochs: int = 60, patience: int = 8, min_delta: float = 1e-3,
-                 batch_size: int = 16, lr: float = 1e-3, crop_seconds: float = 3.0, spectral_convergence_weight: float = 0.0,
-                 val_fraction: float = 0.15, num_threads: int | None = None, seed: int = 0,
-                 device: str = "cpu") -> None:
+                 batch_size: int = 16, lr: float = 1e-3, crop_seconds: float = 3.0,
+                 spectral_convergence_weight: float = 0.0, val_fraction: float = 0.15,
+                 num_threads: int | None = None, seed: int = 0, device: str = "cpu") -> None:
         self.input_rate = input_rate
         self.target_rate = target_rate
         self.channels = channels

@@ -128,10 +128,24 @@ def test_shuffled_alignment_scores_clearly_worse(fitted: InversionDecoder, corpu
 
 def test_spectral_convergence_and_early_stop(corpus) -> None:
     frames, mels = corpus
-    dec = small_decoder(spectral_convergence_weight=0.5, max_epochs=200, patience=2, lr=3e-2).fit(frames, mels)
+    dec = small_decoder(spectral_convergence_weight=0.5, max_epochs=200, patience=2, lr=3e-2,
+                        min_delta=0.0).fit(frames, mels)
     assert dec.converged_ is True and dec.budget_["epochs"] < 200
     assert dec.budget_["epochs"] - dec.budget_["best_epoch"] == 2
     assert np.isfinite([row["val_loss"] for row in dec.history_]).all()
+
+
+def test_improvements_below_min_delta_do_not_extend_training(corpus) -> None:
+    """Patience counts only relative improvements of at least min_delta; the best weights by any improvement stay."""
+    frames, mels = corpus
+    dec = small_decoder(max_epochs=40, patience=3, min_delta=0.9).fit(frames, mels)
+    losses = [row["val_loss"] for row in dec.history_]
+    # no epoch cuts the loss by 90%, so training stops `patience` epochs after the first one
+    assert dec.converged_ is True and dec.budget_["epochs"] == 1 + 3
+    assert dec.budget_["best_epoch"] == int(np.argmin(losses)) + 1 > 1
+    assert dec.budget_["min_delta"] == 0.9
+    with pytest.raises(ConfigError, match="min_delta=1.5"):
+        small_decoder(min_delta=1.5).fit(frames, mels)
 
 
 def test_decoder_rejects_bad_input(corpus) -> None:
