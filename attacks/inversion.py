@@ -205,14 +205,20 @@ def _seeded_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
 
 
 class _ChannelNorm(nn.Module):
-    """LayerNorm over the channel axis of ``(B, C, T)`` tensors."""
+    """LayerNorm over the channel axis of ``(B, C, T)`` tensors, returned contiguous.
+
+    Contiguous because the GELU that follows receives a contiguous gradient from the next
+    convolution: with its input a transposed view, the two layouts differ and torch's CPU
+    GELU backward falls off its vectorised path (measured 8 ms against 1 ms per call, a quarter
+    of the decoder's training step).
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(x.transpose(1, 2)).transpose(1, 2).contiguous()
 
 
 class _ResBlock(nn.Module):
