@@ -65,6 +65,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=24, help="utterances in the 1x corpus")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
+    if args.corpus == str(DEFAULT_CORPUS) and not DEFAULT_CORPUS.exists():
+        print(f"skipped: corpus {args.corpus} not present (the shared LibriSpeech subset is needed; "
+              "or pass --corpus)")
+        return
     import torch
 
     print(f"model {args.model}, corpus {args.corpus}, torch threads {torch.get_num_threads()}")
