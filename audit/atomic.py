@@ -54,6 +54,15 @@ def write_error(path: str | Path, exc: OSError) -> str:
     return f"{path}: cannot write: {' '.join(reason.split())}"
 
 
+def output_dir(path: Path) -> Path:
+    """Create the output folder ``path`` (and its parents); an ``OSError`` becomes one :class:`OutputError` line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(write_error(path, exc)) from exc
+    return path
+
+
 def write_output(path: Path, write: Callable[[Path], None]) -> None:
     """:func:`atomic_save` for a run's outputs: an ``OSError`` becomes one :class:`OutputError` line naming ``path``."""
     try:
@@ -67,4 +76,4 @@ def write_output_text(path: Path, text: str) -> None:
     write_output(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-__all__ = ["atomic_save", "atomic_write_text", "write_error", "write_output", "write_output_text"]
+__all__ = ["atomic_save", "atomic_write_text", "output_dir", "write_error", "write_output", "write_output_text"]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audit import plots
-from audit.atomic import write_error, write_output_text
+from audit.atomic import output_dir, write_output_text
 from audit.defense_tables import setting_label
-from audit.errors import OutputError, SpeechAuditError
+from audit.errors import SpeechAuditError
 from audit.report.document import Bullets, Callout, Figure, Paragraph, ReportDocument, Section
 from audit.report.html import render_html
 from audit.report.markdown import render_markdown
@@ -102,11 +102,7 @@ def compare_runs(runs: Sequence[str | Path], out: Path) -> ReportDocument:
     versions, and :class:`~audit.results.ResultsError` naming a file that cannot be read.
     """
     loaded = load_runs(runs)
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(write_error(out, exc)) from exc
+    out = output_dir(Path(out))
     measures = find_measures(loaded)
     figures = {m.slug: _figure(loaded, m, out) for m in measures}
     doc = comparison_document(loaded, measures, figures)

@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from audit.atomic import write_error, write_output, write_output_text
+from audit.atomic import output_dir, write_error, write_output, write_output_text
 from audit.errors import OutputError
 from audit.family import AttackFamily
 from audit.report.build import build_document, risk_ratings
@@ -48,13 +48,13 @@ def _carry_files(results: dict, source: Path | None, out: Path, names: dict[str,
         dst = out / target
         if not src.is_file() or (same and target == file):
             continue
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if same:
+        output_dir(dst.parent)
+        if same:
+            try:
                 src.replace(dst)
-                continue
-        except OSError as exc:
-            raise OutputError(write_error(dst, exc)) from exc
+            except OSError as exc:
+                raise OutputError(write_error(dst, exc)) from exc
+            continue
         write_output(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
 
 
@@ -81,11 +81,7 @@ def write_report(results: dict, out: Path, registry: dict[str, AttackFamily], *,
     ``redact`` writes a report without personal data (:mod:`audit.report.redact`); the salt of
     its id hashes is ``salt`` or a fresh secret, never stored.
     """
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(write_error(out, exc)) from exc
+    out = output_dir(Path(out))
     source = Path(source) if source is not None else out
     results = dict(results)
     results["risks"] = [r.to_dict() for r in risk_ratings(results, registry)]
