@@ -11,7 +11,7 @@ A TOML file holds the same settings as the CLI flags::
     redact = false            # true: the report holds no original audio, transcripts or raw speaker ids
     device = "auto"           # cpu | cuda | cuda:N | auto (cuda when torch sees a GPU)
     quantize = "int8"         # audit the dynamically int8-quantised model (CPU); omit for float32
-    workers = 2               # processes for the costly layer attacks (frame attackers, inversion), 1 thread each
+    workers = 2               # processes for the costly attacks and the defense comparison, 1 thread each
     skip_bad_audio = false    # true: leave out unusable audio files (listed in the results) instead of stopping
     trust_remote_code = false # true: let models that ship code load (speechbrain folders/other orgs, HF auto_map)
     utility = "ctc"           # or "classification:digit"; "auto": ctc when every utterance has a transcript
@@ -180,7 +180,7 @@ class AuditConfig:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r}: must be >= 1")
         if self.workers < 1:
-            raise ConfigError(f"workers={self.workers!r}: must be >= 1 (processes for the costly layer attacks)")
+            raise ConfigError(f"workers={self.workers!r}: must be >= 1 (processes for the costly attacks and the defense comparison)")
         if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", str(self.device)):
             raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
         check_quantize(self.quantize)

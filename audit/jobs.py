@@ -38,19 +38,14 @@ class LayerJob:
     layer: int
 
 
-def attack_one(job: LayerJob, families: dict[str, AttackFamily], settings: Any, split: Split,
-               store: EmbeddingStore, corpus: Corpus, run: RunContext) -> tuple[dict, float]:
-    """The job's attack result and its wall seconds."""
+def attack_one(families: dict[str, AttackFamily], store: EmbeddingStore, corpus: Corpus, run: RunContext,
+               job: LayerJob, settings: Any, split: Split) -> tuple[dict, float]:
+    """The job's attack result and its wall seconds (a :func:`run_jobs` function)."""
     view = layer_set(store, corpus, job.layer)
     ctx = run.layer(job.layer, store.frame_rates[job.layer])
     t0 = time.perf_counter()
     result = families[job.family].attack(view.subset(split.train), view.subset(split.test), settings, ctx)
     return result, time.perf_counter() - t0
-
-
-def _layer_job(families: dict[str, AttackFamily], store: EmbeddingStore, corpus: Corpus, run: RunContext,
-               job: LayerJob, settings: Any, split: Split) -> tuple[dict, float]:
-    return attack_one(job, families, settings, split, store, corpus, run)
 
 
 def _in_worker(function: Callable[..., Any], args: tuple, store_root: str, corpus: Corpus,
@@ -97,7 +92,7 @@ def run_layer_jobs(jobs: list[LayerJob], *, families: dict[str, AttackFamily], s
                    splits: dict[str, Split], store: EmbeddingStore, corpus: Corpus, run: RunContext,
                    workers: int = 1, progress: bool = False) -> list[tuple[dict, float]]:
     """Each job's ``(result, seconds)``, in the order of ``jobs``; over ``workers`` processes when > 1."""
-    return run_jobs([(_layer_job, (job, settings(job.family), splits[job.family])) for job in jobs],
+    return run_jobs([(attack_one, (job, settings(job.family), splits[job.family])) for job in jobs],
                     families=families, store=store, corpus=corpus, run=run, workers=workers, progress=progress,
                     desc="layer jobs")
 

@@ -46,8 +46,8 @@ def main(argv: list[str]) -> int:
         print(f"  {name:14s} " + " ".join(f"{secs[i]:7.1f}" if i in secs else f"{'-':>7s}" for i in indices)
               + f"   total {sum(secs.values()):7.1f}")
     if workers > 1:
-        print(f"  (the costly second pass ran over {workers} worker processes: these are per-job seconds, "
-              "their sum exceeds its wall time)")
+        print(f"  (the costly second pass and the defense comparison ran over {workers} worker processes: these "
+              "are per-job seconds, their sum exceeds the wall time)")
     attacks = sum(sum(v.values()) for v in families.values())
     defenses = 0.0
     for e in results.get("defenses") or []:
