@@ -42,7 +42,7 @@ from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quiet, grid_search, learning_curve
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
-from audit.metrics import CI_METHOD, leakage_ci, regression_scores, roc_auc
+from audit.metrics import CI_METHOD, DegenerateBootstrap, leakage_ci, regression_scores, roc_auc
 from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack,
                            skip_cell)
 from audit.splits import Split, speaker_disjoint_split
@@ -282,7 +282,10 @@ class _AttributeAttack(ABC):
         if reason is not None:
             return AttackResult.skip(self.attack, self.attacker, reason)
         X, speakers = test.pooled[rows].astype(np.float64), test.speakers[rows]
-        metrics = self._metrics(X, y, speakers)
+        try:
+            metrics = self._metrics(X, y, speakers)
+        except DegenerateBootstrap as err:
+            return AttackResult.skip(self.attack, self.attacker, f"no CI for attribute {self.attribute!r}: {err}")
 
         def refit(fraction: float) -> float:
             sub = self._curve_rows(fraction)
@@ -635,7 +638,10 @@ class CCAProbe:
                                      f"attribute {self.attribute!r} or its projection is constant on the test rows")
         speakers = test.speakers[rows]
         labels = y.astype(object) if self.classes_ is not None else None
-        ci = _bootstrap(lambda i: _correlation(proj[i], y[i]), speakers, labels, n_boot=self.n_boot, seed=self.seed)
+        try:
+            ci = _bootstrap(lambda i: _correlation(proj[i], y[i]), speakers, labels, n_boot=self.n_boot, seed=self.seed)
+        except DegenerateBootstrap as err:
+            return AttackResult.skip(self.attack, self.attacker, f"no CI for attribute {self.attribute!r}: {err}")
         metrics = {"cca": r, "ci95": list(ci), "train_cca": self.train_cca_, "n_test": int(y.size),
                    "n_test_speakers": int(np.unique(speakers).size), "ci_method": CI_METHOD,
                    "encoding": None if self.classes_ is None else {self.classes_[0]: 0, self.classes_[1]: 1}}

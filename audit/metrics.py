@@ -728,13 +728,26 @@ def clopper_pearson(k: int, n: int, *, alpha: float = 0.05) -> tuple[float, floa
     return low, high
 
 
+class DegenerateBootstrap(ValueError):
+    """The speakers cannot be resampled in more than one way, so a speaker-clustered CI would be zero-width."""
+
+
+def _groups(n_speakers: int, strata: np.ndarray | None) -> list[np.ndarray]:
+    """Speaker indices per stratum (one group without strata)."""
+    return [np.arange(n_speakers)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
+
+
+def _one_resample_only(groups: list[np.ndarray], min_distinct: int) -> bool:
+    """True when every allowed speaker resample is the original (each stratum one speaker, or all must be distinct)."""
+    return all(g.size == 1 for g in groups) or (len(groups) == 1 and groups[0].size == min_distinct)
+
+
 def _speaker_bootstrap_values(stat: Callable[[np.ndarray], float], n_speakers: int, *,
                               strata: np.ndarray | None, n_boot: int, seed: int, min_distinct: int) -> np.ndarray:
     """``n_boot`` values of ``stat(counts)`` over speaker resamples (see :func:`speaker_bootstrap_ci`)."""
     if n_speakers < min_distinct:
         raise ValueError(f"speaker bootstrap needs >= {min_distinct} speakers, got n_speakers={n_speakers}")
-    groups = [np.arange(n_speakers)] if strata is None else \
-        [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    groups = _groups(n_speakers, strata)
     rng = np.random.default_rng(seed)
     values: list[float] = []
     attempts = 0
@@ -800,7 +813,10 @@ def leakage_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *, binomial
     (top-1 hits, EER as the error rate of ``n`` target trials), its union with the exact
     Clopper-Pearson interval (:func:`clopper_pearson`) at the same level, so a figure of 100%
     on finite data never gets the zero-width CI ``[100, 100]``. Pass ``alpha / m`` to get an
-    interval that stays valid for the best of ``m`` compared figures (Bonferroni).
+    interval that stays valid for the best of ``m`` compared figures (Bonferroni). A statistic
+    that is not a proportion, on speakers that can be resampled in only one way (two speakers
+    that must both be drawn, or one speaker per stratum), raises :class:`DegenerateBootstrap`
+    rather than return a zero-width interval.
 
     Parameters
     ----------
@@ -826,6 +842,11 @@ def leakage_ci(stat: Callable[[np.ndarray], float], n_speakers: int, *, binomial
     for a in alphas:
         if not 0 < a < 1:
             raise ValueError(f"alpha must be in (0, 1), got alpha={a!r}")
+    if binomial is None and _one_resample_only(_groups(n_speakers, strata), min_distinct):
+        per = "" if strata is None else f" in {np.unique(strata).size} strata"
+        raise DegenerateBootstrap(f"{n_speakers} test speakers{per} can be resampled in only one way, so a "
+                                  "speaker-clustered CI would be zero-width: at least 3 test speakers (2 per "
+                                  "stratum) are needed")
     values = _speaker_bootstrap_values(stat, n_speakers, strata=strata, n_boot=n_boot, seed=seed,
                                        min_distinct=min_distinct)
     out = []

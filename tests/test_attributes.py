@@ -177,6 +177,18 @@ def test_cca_probe_numeric_and_binary():
     assert result.metrics["ci95"][0] <= 0.0 <= result.metrics["ci95"][1]
 
 
+def test_two_test_speakers_give_no_zero_width_r2_or_cca_interval():
+    full = make_set(rate_leak=True, n_speakers=6)
+    test_speakers = np.isin(full.speakers, ["s00", "s01"])
+    train, test = full.subset(np.flatnonzero(~test_speakers)), full.subset(np.flatnonzero(test_speakers))
+    for attacker in (SpeechRateRegression(n_boot=100), CCAProbe(attribute="speech_rate", n_boot=100)):
+        result = attacker.fit(train).evaluate(test)
+        assert result.skipped.startswith("no CI for attribute 'speech_rate': 2 test speakers can be resampled")
+    # gender is a proportion: its CI keeps the exact binomial floor, so the result stands
+    result = GenderInference(n_boot=100).fit(train).evaluate(test)
+    assert result.skipped is None and result.metrics["ci95"][0] < result.metrics["ci95"][1]
+
+
 def test_clipped_regressor_keeps_predictions_in_the_training_range():
     from sklearn.linear_model import LinearRegression
 

@@ -15,7 +15,9 @@ from sklearn.metrics import (
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from audit.metrics import (
+    DegenerateBootstrap,
     bootstrap_ci,
+    leakage_ci,
     proportion_ci,
     chance_topk,
     eer,
@@ -261,6 +263,28 @@ def test_proportion_ci_covers_true_mean_and_is_deterministic():
         ((lo, hi),) = proportion_ci(sample, np.arange(2000), n_boot=200, seed=rep)
         covered += lo <= p <= hi
     assert 0.90 <= covered / 300 <= 0.99
+
+
+def test_leakage_ci_is_never_zero_width_even_with_two_test_speakers():
+    values = np.array([0.2, 0.4, 0.9, 0.7])  # a non-proportion statistic, two rows per speaker
+    spk = np.array([0, 0, 1, 1])
+
+    def mean(counts: np.ndarray) -> float:
+        return float(np.average(values, weights=counts[spk]))
+
+    # two speakers that every resample must both draw, or one speaker per stratum: one resample only
+    with pytest.raises(DegenerateBootstrap, match="2 test speakers can be resampled in only one way"):
+        leakage_ci(mean, 2, n_boot=100)
+    with pytest.raises(DegenerateBootstrap, match="in 2 strata"):
+        leakage_ci(mean, 2, strata=np.array(["F", "M"]), n_boot=100)
+    # a proportion keeps its exact binomial floor instead
+    ((low, high),) = leakage_ci(mean, 2, binomial=(2, 4), n_boot=100)
+    assert low < 0.5 < high
+    # three speakers resample in many ways: a real interval
+    spk3 = np.array([0, 0, 1, 1, 2, 2])
+    vals3 = np.array([0.2, 0.4, 0.9, 0.7, 0.5, 0.6])
+    ((low, high),) = leakage_ci(lambda c: float(np.average(vals3, weights=c[spk3])), 3, n_boot=200)
+    assert low < high
 
 
 def test_bootstrap_ci_coverage():
