@@ -34,12 +34,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-# Measured figures only (nothing asserted): extraction overhead, warm vs cold store, peak RSS 1x/4x,
-# int8 vs fp32, and where the last default audit's time went.
+# Measured figures only (nothing asserted): extraction overhead, warm vs cold store, peak RSS 1x/4x (each on
+# the CPU and, when torch sees one, the GPU), int8 vs fp32, where the last default audit's time went, and the
+# complete default on test-other on the CPU against the GPU (one 'skipped' line without a GPU).
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/extraction.py
 	$(VENV)/bin/python benchmarks/int8.py
 	$(VENV)/bin/python benchmarks/attack_profile.py reports/default
+	$(VENV)/bin/python benchmarks/device_audit.py --corpus ../shared/data/librispeech_subset --where subset=test-other
 
 clean-venv:
 	rm -rf $(VENV)

@@ -398,6 +398,78 @@ def _verdict(measure: Measure, present: list[tuple[str, dict]]) -> str:
     return f"Leakiest: {best_label}, but its CI overlaps another run's, so the difference is within noise."
 
 
+#: Per-layer inversion figures that :func:`ci_agreement` also compares (the report's headline measures
+#: leave them out: they have no leakiest-layer headline).
+INVERSION_MEASURES = (
+    Measure("inversion_wer", "inversion: ASR judge's WER on the reconstructions", "", ("inversion", "frame", "content"),
+            "wer_reconstruction", "wer_reconstruction_ci95", True, False),
+    Measure("inversion_speaker_eer", "inversion: speaker judge's EER on the reconstructions", "",
+            ("inversion", "frame", "speaker"), "eer", "eer_ci95", True, False),
+    Measure("inversion_lsd", "inversion: log-mel LSD (dB)", "", ("inversion", "frame", "mel"), "lsd_db",
+            "lsd_db_ci95", False, False),
+)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One figure of two runs side by side: where it sits, each run's value and CI, and whether the CIs overlap."""
+
+    what: str
+    where: str
+    a: tuple[float | None, list | None]
+    b: tuple[float | None, list | None]
+    percent: bool
+
+    @property
+    def measured_by_both(self) -> bool:
+        return self.a[0] is not None and self.b[0] is not None
+
+    @property
+    def agrees(self) -> bool:
+        """Both runs measured it and their 95% CIs overlap (a missing CI claims no difference)."""
+        return self.measured_by_both and _overlap(self.a[1], self.b[1])
+
+
+def ci_agreement(a: Run, b: Run) -> list[Agreement]:
+    """Every per-layer leakage figure and defense outcome of ``a`` next to ``b``'s, with CI overlap.
+
+    Per layer: the compared measures (:func:`find_measures`) and the inversion figures
+    (:data:`INVERSION_MEASURES`); per defense setting and layer: the strongest attacker's top-1
+    and EER and the utility on the run's task. A figure only one run measured is listed too
+    (``measured_by_both`` is False), so a silent gap cannot read as agreement. Used to check
+    that the same audit on two devices gives the same findings within their CIs.
+    """
+    rows = []
+    for measure in [*find_measures([a, b]), *INVERSION_MEASURES]:
+        pa, pb = _points(a, measure), _points(b, measure)
+        for index in sorted(set(pa) | set(pb)):
+            rows.append(Agreement(measure.title, f"layer {index}", pa.get(index, (None, None)),
+                                  pb.get(index, (None, None)), measure.percent))
+    da, db = _defense_figures(a), _defense_figures(b)
+    for key in [*da, *(k for k in db if k not in da)]:
+        rows.append(Agreement(key[0], key[1], da.get(key, (None, None)), db.get(key, (None, None)), key[2]))
+    return rows
+
+
+def _defense_figures(run: Run) -> dict[tuple[str, str, bool], tuple[float | None, list | None]]:
+    """(figure, setting at layer, percent) -> (value, CI) of a run's defense entries that ran."""
+    out = {}
+    for entry in run.results.get("defenses") or []:
+        if entry.get("status", "ok") != "ok":
+            continue
+        where = f"{setting_label(entry)} at layer {entry.get('layer')}"
+        for metric, title in (("top1", "defense: strongest speaker-ID top-1"),
+                              ("eer", "defense: strongest verification EER")):
+            best = (entry.get("strongest") or {}).get(metric)
+            if best and best.get("value") is not None:
+                out[(title, where, True)] = (best["value"], best.get("ci95"))
+        utility = entry.get("utility") or {}
+        if utility.get("value") is not None:
+            out[(f"defense: utility ({utility.get('task')}, {utility.get('metric')})", where, True)] = (
+                utility["value"], utility.get("ci95"))
+    return out
+
+
 def _overlap(a: list | None, b: list | None) -> bool:
     """True when two CIs overlap (or either is missing, so no difference can be claimed)."""
     if not a or not b or None in (a[0], a[1], b[0], b[1]):

@@ -8,7 +8,12 @@ Prints measured figures (nothing is asserted): seconds of compute per second of 
 
 and the peak resident memory of a fresh process extracting 1x and 4x the audio.
 
-Usage: ``python benchmarks/extraction.py [--model whisper-tiny.en] [--n 24] [--corpus PATH]``
+The same lines are measured on each device (``--devices``, default the CPU plus CUDA when
+torch sees a GPU); on a GPU the pipeline's throughput is also given as a ratio of the bare
+forward's (target >= 0.8) and the fresh processes report their peak GPU memory too. Without
+a GPU one line says that the GPU lines were not measured.
+
+Usage: ``python benchmarks/extraction.py [--model whisper-tiny.en] [--n 24] [--corpus PATH] [--devices cpu,cuda]``
 """
 
 from __future__ import annotations
@@ -43,19 +48,59 @@ def pick_corpus(spec: str, n: int, repeat: int = 1) -> Corpus:
     return Corpus(corpus.name, utts)
 
 
-def child_peak_rss(model: str, spec: str, n: int, repeat: int, batch_size: int) -> dict:
-    """Run one cold extraction in a fresh process; return its peak RSS (MiB) and audio seconds."""
+def child_peak_rss(model: str, spec: str, n: int, repeat: int, batch_size: int, device: str = "cpu") -> dict:
+    """Run one cold extraction on ``device`` in a fresh process; its peak RSS and GPU memory (MiB), audio seconds."""
     code = (
         "import json,resource,sys,tempfile; sys.path.insert(0, %r)\n"
+        "import torch\n"
         "from benchmarks.extraction import pick_corpus\n"
         "from audit.extractor import build_extractor\nfrom audit.store import EmbeddingStore\n"
         "c = pick_corpus(%r, %d, %d)\n"
-        "s = EmbeddingStore.build(build_extractor(%r), c, cache_dir=tempfile.mkdtemp(), batch_size=%d, progress=False)\n"
-        "print(json.dumps({'audio_s': c.total_seconds, 'n': len(c), 'rss_mib': "
+        "s = EmbeddingStore.build(build_extractor(%r, device=%r), c, cache_dir=tempfile.mkdtemp(), batch_size=%d, "
+        "progress=False)\n"
+        "gpu = torch.cuda.max_memory_allocated() / 2**20 if %r.startswith('cuda') else None\n"
+        "print(json.dumps({'audio_s': c.total_seconds, 'n': len(c), 'gpu_mib': gpu, 'rss_mib': "
         "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
-    ) % (str(ROOT), spec, n, repeat, model, batch_size)
+    ) % (str(ROOT), spec, n, repeat, model, device, batch_size, device)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(model: str, corpus: Corpus, spec: str, n: int, batch_size: int, device: str) -> None:
+    """Print the bare-forward, cold, warm and peak-memory lines of one device."""
+    audio_s = corpus.total_seconds
+    ext = build_extractor(model, device=device).load()
+    wavs = [load_audio(u.path, start=u.start, end=u.end) for u in corpus]
+    ext(wavs[:1])  # warm-up: first-call allocations are not what we measure
+    t = time.perf_counter()
+    for batch in _batches([w.size for w in wavs], batch_size, ext.can_pad_batch):
+        ext([wavs[i] for i in batch])
+    bare = time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=batch_size, progress=False)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        warm_store = EmbeddingStore.build(build_extractor(model, device=device), corpus, cache_dir=cache,
+                                          progress=False)
+        warm = time.perf_counter() - t
+    print(f"[{device}] audio: {len(corpus)} utterances, {audio_s:.1f} s")
+    print(f"[{device}] bare model forward : {bare:7.2f} s  = {bare / audio_s:.4f} s per audio-second")
+    target = "target < 10%" if device == "cpu" else f"throughput {bare / cold:.2f}x the bare forward's; target >= 0.8"
+    print(f"[{device}] pipeline, cold     : {cold:7.2f} s  = {cold / audio_s:.4f} s per audio-second "
+          f"(overhead {100 * (cold - bare) / bare:+.1f}% vs bare; {target})")
+    print(f"[{device}] pipeline, warm     : {warm:7.3f} s  = {warm / audio_s:.5f} s per audio-second "
+          f"(cache hit: {warm_store.stats.cache_hit}; {cold / max(warm, 1e-9):.0f}x faster than cold)")
+    one = child_peak_rss(model, spec, n, 1, batch_size, device)
+    four = child_peak_rss(model, spec, n, 4, batch_size, device)
+    growth = 100 * (four["rss_mib"] - one["rss_mib"]) / one["rss_mib"]
+    print(f"[{device}] peak RSS 1x ({one['audio_s']:.0f} s audio): {one['rss_mib']:.0f} MiB; "
+          f"4x ({four['audio_s']:.0f} s audio): {four['rss_mib']:.0f} MiB; growth {growth:+.1f}% (target within 10%)")
+    if one["gpu_mib"] is not None:
+        growth = 100 * (four["gpu_mib"] - one["gpu_mib"]) / one["gpu_mib"]
+        print(f"[{device}] peak GPU memory 1x: {one['gpu_mib']:.0f} MiB; 4x: {four['gpu_mib']:.0f} MiB; "
+              f"growth {growth:+.1f}% (target within 10%)")
 
 
 def main() -> None:
@@ -64,6 +109,7 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     parser.add_argument("--n", type=int, default=24, help="utterances in the 1x corpus")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--devices", help="comma-separated devices (default: cpu, plus cuda when torch sees a GPU)")
     args = parser.parse_args()
     if args.corpus == str(DEFAULT_CORPUS) and not DEFAULT_CORPUS.exists():
         print(f"skipped: corpus {args.corpus} not present (the shared LibriSpeech subset is needed; "
@@ -71,35 +117,14 @@ def main() -> None:
         return
     import torch
 
-    print(f"model {args.model}, corpus {args.corpus}, torch threads {torch.get_num_threads()}")
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"model {args.model}, corpus {args.corpus}, torch threads {torch.get_num_threads()}, "
+          f"devices {', '.join(devices)}")
     corpus = pick_corpus(args.corpus, args.n)
-    audio_s = corpus.total_seconds
-    ext = build_extractor(args.model).load()
-    wavs = [load_audio(u.path, start=u.start, end=u.end) for u in corpus]
-    ext(wavs[:1])  # warm-up: first-call allocations are not what we measure
-    t = time.perf_counter()
-    for batch in _batches([w.size for w in wavs], args.batch_size, ext.can_pad_batch):
-        ext([wavs[i] for i in batch])
-    bare = time.perf_counter() - t
-
-    with tempfile.TemporaryDirectory() as cache:
-        t = time.perf_counter()
-        EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=args.batch_size, progress=False)
-        cold = time.perf_counter() - t
-        t = time.perf_counter()
-        warm_store = EmbeddingStore.build(build_extractor(args.model), corpus, cache_dir=cache, progress=False)
-        warm = time.perf_counter() - t
-    print(f"audio: {len(corpus)} utterances, {audio_s:.1f} s")
-    print(f"bare model forward : {bare:7.2f} s  = {bare / audio_s:.4f} s per audio-second")
-    print(f"pipeline, cold     : {cold:7.2f} s  = {cold / audio_s:.4f} s per audio-second "
-          f"(overhead {100 * (cold - bare) / bare:+.1f}% vs bare; target < 10%)")
-    print(f"pipeline, warm     : {warm:7.3f} s  = {warm / audio_s:.5f} s per audio-second "
-          f"(cache hit: {warm_store.stats.cache_hit}; {cold / max(warm, 1e-9):.0f}x faster than cold)")
-    one = child_peak_rss(args.model, args.corpus, args.n, 1, args.batch_size)
-    four = child_peak_rss(args.model, args.corpus, args.n, 4, args.batch_size)
-    growth = 100 * (four["rss_mib"] - one["rss_mib"]) / one["rss_mib"]
-    print(f"peak RSS 1x ({one['audio_s']:.0f} s audio): {one['rss_mib']:.0f} MiB; "
-          f"4x ({four['audio_s']:.0f} s audio): {four['rss_mib']:.0f} MiB; growth {growth:+.1f}% (target within 10%)")
+    for device in devices:
+        measure(args.model, corpus, args.corpus, args.n, args.batch_size, device)
+    if not any(d.startswith("cuda") for d in devices):
+        print("GPU: none here (torch.cuda.is_available() is False): the GPU lines were not measured")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,38 @@ def timed_forward(extractors: dict[str, Extractor], wavs: list[np.ndarray], batc
     return seconds
 
 
+def linear_share(extractors: dict[str, Extractor], wavs: list[np.ndarray], batch_size: int) -> dict[str, tuple]:
+    """Per extractor: (forward seconds, seconds inside its Linear layers), timed by forward hooks, models alternating.
+
+    The Linear layers are what dynamic int8 quantisation replaces; the rest of the forward
+    (attention kernels, convolutions, norms, copies) runs in float32 either way, which bounds
+    the whole-forward speed-up (Amdahl).
+    """
+    import torch
+    from torch.ao.nn.quantized import dynamic as qdynamic
+
+    inside = dict.fromkeys(extractors, 0.0)
+    handles = []
+    for name, ext in extractors.items():
+        modules = [m for v in vars(ext).values() for m in (v, getattr(v, "_net", None))
+                   if isinstance(m, torch.nn.Module)]
+        for linear in {id(x): x for m in modules for x in m.modules()
+                       if isinstance(x, (torch.nn.Linear, qdynamic.Linear))}.values():
+            started: list[float] = []
+            handles.append(linear.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
+
+            def done(*_, s=started, key=name) -> None:
+                inside[key] += time.perf_counter() - s.pop()
+
+            handles.append(linear.register_forward_hook(done))
+    try:
+        total = timed_forward(extractors, wavs, batch_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (total[name], inside[name]) for name in extractors}
+
+
 def frame_error(a: EmbeddingStore, b: EmbeddingStore, layer: int) -> float:
     """Relative Frobenius error ``||b - a|| / ||a||`` of one layer's frames over the whole store."""
     num = den = 0.0
@@ -108,6 +140,14 @@ def main() -> None:
     for name in extractors:
         print(f"  {name}: {secs[name]:7.2f} s = {rate[name]:6.1f} audio-s per s")
     print(f"  int8 / fp32 speed: {rate['int8'] / rate['fp32']:.2f}x (target >= 1.5x)")
+    share = linear_share(extractors, wavs, args.batch_size)
+    (fp_total, fp_linear), (q_total, q_linear) = share["fp32"], share["int8"]
+    frac = fp_linear / fp_total
+    print("  where the time goes (forward hooks on the Linear layers, the part int8 quantises; same clips again):")
+    print(f"    Linear layers: fp32 {fp_linear:.2f} s of {fp_total:.2f} s ({100 * frac:.0f}%), int8 {q_linear:.2f} s "
+          f"of {q_total:.2f} s: the quantised layers alone run {fp_linear / q_linear:.2f}x faster")
+    print(f"    the other {100 * (1 - frac):.0f}% of the fp32 forward stays float32, so even free Linear layers would "
+          f"give at most {1 / (1 - frac):.2f}x (Amdahl)")
 
     with tempfile.TemporaryDirectory() as cache:
         stores = {name: EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=args.batch_size, progress=False)

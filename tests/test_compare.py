@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.compare import CompareError, compare_runs, flatten_config
+from audit.compare import CompareError, ci_agreement, compare_runs, flatten_config, load_runs
 from audit.errors import SpeechAuditError
 from audit.report.document import Callout, Figure, ReportDocument
 from audit.results import Table
@@ -222,6 +222,30 @@ def test_defense_settings_table_gives_each_runs_top1_and_retained_utility(tmp_pa
     assert rows[("noise sigma=2", "0")] == ["", "top-1 40.0% [35.0, 45.0]; retained 0.800 [0.750, 0.850]"]
     assert rows[("pca k=8", "0")] == ["", "failed: k above dimension"]
     assert any("no defenses were run" in note for note in table.notes)
+
+
+def test_ci_agreement_flags_figures_whose_cis_part_and_figures_one_run_lacks(tmp_path: Path):
+    """The check behind the device benchmark: same audit on two devices, figure by figure."""
+    base = make_results(top1=[0.9, 0.8, 0.5], defenses=[_defense("noise", {"sigma": 1}, 0, 0.4, 0.8)])
+    base["layers"][1]["attacks"]["inversion"] = {"frame": {"content": {"wer_reconstruction": 0.4,
+                                                                       "wer_reconstruction_ci95": [0.3, 0.5]}}}
+    other = json.loads(json.dumps(base))
+    other["layers"][0]["attacks"]["speaker_id"].update(top1=0.5, ci95=[0.45, 0.55])  # apart from [0.86, 0.94]
+    other["layers"][1]["attacks"]["inversion"]["frame"]["content"].update(wer_reconstruction=0.45,
+                                                                          wer_reconstruction_ci95=[0.35, 0.55])
+    del other["layers"][2]["attacks"]["verification"]
+    runs = load_runs([write_run(tmp_path / "cpu", base), write_run(tmp_path / "cuda", other)])
+    rows = {(r.what, r.where): r for r in ci_agreement(*runs)}
+    assert not rows[("speaker-ID top-1", "layer 0")].agrees
+    same = rows[("speaker-ID top-1", "layer 1")]
+    assert same.agrees and same.a == same.b == (0.8, pytest.approx([0.76, 0.84]))
+    wer = rows[("inversion: ASR judge's WER on the reconstructions", "layer 1")]
+    assert wer.agrees and wer.b == (0.45, [0.35, 0.55])
+    lacking = rows[("verification EER", "layer 2")]
+    assert not lacking.measured_by_both and not lacking.agrees and lacking.b == (None, None)
+    assert rows[("defense: strongest speaker-ID top-1", "noise sigma=1 at layer 0")].agrees
+    assert rows[("defense: utility (ctc, cer)", "noise sigma=1 at layer 0")].a == (0.5, None)
+    assert sum(not r.agrees for r in rows.values()) == 2
 
 
 def test_flatten_config_gives_dotted_keys_and_one_key_per_table_in_a_list():

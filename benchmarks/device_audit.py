@@ -1,0 +1,119 @@
+"""Device benchmark: the same audit on two devices (CPU and CUDA), wall-clock ratio and agreement within CI.
+
+Prints measured figures (nothing is asserted). Each device's audit runs in a fresh process
+into its own empty store folder, so both extract cold; settings are the config's, with only
+``device`` (and, when given, ``workers``, corpus and filters) overridden. Then, for every
+figure both runs report (per layer: speaker-ID top-1, verification EER, attributes,
+inversion WER / speaker-judge EER / log-mel LSD; per defense setting: the strongest
+attacker's top-1 and EER and the utility), the two values with their 95% CIs and whether
+the CIs overlap (:func:`audit.compare.ci_agreement`).
+
+With no CUDA device (``torch.cuda.is_available()`` False) the GPU audit cannot run and the
+script says so in one line. ``--devices cpu,cpu`` runs the comparison on the CPU twice (the
+two runs must then agree exactly: a check of the script itself).
+
+Usage: ``python benchmarks/device_audit.py [--config examples/complete_default.toml]
+[--corpus SPEC] [--where COLUMN=VALUE] [--workers N] [--devices cpu,cuda] [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from audit.compare import Agreement, ci_agreement, load_runs  # noqa: E402
+from audit.results import fmt_ci, fmt_num, fmt_pct  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "examples" / "complete_default.toml"
+
+
+def run_audit(config: str, device: str, out: Path, cache: Path, overrides: dict) -> dict:
+    """One audit in a fresh process (device, out, cache and ``overrides`` replacing the config's); its figures."""
+    code = (
+        "import json, sys, time; from dataclasses import replace\n"
+        "from audit.config import load_config\nfrom audit.pipeline import AuditPipeline\n"
+        "a = json.loads(sys.argv[1])\n"
+        "cfg = replace(load_config(a['config']), device=a['device'], out=a['out'], cache_dir=a['cache'], "
+        "progress=False, **a['overrides']).validate()\n"
+        "t = time.perf_counter(); r = AuditPipeline(cfg).run()\n"
+        "print(json.dumps({'wall': time.perf_counter() - t, 'results_wall': r['wall_seconds'], "
+        "'store_wall': r['store']['wall_seconds'], 'model_seconds': r['store']['model_seconds'], "
+        "'device': r['environment']['device']}))\n"
+    )
+    args = {"config": config, "device": device, "out": str(out), "cache": str(cache), "overrides": overrides}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
+                          cwd=ROOT)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"device_audit: the {device} audit failed (exit {done.returncode}): {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cell(row: Agreement, side: tuple) -> str:
+    """``value [CI]`` on the figure's own scale, or a dash when that run has no value."""
+    value, ci = side
+    if value is None:
+        return "-"
+    return f"{fmt_pct(value)} {fmt_ci(ci)}" if row.percent else f"{fmt_num(value)} {fmt_ci(ci, 1.0, '.3f')}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--corpus", help="corpus spec replacing the config's")
+    parser.add_argument("--where", action="append", help="row filters replacing the config's (repeatable)")
+    parser.add_argument("--workers", type=int, help="worker processes of both runs (default: the config's)")
+    parser.add_argument("--devices", default="cpu,cuda", help="two devices, comma-separated (default cpu,cuda)")
+    parser.add_argument("--out", help="folder for the two runs (default: a temporary folder, removed after)")
+    args = parser.parse_args()
+    devices = [d.strip() for d in args.devices.split(",")]
+    if len(devices) != 2:
+        raise SystemExit(f"device_audit: --devices needs two devices, got {args.devices!r}")
+    import torch
+
+    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
+        print("skipped: no CUDA device here (torch.cuda.is_available() is False), so the GPU audit was not "
+              "measured; --devices cpu,cpu checks this script on the CPU")
+        return
+    overrides = {k: v for k, v in (("corpus", args.corpus), ("where", args.where), ("workers", args.workers))
+                 if v is not None}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(args.out) if args.out else Path(tmp)
+        print(f"config {args.config} {json.dumps(overrides) if overrides else ''}; {os.cpu_count()} CPU cores"
+              + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+        runs, timing = [], {}
+        for k, device in enumerate(devices):
+            name = f"{k}-{device.replace(':', '_')}"
+            timing[name] = run_audit(args.config, device, base / name, base / f"cache-{name}", overrides)
+            runs.append(base / name)
+            t = timing[name]
+            print(f"  {device:<8} audit {t['wall']:8.1f} s wall, extraction {t['store_wall']:7.1f} s "
+                  f"({t['model_seconds']:.1f} s in the model); wall / extraction {t['wall'] / t['store_wall']:.1f}x; "
+                  f"results record device {t['device']}")
+        first, second = (timing[n] for n in timing)
+        print(f"  {devices[0]} / {devices[1]}: audit wall {first['wall'] / second['wall']:.2f}x, "
+              f"extraction {first['store_wall'] / second['store_wall']:.2f}x")
+        rows = ci_agreement(*load_runs(runs))
+        both = [r for r in rows if r.measured_by_both]
+        print(f"\nfigures of both runs with their 95% CIs ({devices[0]} | {devices[1]} | CIs overlap):")
+        for row in rows:
+            verdict = ("yes" if row.agrees else "NO") if row.measured_by_both else "only one run"
+            print(f"  {row.what:<52} {row.where:<34} {cell(row, row.a):<26} {cell(row, row.b):<26} {verdict}")
+        exact = sum(r.a == r.b for r in both)
+        print(f"  {sum(r.agrees for r in both)} of {len(both)} figures agree within CI ({exact} identical); "
+              f"{len(rows) - len(both)} measured by one run only")
+        if args.out:
+            print(f"runs kept in {base}")
+
+
+if __name__ == "__main__":
+    main()
