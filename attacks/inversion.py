@@ -867,20 +867,23 @@ def _vocoder(settings: InversionSettings, run: RunContext) -> Any:
 def _judges(settings: InversionSettings, run: RunContext) -> tuple[_RunMemoJudge, _RunMemoJudge]:
     from audit.judges import ASRJudge, SpeakerJudge
 
+    # Both judges run on the run's device; the models they read from the run memo stay on the CPU.
     def load_asr() -> ASRJudge:
         if settings.asr_judge != "whisper-tiny.en":
-            return ASRJudge(model=settings.asr_judge).load()
+            return ASRJudge(model=settings.asr_judge, device=run.device).load()
         from audit.whisper_offline import load_whisper_tiny_en
 
         # one Whisper tiny.en per run: the audited extractor, when it is that model, reads the same bundle
-        return ASRJudge(model=settings.asr_judge).load(run.once(SHARED_WHISPER, load_whisper_tiny_en))
+        return ASRJudge(model=settings.asr_judge, device=run.device).load(run.once(SHARED_WHISPER,
+                                                                                   load_whisper_tiny_en))
 
     def load_spk() -> SpeakerJudge:
         if settings.speaker_judge != "ge2e":
-            return SpeakerJudge(model=settings.speaker_judge, trust_remote_code=run.trust_remote_code).load()
+            return SpeakerJudge(model=settings.speaker_judge, trust_remote_code=run.trust_remote_code,
+                                device=run.device).load()
         from audit.ge2e import GE2EEncoder
 
-        return SpeakerJudge(model=settings.speaker_judge).load(run.once(SHARED_GE2E, GE2EEncoder))
+        return SpeakerJudge(model=settings.speaker_judge, device=run.device).load(run.once(SHARED_GE2E, GE2EEncoder))
 
     asr = run.once(("asr", settings.asr_judge), load_asr)
     spk = run.once(("spk", settings.speaker_judge), load_spk)

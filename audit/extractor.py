@@ -302,7 +302,7 @@ class GE2E(Extractor):
     def _load(self) -> None:
         self._encoder = self._shared(SHARED_GE2E, self._cls)
         if self.device != "cpu":
-            self._encoder._net = _NetOnDevice(self._place(self._encoder._net), self.device)
+            self._encoder._net = GE2ENetOnDevice(self._place(self._encoder._net), self.device)
 
     def _forward(self, wavs: list[np.ndarray]) -> list[list[np.ndarray]]:
         return [self._encoder.layers(w, source=self.spec) for w in wavs]
@@ -425,7 +425,7 @@ class HuggingFaceSpeech(Extractor):
         return [[s[i, : n_frames[i]] for s in states] for i in range(len(wavs))]
 
 
-class _NetOnDevice:
+class GE2ENetOnDevice:
     """GE2E's network on another device, CPU tensors in and out as :class:`audit.ge2e.GE2EEncoder` expects."""
 
     def __init__(self, net, device: str) -> None:

@@ -18,6 +18,8 @@ folder and fail with one clear line when neither is available.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,7 +27,8 @@ import torch
 
 from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
-from audit.extractor import resolve_hf_folder, speechbrain_source
+from audit.estimators import full_fp32, torch_device
+from audit.extractor import GE2ENetOnDevice, resolve_hf_folder, speechbrain_source
 from audit.metrics import bootstrap_ci, clopper_pearson, eer, proportion_ci
 from audit.signal_metrics import MCD_SETTINGS, MEL_SETTINGS, log_spectral_distance, mcd, stoi
 from audit.text import wer_counts
@@ -55,6 +58,10 @@ class ASRJudge:
         :class:`ModelLoadError` offline without a cached copy).
     batch_size : int, default=8
         30 s windows decoded together.
+    device : str, default="cpu"
+        Torch device the recogniser runs on (``"cpu"``, ``"cuda"``, ``"cuda:N"``), in float32
+        (no TF32). A bundle handed to :meth:`load` is copied there, never moved: the audited
+        extractor may share it on the CPU.
 
     Examples
     --------
@@ -63,13 +70,15 @@ class ASRJudge:
     ['Hold on, hold fast, hold out.']
     """
 
-    def __init__(self, *, model: str = "whisper-tiny.en", batch_size: int = 8) -> None:
+    def __init__(self, *, model: str = "whisper-tiny.en", batch_size: int = 8, device: str = "cpu") -> None:
         self.model = model
         self.batch_size = batch_size
+        self.device = device
 
     def describe(self) -> dict[str, Any]:
         """Judge identity for reports."""
-        return {"judge": "asr", "model": self.model, "decoding": "greedy, English, no timestamps"}
+        return {"judge": "asr", "model": self.model, "decoding": "greedy, English, no timestamps",
+                "device": self.device}
 
     def load(self, bundle: Any = None) -> "ASRJudge":
         """Load the recogniser (once); returns ``self``.
@@ -86,10 +95,14 @@ class ASRJudge:
             raise ValueError(f"batch_size must be a positive integer, got batch_size={self.batch_size!r}")
         if hasattr(self, "bundle_") or hasattr(self, "hf_model_"):
             return self
+        device = torch_device(self.device, "ASR judge")
         if self.model == "whisper-tiny.en":
             from audit.whisper_offline import load_whisper_tiny_en
 
-            self.bundle_ = bundle if bundle is not None else load_whisper_tiny_en()
+            bundle = bundle if bundle is not None else load_whisper_tiny_en()
+            if device.type != "cpu":
+                bundle = replace(bundle, model=copy.deepcopy(bundle.model).to(device))
+            self.bundle_ = bundle
             return self
         folder = resolve_hf_folder(self.model)
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -103,7 +116,7 @@ class ASRJudge:
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         self.hf_processor_ = processor
-        self.hf_model_ = model
+        self.hf_model_ = model.to(device)
         return self
 
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
@@ -125,11 +138,12 @@ class ASRJudge:
         """
         self.load()
         clips = _check_wavs(wavs, "wavs")
-        if hasattr(self, "bundle_"):
-            from audit.whisper_offline import transcribe
+        with full_fp32(self.device):
+            if hasattr(self, "bundle_"):
+                from audit.whisper_offline import transcribe
 
-            return transcribe(self.bundle_, clips, sample_rate=SAMPLE_RATE, batch_size=self.batch_size)
-        return self._transcribe_hf(clips)
+                return transcribe(self.bundle_, clips, sample_rate=SAMPLE_RATE, batch_size=self.batch_size)
+            return self._transcribe_hf(clips)
 
     def _transcribe_hf(self, clips: list[np.ndarray]) -> list[str]:
         """Greedy ``generate`` of a Hugging Face Whisper, English transcription."""
@@ -144,7 +158,7 @@ class ASRJudge:
                 chunk = pieces[start : start + self.batch_size]
                 features = processor.feature_extractor(
                     [piece for _, piece in chunk], sampling_rate=SAMPLE_RATE, return_tensors="pt"
-                ).input_features.to(model.dtype)
+                ).input_features.to(model.device, model.dtype)
                 ids = model.generate(features, do_sample=False, num_beams=1, **kwargs)
                 for (index, _), text in zip(chunk, processor.batch_decode(ids, skip_special_tokens=True)):
                     if text.strip():
@@ -165,6 +179,10 @@ class SpeakerJudge:
         id is used from the local Hugging Face cache if present; otherwise the
         hub's reachability is checked first, so offline it fails at once with a
         one-line :class:`ModelLoadError`.
+    trust_remote_code : bool, default=False
+    device : str, default="cpu"
+        Torch device the encoder runs on, in float32 (no TF32). A GE2E encoder handed to
+        :meth:`load` is copied there, never moved.
 
     Examples
     --------
@@ -172,13 +190,15 @@ class SpeakerJudge:
     (2, 256)
     """
 
-    def __init__(self, *, model: str = "ge2e", trust_remote_code: bool = False) -> None:
+    def __init__(self, *, model: str = "ge2e", trust_remote_code: bool = False, device: str = "cpu") -> None:
         self.model = model
         self.trust_remote_code = trust_remote_code
+        self.device = device
 
     def describe(self) -> dict[str, Any]:
         """Judge identity for reports."""
-        return {"judge": "speaker", "model": self.model, "score": "cosine of L2-normalised embeddings"}
+        return {"judge": "speaker", "model": self.model, "score": "cosine of L2-normalised embeddings",
+                "device": self.device}
 
     def load(self, encoder: Any = None) -> "SpeakerJudge":
         """Load the encoder (once); returns ``self``.
@@ -193,16 +213,21 @@ class SpeakerJudge:
         """
         if hasattr(self, "encoder_"):
             return self
+        device = torch_device(self.device, "speaker judge")
         if self.model == "ge2e":
             from audit.ge2e import GE2EEncoder
 
-            self.encoder_ = encoder if encoder is not None else GE2EEncoder()
+            encoder = encoder if encoder is not None else GE2EEncoder()
+            if device.type != "cpu":
+                encoder = copy.copy(encoder)
+                encoder._net = GE2ENetOnDevice(copy.deepcopy(encoder._net).float().eval().to(device), str(device))
+            self.encoder_ = encoder
             return self
         source = speechbrain_source(self.model, label="speaker judge", trust_remote_code=self.trust_remote_code)
         try:
             from speechbrain.inference.speaker import EncoderClassifier
 
-            encoder = EncoderClassifier.from_hparams(source=source, run_opts={"device": "cpu"})
+            encoder = EncoderClassifier.from_hparams(source=source, run_opts={"device": str(device)})
         except Exception as exc:
             raise ModelLoadError(
                 f"speaker judge {self.model!r}: speechbrain could not load it ({type(exc).__name__}: "
@@ -232,14 +257,15 @@ class SpeakerJudge:
         clips = _check_wavs(wavs, "wavs")
         if not clips:
             raise ValueError("embed needs at least one waveform, got none")
-        if self.model == "ge2e":
-            rows = [self.encoder_.embed_utterance(clip, source=f"wavs[{i}]") for i, clip in enumerate(clips)]
-        else:
-            rows = []
-            with torch.inference_mode():
-                for clip in clips:
-                    out = self.encoder_.encode_batch(torch.from_numpy(clip)[None])
-                    rows.append(out.reshape(-1).float().numpy())
+        with full_fp32(self.device):
+            if self.model == "ge2e":
+                rows = [self.encoder_.embed_utterance(clip, source=f"wavs[{i}]") for i, clip in enumerate(clips)]
+            else:
+                rows = []
+                with torch.inference_mode():
+                    for clip in clips:
+                        out = self.encoder_.encode_batch(torch.from_numpy(clip)[None])
+                        rows.append(out.reshape(-1).float().cpu().numpy())
         emb = np.stack(rows).astype(np.float64)
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         if np.any(norms == 0) or not np.all(np.isfinite(emb)):

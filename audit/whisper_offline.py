@@ -601,7 +601,7 @@ def _prepare(audios: list[np.ndarray], sample_rate: int) -> list[np.ndarray]:
 def _features(bundle: WhisperBundle, windows: list[np.ndarray]) -> torch.Tensor:
     """Log-mel features padded to the full 30 s window, shape (batch, mels, 3000)."""
     batch = bundle.feature_extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-    return batch["input_features"].to(torch.float32)
+    return batch["input_features"].to(next(bundle.model.parameters()).device, torch.float32)
 
 
 def _greedy_decode(bundle: WhisperBundle, features: torch.Tensor) -> list[list[int]]:
@@ -613,15 +613,15 @@ def _greedy_decode(bundle: WhisperBundle, features: torch.Tensor) -> list[list[i
     model = bundle.model
     config = model.config
     encoded = model.model.encoder(features).last_hidden_state
-    batch = encoded.shape[0]
-    suppress = torch.zeros(config.vocab_size, dtype=torch.bool)
+    batch, device = encoded.shape[0], encoded.device
+    suppress = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
     suppress[list(config.suppress_tokens)] = True
     suppress[SOT_TOKEN:] = True
     first_suppress = suppress.clone()
     first_suppress[list(config.begin_suppress_tokens)] = True
-    inputs = torch.tensor([[SOT_TOKEN, NO_TIMESTAMPS_TOKEN]] * batch)
+    inputs = torch.tensor([[SOT_TOKEN, NO_TIMESTAMPS_TOKEN]] * batch, device=device)
     limit = min(MAX_NEW_TOKENS, config.max_target_positions - inputs.shape[1])
-    finished = torch.zeros(batch, dtype=torch.bool)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     cache = None
     for step in range(limit):

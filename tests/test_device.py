@@ -16,7 +16,7 @@ import torch
 import attacks.frame_speaker_id as fsid
 from attacks import speaker_id, verification
 from attacks.frame_speaker_id import FrameSpeakerID, budgeted_frame_attacker, receptive_field, tile_frames
-from attacks.inversion import InversionDecoder, InversionSettings, _decoder
+from attacks.inversion import InversionDecoder, InversionSettings, _decoder, _judges
 from attacks.speaker_id import SpeakerIDSettings, attack_speaker_id
 from attacks.verification import VerificationSettings, attack_verification
 from audit import defense_runner
@@ -25,6 +25,7 @@ from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError
 from audit.estimators import seeded, torch_device
 from audit.family import RunContext
+from audit.judges import ASRJudge, SpeakerJudge
 from audit.utility import CTCProbe, UtilitySettings, UtilityTask, measure_utility
 from defenses.adversarial import AdversarialDefense, AdversarialSettings
 
@@ -135,6 +136,10 @@ def test_every_estimator_refuses_cuda_without_it(no_cuda):
         AdversarialDefense(AdversarialSettings(), DefenseContext(utility=UtilityTask("ctc"), device="cuda")).fit(data)
     with pytest.raises(ConfigError, match=r"device='cuda'"):
         measure_utility(UtilityTask("ctc"), data, data, UtilitySettings(), 0, "cuda")
+    with pytest.raises(ConfigError, match=r"^ASR judge: device='cuda'"):
+        ASRJudge(device="cuda").load(bundle=object())
+    with pytest.raises(ConfigError, match=r"^speaker judge: device='cuda:1'"):
+        SpeakerJudge(device="cuda:1").load(encoder=object())
 
 
 def test_families_pass_the_run_device_to_the_frame_attacker(no_cuda):
@@ -145,6 +150,8 @@ def test_families_pass_the_run_device_to_the_frame_attacker(no_cuda):
     with pytest.raises(ConfigError, match=r"^FrameSpeakerID: device='cuda'"):
         attack_verification(data, data, VerificationSettings(scorers=["lda", "frame"], n_boot=50), ctx)
     assert _decoder(InversionSettings(), 50.0, 100.0, 0, ctx.device).device == "cuda"
+    with pytest.raises(ConfigError, match=r"^ASR judge: device='cuda'"):  # the inversion judges too
+        _judges(InversionSettings(), RunContext(device="cuda"))
     assert budgeted_frame_attacker(SpeakerIDSettings(), seed=0, frame_rate=50.0, device="cuda:2").device == "cuda:2"
     assert speaker_id.budgeted_frame_attacker is verification.budgeted_frame_attacker is budgeted_frame_attacker
 
@@ -252,3 +259,26 @@ def test_cuda_embeds_like_the_cpu_in_float32():
     on_cpu = att.transform(data)
     att.net_.to("cuda")
     np.testing.assert_allclose(att.transform(data), on_cpu, rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_judges_on_cuda_hear_what_the_cpu_judges_hear():
+    from pathlib import Path
+
+    from audit.audio import load_audio
+    from audit.ge2e import GE2EEncoder
+    from audit.whisper_offline import load_whisper_tiny_en
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech_subset" / "audio" / "test-other"
+    files = sorted(folder.glob("*/*.flac"))[:4]
+    if not files:
+        pytest.skip(f"shared data {folder} not present")
+    wavs = [load_audio(f) for f in files]
+    bundle, encoder = load_whisper_tiny_en(), GE2EEncoder()
+    on_cpu = ASRJudge().load(bundle).transcribe(wavs), SpeakerJudge().load(encoder).embed(wavs)
+    asr, spk = ASRJudge(device="cuda").load(bundle), SpeakerJudge(device="cuda").load(encoder)
+    assert asr.transcribe(wavs) == on_cpu[0]
+    np.testing.assert_allclose(spk.embed(wavs), on_cpu[1], rtol=0, atol=1e-4)
+    # the shared CPU models were copied to the GPU, not moved
+    assert next(bundle.model.parameters()).device.type == "cpu"
+    assert next(encoder._net.parameters()).device.type == "cpu"

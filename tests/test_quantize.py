@@ -19,7 +19,7 @@ import torch
 from audit.audio import load_audio
 from audit.corpus import load_manifest
 from audit.errors import ConfigError
-from audit.extractor import _NetOnDevice, build_extractor, full_fp32, resolve_device
+from audit.extractor import GE2ENetOnDevice, build_extractor, full_fp32, resolve_device
 from audit.store import store_key
 from tests.conftest import shared_corpus, voice
 
@@ -140,6 +140,6 @@ def test_ge2e_device_shuttle_gives_the_network_outputs():
     ext = build_extractor("ge2e").load()
     wav = voice(150, 900, 2.0, seed=3)
     direct = ext([wav])[0]
-    ext._encoder._net = _NetOnDevice(ext._encoder._net, "cpu")
+    ext._encoder._net = GE2ENetOnDevice(ext._encoder._net, "cpu")
     for a, b in zip(direct, ext([wav])[0]):
         np.testing.assert_array_equal(a, b)
