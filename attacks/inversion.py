@@ -678,7 +678,7 @@ class VoiceProfileDecoder:
 
         Metrics: ``lsd_db`` (mean over utterances of :func:`envelope_lsd_db` between
         predicted and true average envelopes) with a bootstrap 95% CI (resampling speakers
-        when ``speakers`` is given, else utterances), ``baseline_lsd_db`` (same
+        when ``speakers`` holds at least 3, else utterances), ``baseline_lsd_db`` (same
         for the training-mean envelope; also the result's ``chance``) and ``lsd_gain_db``
         (baseline minus decoder; > 0 means the pooled embedding reveals the voice profile).
         """
@@ -690,7 +690,8 @@ class VoiceProfileDecoder:
         n_boot, seed = self.n_boot, self.seed
 
         def ci(values: np.ndarray) -> list[float]:
-            if speakers is None or np.unique(speakers).size < 2:
+            # two speakers resample one way only (both must be drawn): utterances are resampled then, as for one
+            if speakers is None or np.unique(speakers).size < 3:
                 return list(bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed))
             _, idx = np.unique(speakers, return_inverse=True)
             return list(speaker_bootstrap_ci(lambda c: float(np.average(values, weights=c[idx])), int(idx.max()) + 1,
