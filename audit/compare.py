@@ -83,15 +83,23 @@ class Measure:
 
     def value(self, x: float | None) -> str:
         """The figure as text (percent for proportions, 3 decimals otherwise)."""
-        return fmt_pct(x) if self.percent else fmt_num(x)
+        return _value_text(x, self.percent)
 
     def ci(self, ci: list | None) -> str:
         """A CI as text on the same scale as :meth:`value`."""
-        return fmt_ci(ci) if self.percent else fmt_ci(ci, 1.0, ".3f")
+        return _ci_text(ci, self.percent)
 
     def leakier(self, a: float, b: float) -> bool:
         """True when ``a`` leaks more than ``b``."""
         return a > b if self.higher_is_leakier else a < b
+
+
+def _value_text(x: float | None, percent: bool) -> str:
+    return fmt_pct(x) if percent else fmt_num(x)
+
+
+def _ci_text(ci: list | None, percent: bool) -> str:
+    return fmt_ci(ci) if percent else fmt_ci(ci, 1.0, ".3f")
 
 
 def compare_runs(runs: Sequence[str | Path], out: Path) -> ReportDocument:
@@ -428,6 +436,11 @@ class Agreement:
     def agrees(self) -> bool:
         """Both runs measured it and their 95% CIs overlap (a missing CI claims no difference)."""
         return self.measured_by_both and _overlap(self.a[1], self.b[1])
+
+    def text(self, side: tuple[float | None, list | None]) -> str:
+        """``value [CI]`` of one run (``self.a`` or ``self.b``) on the figure's scale, a dash when it has none."""
+        value, ci = side
+        return "-" if value is None else f"{_value_text(value, self.percent)} {_ci_text(ci, self.percent)}".strip()
 
 
 def ci_agreement(a: Run, b: Run) -> list[Agreement]:

@@ -29,8 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from audit.compare import Agreement, ci_agreement, load_runs  # noqa: E402
-from audit.results import fmt_ci, fmt_num, fmt_pct  # noqa: E402
+from audit.compare import ci_agreement, load_runs  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "complete_default.toml"
 
@@ -56,14 +55,6 @@ def run_audit(config: str, device: str, out: Path, cache: Path, overrides: dict)
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"device_audit: the {device} audit failed (exit {done.returncode}): {tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def cell(row: Agreement, side: tuple) -> str:
-    """``value [CI]`` on the figure's own scale, or a dash when that run has no value."""
-    value, ci = side
-    if value is None:
-        return "-"
-    return f"{fmt_pct(value)} {fmt_ci(ci)}" if row.percent else f"{fmt_num(value)} {fmt_ci(ci, 1.0, '.3f')}"
 
 
 def main() -> None:
@@ -107,7 +98,7 @@ def main() -> None:
         print(f"\nfigures of both runs with their 95% CIs ({devices[0]} | {devices[1]} | CIs overlap):")
         for row in rows:
             verdict = ("yes" if row.agrees else "NO") if row.measured_by_both else "only one run"
-            print(f"  {row.what:<52} {row.where:<34} {cell(row, row.a):<26} {cell(row, row.b):<26} {verdict}")
+            print(f"  {row.what:<52} {row.where:<34} {row.text(row.a):<26} {row.text(row.b):<26} {verdict}")
         exact = sum(r.a == r.b for r in both)
         print(f"  {sum(r.agrees for r in both)} of {len(both)} figures agree within CI ({exact} identical); "
               f"{len(rows) - len(both)} measured by one run only")

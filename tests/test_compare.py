@@ -240,9 +240,10 @@ def test_ci_agreement_flags_figures_whose_cis_part_and_figures_one_run_lacks(tmp
     same = rows[("speaker-ID top-1", "layer 1")]
     assert same.agrees and same.a == same.b == (0.8, pytest.approx([0.76, 0.84]))
     wer = rows[("inversion: ASR judge's WER on the reconstructions", "layer 1")]
-    assert wer.agrees and wer.b == (0.45, [0.35, 0.55])
+    assert wer.agrees and wer.b == (0.45, [0.35, 0.55]) and wer.text(wer.b) == "45.0% [35.0, 55.0]"
     lacking = rows[("verification EER", "layer 2")]
     assert not lacking.measured_by_both and not lacking.agrees and lacking.b == (None, None)
+    assert lacking.text(lacking.b) == "-"
     assert rows[("defense: strongest speaker-ID top-1", "noise sigma=1 at layer 0")].agrees
     assert rows[("defense: utility (ctc, cer)", "noise sigma=1 at layer 0")].a == (0.5, None)
     assert sum(not r.agrees for r in rows.values()) == 2
