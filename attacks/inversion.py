@@ -54,7 +54,7 @@ from audit.estimators import NotFittedError, full_fp32, seeded, torch_device
 from audit.extractor import SHARED_GE2E, SHARED_WHISPER
 from audit.family import (AttackFamily, FamilySettings, LayerContext, RunContext, check_layer_selection,
                           check_range)
-from audit.metrics import bootstrap_ci, speaker_bootstrap_ci
+from audit.metrics import DegenerateBootstrap, bootstrap_ci, speaker_bootstrap_ci
 from audit.names import safe_filename
 from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
                            layer_attack, skip_cell)
@@ -678,7 +678,7 @@ class VoiceProfileDecoder:
 
         Metrics: ``lsd_db`` (mean over utterances of :func:`envelope_lsd_db` between
         predicted and true average envelopes) with a bootstrap 95% CI (resampling speakers
-        when ``speakers`` holds at least 3, else utterances), ``baseline_lsd_db`` (same
+        when ``speakers`` can be resampled in more than one way, else utterances), ``baseline_lsd_db`` (same
         for the training-mean envelope; also the result's ``chance``) and ``lsd_gain_db``
         (baseline minus decoder; > 0 means the pooled embedding reveals the voice profile).
         """
@@ -690,12 +690,14 @@ class VoiceProfileDecoder:
         n_boot, seed = self.n_boot, self.seed
 
         def ci(values: np.ndarray) -> list[float]:
-            # two speakers resample one way only (both must be drawn): utterances are resampled then, as for one
-            if speakers is None or np.unique(speakers).size < 3:
-                return list(bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed))
-            _, idx = np.unique(speakers, return_inverse=True)
-            return list(speaker_bootstrap_ci(lambda c: float(np.average(values, weights=c[idx])), int(idx.max()) + 1,
-                                             n_boot=n_boot, seed=seed))
+            if speakers is not None:
+                _, idx = np.unique(speakers, return_inverse=True)
+                try:
+                    return list(speaker_bootstrap_ci(lambda c: float(np.average(values, weights=c[idx])),
+                                                     int(idx.max()) + 1, n_boot=n_boot, seed=seed))
+                except DegenerateBootstrap:  # speakers that resample one way only: resample utterances
+                    pass
+            return list(bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed))
 
         metrics = {"lsd_db": float(lsd.mean()), "ci95": ci(lsd), "baseline_lsd_db": float(base.mean()),
                    "baseline_ci95": ci(base),

@@ -180,7 +180,8 @@ class AuditConfig:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r}: must be >= 1")
         if self.workers < 1:
-            raise ConfigError(f"workers={self.workers!r}: must be >= 1 (processes for the costly attacks and the defense comparison)")
+            raise ConfigError(f"workers={self.workers!r}: must be >= 1 "
+                              "(processes for the costly attacks and the defense comparison)")
         if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", str(self.device)):
             raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
         check_quantize(self.quantize)
