@@ -56,8 +56,8 @@ from torch.nn import functional as F
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
 from audit.family import check_layer_selection
-from audit.estimators import (CURVE_FRACTIONS, check_is_fitted, frame_moments, full_fp32, learning_curve, seeded,
-                              stratified_fraction, torch_device)
+from audit.estimators import (CURVE_FRACTIONS, check_is_fitted, check_precision, frame_moments, full_fp32,
+                              learning_curve, mixed_precision, seeded, stratified_fraction, torch_device)
 from audit.metrics import closed_set_metrics
 from audit.results import AttackResult
 from audit.splits import Grouping, closed_set_split
@@ -242,8 +242,11 @@ class FrameSpeakerID:
         Attackers x layers compared in the run; above 1 the top-1 also gets a
         ``selection_ci95`` at level ``1 - 0.05 / n_comparisons``.
     device : str, default="cpu"
-        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); the network trains and embeds there,
-        in float32. Weights are initialised on the CPU, so a seed starts every device alike.
+        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); the network trains and embeds there.
+        Weights are initialised on the CPU, so a seed starts every device alike.
+    precision : {"float32", "bfloat16"}, default="float32"
+        ``"bfloat16"`` runs the forward passes under torch's bfloat16 autocast
+        (:func:`~audit.estimators.mixed_precision`; weights, loss and optimiser stay float32).
 
     Attributes
     ----------
@@ -279,7 +282,7 @@ class FrameSpeakerID:
                  patience: int = 6, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 2e-6,
                  margin: float = 0.2, scale: float = 30.0, val_fraction: float = 0.2,
                  max_train_frames: int | None = None, learning_curve: bool = True, seed: int = 0,
-                 n_boot: int = 1000, n_comparisons: int = 1, device: str = "cpu") -> None:
+                 n_boot: int = 1000, n_comparisons: int = 1, device: str = "cpu", precision: str = "float32") -> None:
         self.arch = arch
         self.channels = channels
         self.emb_dim = emb_dim
@@ -299,6 +302,7 @@ class FrameSpeakerID:
         self.n_boot = n_boot
         self.n_comparisons = n_comparisons
         self.device = device
+        self.precision = precision
 
     # ------------------------------------------------------------------ checks
 
@@ -332,6 +336,7 @@ class FrameSpeakerID:
         if self.max_train_frames is not None:
             positive_int("max_train_frames")
         torch_device(self.device, "FrameSpeakerID")
+        check_precision(self.precision, "FrameSpeakerID")
 
     def _check_fitted(self) -> None:
         check_is_fitted(self, "net_")
@@ -394,7 +399,8 @@ class FrameSpeakerID:
                 if pool is not None:  # drawn in the one-chunk-per-pass order, before any batch runs
                     noise = torch.cat([pool._get_gauss_noise((1, net.pooled_channels), device=device)
                                        for _ in pieces])
-                emb = self._embed_pieces(net, pieces, noise, budget)
+                with mixed_precision(device, self.precision):
+                    emb = self._embed_pieces(net, pieces, noise, budget)
                 owner = np.asarray(owner)
                 for i in rows:
                     mine = np.flatnonzero(owner == i)
@@ -427,7 +433,7 @@ class FrameSpeakerID:
             index = reflect_index(lengths[batch], width) if ragged else None
             rows_noise = None if noise is None else noise[torch.as_tensor(batch, device=noise.device)]
             with _as_if_alone(net.encoder, index, rows_noise):
-                emb[batch] = net.embed(torch.from_numpy(x).to(device), rel).cpu().numpy()
+                emb[batch] = net.embed(torch.from_numpy(x).to(device), rel).float().cpu().numpy()
             start = stop
         return emb
 
@@ -503,7 +509,8 @@ class FrameSpeakerID:
         losses = []
         for batch in self._batches(rng.permutation(items)):
             target = torch.from_numpy(y[batch]).to(net.weight.device)
-            cos = net.cosine(net.embed(self._crop_batch(cache, batch, rng, net.weight.device)))
+            with mixed_precision(net.weight.device, self.precision):
+                cos = net.cosine(net.embed(self._crop_batch(cache, batch, rng, net.weight.device))).float()
             loss = F.cross_entropy(aam(cos, F.one_hot(target, n_classes).float()), target)
             opt.zero_grad()
             loss.backward()
@@ -525,7 +532,7 @@ class FrameSpeakerID:
             m.reset_running_stats()
             m.momentum = None
         net.train()
-        with torch.no_grad():
+        with torch.no_grad(), mixed_precision(net.weight.device, self.precision):
             for batch in self._batches(rng.permutation(items))[:_BN_REFRESH_BATCHES]:
                 net.embed(self._crop_batch(cache, batch, rng, net.weight.device))
         for m, momentum in zip(norms, momenta):
@@ -631,7 +638,7 @@ class FrameSpeakerID:
                 "train_frames": rec["train_frames"], "train_frames_total": self.total_train_frames_,
                 "crop_frames": self.crop_frames, "crop_seconds": self.crop_seconds,
                 "frame_rate": self.frame_rate, "batch_size": self.batch_size, "lr": self.lr,
-                "head": f"AAM-softmax (margin={self.margin}, scale={self.scale})",
+                "head": f"AAM-softmax (margin={self.margin}, scale={self.scale})", "precision": self.precision,
                 "max_epochs": self.max_epochs, "patience": self.patience, "epochs": rec["epochs"],
                 "best_epoch": rec["best_epoch"], "steps": rec["steps"], "val_top1": rec["val_top1"],
                 "fit_seconds": round(self.fit_seconds_, 3), "curve_fit_seconds": round(self.curve_seconds_, 3)}
@@ -650,8 +657,9 @@ def check_frame_budget(settings: Any, prefix: str) -> None:
 
 
 def budgeted_frame_attacker(settings: Any, *, seed: int, frame_rate: float, learning_curve: bool = True,
-                            n_boot: int = 1000, n_comparisons: int = 1, device: str = "cpu") -> FrameSpeakerID:
-    """A :class:`FrameSpeakerID` with the budget of a settings section (``frame_*`` keys), on ``device`` in float32."""
+                            n_boot: int = 1000, n_comparisons: int = 1, device: str = "cpu",
+                            precision: str = "float32") -> FrameSpeakerID:
+    """A :class:`FrameSpeakerID` with a settings section's budget (``frame_*`` keys), on ``device`` in ``precision``."""
     return FrameSpeakerID(frame_rate=frame_rate, max_epochs=settings.frame_max_epochs, channels=settings.frame_channels,
                           max_train_frames=settings.frame_max_train_frames, learning_curve=learning_curve,
-                          seed=seed, n_boot=n_boot, n_comparisons=n_comparisons, device=device)
+                          seed=seed, n_boot=n_boot, n_comparisons=n_comparisons, device=device, precision=precision)

@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError, StoreError
-from audit.estimators import NotFittedError, full_fp32, seeded, torch_device
+from audit.estimators import NotFittedError, check_precision, full_fp32, mixed_precision, seeded, torch_device
 from audit.extractor import SHARED_GE2E, SHARED_WHISPER
 from audit.family import (AttackFamily, FamilySettings, LayerContext, RunContext, check_layer_selection,
                           check_range)
@@ -297,8 +297,11 @@ class InversionDecoder:
         than oversubscribed cores.
     seed : int, default=0
     device : str, default="cpu"
-        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); the decoder trains and predicts there,
-        in float32 (weights initialised on the CPU). :meth:`predict` returns numpy arrays.
+        Torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); the decoder trains and predicts there
+        (weights initialised on the CPU). :meth:`predict` returns float32 numpy arrays.
+    precision : {"float32", "bfloat16"}, default="float32"
+        ``"bfloat16"`` runs the forward passes under torch's bfloat16 autocast
+        (:func:`~audit.estimators.mixed_precision`; weights, loss and optimiser stay float32).
 
     Attributes
     ----------
@@ -327,7 +330,8 @@ class InversionDecoder:
                  kernel_size: int = 5, max_epochs: int = 60, patience: int = 8, min_delta: float = 1e-3,
                  batch_size: int = 16, lr: float = 1e-3, crop_seconds: float = 3.0,
                  spectral_convergence_weight: float = 0.0, val_fraction: float = 0.15,
-                 num_threads: int | None = None, seed: int = 0, device: str = "cpu") -> None:
+                 num_threads: int | None = None, seed: int = 0, device: str = "cpu",
+                 precision: str = "float32") -> None:
         self.input_rate = input_rate
         self.target_rate = target_rate
         self.channels = channels
@@ -344,6 +348,7 @@ class InversionDecoder:
         self.num_threads = num_threads
         self.seed = seed
         self.device = device
+        self.precision = precision
 
     # ------------------------------------------------------------------ checks
 
@@ -372,6 +377,7 @@ class InversionDecoder:
                                     or threads < 1):
             raise ConfigError(f"{name}: num_threads={threads!r} must be None or an int >= 1")
         torch_device(self.device, name)
+        check_precision(self.precision, name)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):
@@ -414,7 +420,8 @@ class InversionDecoder:
         total, l1, frames = 0.0, 0.0, 0
         with torch.no_grad():
             for x, y in zip(xs, ys):
-                pred = net(torch.from_numpy(x.astype(np.float32))[None].to(device))
+                with mixed_precision(device, self.precision):
+                    pred = net(torch.from_numpy(x.astype(np.float32))[None].to(device)).float()
                 target = torch.from_numpy(y)[None].to(device)
                 total += float(self._loss(pred, target, t_mean, t_std)) * y.shape[0]
                 l1 += float(torch.mean(torch.abs(pred - target) * t_std)) * y.shape[0]
@@ -470,7 +477,7 @@ class InversionDecoder:
                         "n_layers": self.n_layers, "kernel_size": self.kernel_size,
                         "crop_frames": self.crop_frames, "max_epochs": self.max_epochs,
                         "patience": self.patience, "min_delta": self.min_delta, "batch_size": self.batch_size,
-                        "lr": self.lr,
+                        "lr": self.lr, "precision": self.precision,
                         "spectral_convergence_weight": self.spectral_convergence_weight,
                         "torch_threads": self.num_threads or torch.get_num_threads()}
         return self
@@ -508,7 +515,8 @@ class InversionDecoder:
                         start = int(rng.integers(0, max(1, ys[i].shape[0] - crop + 1)))
                         xb.append(fit_length(xs[i][start:], crop))
                         yb.append(fit_length(ys[i][start:], crop))
-                    pred = net(torch.from_numpy(np.stack(xb).astype(np.float32)).to(device))
+                    with mixed_precision(device, self.precision):
+                        pred = net(torch.from_numpy(np.stack(xb).astype(np.float32)).to(device)).float()
                     loss = self._loss(pred, torch.from_numpy(np.stack(yb)).to(device), t_mean, t_std)
                     opt.zero_grad()
                     loss.backward()
@@ -568,7 +576,9 @@ class InversionDecoder:
             for x, n in zip(frames, n_frames):
                 if isinstance(n, bool) or int(n) != n or n < 1:
                     raise ConfigError(f"n_frames entries must be ints >= 1, got {n!r}")
-                pred = self.net_(torch.from_numpy(self._inputs(x, int(n)))[None].to(device))[0].cpu().numpy()
+                with mixed_precision(device, self.precision):
+                    pred = self.net_(torch.from_numpy(self._inputs(x, int(n)))[None].to(device))[0]
+                pred = pred.float().cpu().numpy()
                 out.append((pred * self.target_std_ + self.target_mean_).astype(np.float32))
         return out
 
@@ -833,13 +843,14 @@ def _mel_metrics(true: list[np.ndarray], pred: list[np.ndarray], n_boot: int, se
 
 
 def _decoder(settings: InversionSettings, input_rate: float, target_rate: float, seed: int,
-             device: str = "cpu") -> InversionDecoder:
+             device: str = "cpu", precision: str = "float32") -> InversionDecoder:
     """The audit's decoder budget: 128 channels, lr 3e-3 halved on plateaus, patience 8, one torch thread.
 
-    It runs on ``device`` in float32.
+    It runs on ``device`` in ``precision``.
     """
     return InversionDecoder(input_rate=input_rate, target_rate=target_rate, channels=settings.channels, lr=3e-3,
-                            max_epochs=settings.max_epochs, patience=8, num_threads=1, seed=seed, device=device)
+                            max_epochs=settings.max_epochs, patience=8, num_threads=1, seed=seed, device=device,
+                            precision=precision)
 
 
 def _analyse(run: RunContext, data: EmbeddingSet,
@@ -917,7 +928,7 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
     Hz; other layers get the pooled attack only, with the reason recorded. Decoding the audio,
     the originals' log-mels, vocoder copies and the judges' answers on the originals are
     computed once per run (``ctx.run``), not once per layer. The frame decoders run on the
-    run's device (``ctx.device``) in float32.
+    run's device and precision (``ctx.device``, ``ctx.attacker_precision``).
     """
     from audit.judges import content_leakage, signal_scores, speaker_leakage
     from audit.vocoder import log_mel
@@ -944,14 +955,14 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
         return out
     if settings.vocoder != "griffinlim":
         train_mels, test_mels = train_an[f"vocoder:{settings.vocoder}"], test_an[f"vocoder:{settings.vocoder}"]
-    decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed, ctx.device)
+    decoder = _decoder(settings, frame_rate, vocoder.frame_rate, seed, ctx.device, ctx.attacker_precision)
     decoder.fit([train.frames(i) for i in range(len(train))], train_mels)
     n_frames = [m.shape[0] for m in test_mels]
     pred = decoder.predict([test.frames(i) for i in range(len(test))], n_frames=n_frames)
     metrics: dict[str, Any] = {"mel": {**_mel_metrics(test_mels, pred, settings.n_boot, seed),
                                        "mel_space": f"the vocoder's log-mel ({vocoder.frame_rate:g} Hz)"}}
     if settings.shuffled_control:
-        shuffled = _decoder(settings, frame_rate, vocoder.frame_rate, seed, ctx.device)
+        shuffled = _decoder(settings, frame_rate, vocoder.frame_rate, seed, ctx.device, ctx.attacker_precision)
         shuffled.fit(shuffle_alignment([train.frames(i) for i in range(len(train))], seed), train_mels)
         metrics["shuffled_control_mel"] = _mel_metrics(
             test_mels, shuffled.predict([test.frames(i) for i in range(len(test))], n_frames=n_frames),

@@ -233,7 +233,7 @@ def attack_speaker_id(train: EmbeddingSet, test: EmbeddingSet, settings: Speaker
     Every attacker is fitted on ``train`` and scored on ``test`` (held-out recordings of the
     same speakers). ``selection_ci95`` of each attacker is valid for the best of all
     attackers x layers of the run (Bonferroni over that many comparisons). The frame attacker
-    runs on the run's device (``ctx.device``) in float32.
+    runs on the run's device and precision (``ctx.device``, ``ctx.attacker_precision``).
     """
     seed = ctx.seed
     n_comparisons = len(settings.attackers) * ctx.run.n_layers
@@ -245,7 +245,8 @@ def attack_speaker_id(train: EmbeddingSet, test: EmbeddingSet, settings: Speaker
                 results[name] = AttackResult.skip("speaker_id", "frame", reason).to_dict()
                 continue
             attacker = budgeted_frame_attacker(settings, seed=seed, frame_rate=ctx.frame_rate, n_boot=settings.n_boot,
-                                               n_comparisons=n_comparisons, device=ctx.device)
+                                               n_comparisons=n_comparisons, device=ctx.device,
+                                               precision=ctx.attacker_precision)
         else:
             attacker = POOLED_ATTACKERS[name](seed=seed, n_boot=settings.n_boot, n_comparisons=n_comparisons)
         fitted[name] = ctx.run.fitted(attacker, train, frames=name == "frame")

@@ -576,19 +576,21 @@ def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: Verificatio
                   ctx: LayerContext) -> dict:
     """Cosine verification on the embedding of a frame-level attacker trained on the training speakers.
 
-    The attacker runs on the run's device (``ctx.device``) in float32.
+    The attacker runs on the run's device and precision (``ctx.device``, ``ctx.attacker_precision``).
     """
     if train.frame_source is None or ctx.frame_skip:
         reason = ctx.frame_skip or "pooled-only layer: no frames"
         return AttackResult.skip("verification", "frame-ecapa", reason).to_dict()
     encoder = ctx.run.fitted(budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate,
-                                                     learning_curve=False, device=ctx.device), train, frames=True)
+                                                     learning_curve=False, device=ctx.device,
+                                                     precision=ctx.attacker_precision), train, frames=True)
     scorer = ctx.run.fitted(SpeakerVerification(backend="cosine", **common),
                             train.with_pooled(encoder.transform(train)))
     result = scorer.evaluate(test.with_pooled(encoder.transform(test)))
     result.attacker = "frame-ecapa+cosine"
     result.budget["encoder"] = {"epochs": len(encoder.history_), "converged": encoder.converged_,
-                                "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2)}
+                                "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2),
+                                "precision": encoder.precision}
     return result.to_dict()
 
 

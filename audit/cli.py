@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", help="'all' or comma-separated layer indices")
     run.add_argument("--out", help="report folder (default reports/<run-name>)")
     run.add_argument("--quick", action="store_true", help="smaller attacker budgets for a first look (weakens the audit)")
+    run.add_argument("--attacker-precision", choices=["float32", "bfloat16"],
+                     help="the frame attackers' and inversion decoders' arithmetic (default float32; "
+                          "bfloat16 autocast is faster on GPUs and AMX CPUs, and weakens the audit)")
     run.add_argument("--policy", help="release policy (TOML [[rule]] tables): exit 1 when a fail rule is broken")
     run.add_argument("--redact", action="store_true",
                      help="report without original audio, transcripts or raw speaker ids (for handing on)")
@@ -81,6 +84,7 @@ def _config(args: argparse.Namespace):
         "cache_dir": args.cache_dir, "batch_size": args.batch_size, "seed": args.seed,
         "layers": parse_layers(args.layers) if getattr(args, "layers", None) else None,
         "out": getattr(args, "out", None), "quick": True if getattr(args, "quick", False) else None,
+        "attacker_precision": getattr(args, "attacker_precision", None),
         "progress": False if args.no_progress else None,
         "device": args.device, "quantize": args.quantize, "skip_bad_audio": True if args.skip_bad_audio else None,
         "trust_remote_code": True if args.trust_remote_code else None,

@@ -11,6 +11,7 @@ A TOML file holds the same settings as the CLI flags::
     redact = false            # true: the report holds no original audio, transcripts or raw speaker ids
     device = "auto"           # cpu | cuda | cuda:N | auto (cuda when torch sees a GPU)
     quantize = "int8"         # audit the dynamically int8-quantised model (CPU); omit for float32
+    attacker_precision = "float32"  # or "bfloat16": attacker networks under bfloat16 autocast (a weakening)
     workers = 2               # processes for the costly attacks and the defense comparison, 1 thread each
     skip_bad_audio = false    # true: leave out unusable audio files (listed in the results) instead of stopping
     trust_remote_code = false # true: let models that ship code load (speechbrain folders/other orgs, HF auto_map)
@@ -55,6 +56,7 @@ from typing import Any
 from attacks import default_attacks, load_families
 from audit.defense import DefenseFamily
 from audit.errors import ConfigError
+from audit.estimators import check_precision
 from audit.extractor import check_quantize
 from audit.family import AttackFamily, check_layer_selection
 from audit.utility import UtilitySettings, UtilityTask
@@ -139,6 +141,7 @@ class AuditConfig:
     redact: bool = False
     device: str = "auto"
     quantize: str | None = None
+    attacker_precision: str = "float32"
     skip_bad_audio: bool = False
     trust_remote_code: bool = False
     families: dict[str, Any] = field(default_factory=dict)
@@ -185,6 +188,7 @@ class AuditConfig:
         if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", str(self.device)):
             raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
         check_quantize(self.quantize)
+        check_precision(self.attacker_precision, key="attacker_precision")
         for name in self.attacks:
             if name not in known:
                 raise ConfigError(f"attacks: unknown attack family {name!r} (known: {', '.join(known)})")
@@ -242,13 +246,17 @@ class AuditConfig:
     def weakening_settings(self) -> list[str]:
         """Settings that make this audit weaker than a full one (warned about and reported).
 
-        ``--quick``; a default family the user left out; and, in every family that runs, a
-        budget below the family's defaults (fewer attackers, fewer epochs, a narrower
-        network, fewer bootstrap resamples, a capped training set, a skipped judge).
+        ``--quick``; a default family the user left out; attackers in bfloat16; and, in every
+        family that runs, a budget below the family's defaults (fewer attackers, fewer epochs,
+        a narrower network, fewer bootstrap resamples, a capped training set, a skipped judge).
         """
         weak = []
         if self.quick:
             weak.append("--quick: reduced attacker budgets (each family's quick settings, listed below)")
+        if self.attacker_precision == "bfloat16":
+            weak.append("attacker_precision='bfloat16': the frame attackers and inversion decoders train under "
+                        "bfloat16 autocast, so their figures can differ from a float32 audit's (measure it with "
+                        "benchmarks/device_audit.py --precisions float32,bfloat16)")
         registry = self.registry()
         weak += [f"attack family {name!r} not run" for name, f in registry.items()
                  if f.default and name not in self.attacks]

@@ -6,7 +6,8 @@ data, the learning curve (the attacker refitted on 25/50/100% of its training da
 reviewer can see whether more data would have made it stronger), and the per-dimension frame
 statistics every frame-level model (attacker, defense, utility probe) standardises its input with, and
 the one check of a torch estimator's ``device`` setting (:func:`torch_device`), with float32 on
-CUDA (:func:`full_fp32`, entered by :func:`seeded` too).
+CUDA (:func:`full_fp32`, entered by :func:`seeded` too), and the attackers' opt-in bfloat16
+autocast (:func:`check_precision`, :func:`mixed_precision`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 CURVE_FRACTIONS = (0.25, 0.5, 1.0)
 #: sklearn's early stopping holds out 10%: below this many rows that slice is too small to use.
 MIN_EARLY_STOPPING_ROWS = 50
+#: Precisions the audit's attacker networks may train and predict in (``precision`` setting).
+PRECISIONS = ("float32", "bfloat16")
 
 
 class NotFittedError(RuntimeError):
@@ -79,6 +82,46 @@ def full_fp32(device: "str | torch.device") -> Iterator[None]:
 
     with extractor_fp32(str(device)):
         yield
+
+
+def check_precision(precision: str, owner: str = "", key: str = "precision") -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`; else a :class:`ConfigError` naming ``key``."""
+    if precision not in PRECISIONS:
+        prefix = f"{owner}: " if owner else ""
+        raise ConfigError(f"{prefix}{key}={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+@contextlib.contextmanager
+def mixed_precision(device: "str | torch.device", precision: str = "float32") -> Iterator[None]:
+    """Forward passes of the block under torch's bfloat16 autocast when ``precision`` is ``"bfloat16"``.
+
+    ``"float32"`` changes nothing (full float32, :func:`full_fp32` on CUDA). Under bfloat16,
+    convolutions and matrix products run in bfloat16 and torch's autocast keeps losses,
+    reductions and normalisations in float32; parameters, gradients and optimiser state stay
+    float32. Enter it around forward passes and losses, not ``backward``; cast outputs with
+    ``.float()`` before numpy.
+    """
+    import torch
+
+    check_precision(precision)
+    device = torch.device(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        yield
+
+
+def native_bfloat16(device: "str | torch.device") -> bool:
+    """True when ``device`` computes bfloat16 natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX).
+
+    Elsewhere torch emulates bfloat16, and the attackers' autocast is slower than float32.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else False
 
 
 @contextlib.contextmanager
@@ -148,6 +191,6 @@ def learning_curve(metric: str, full_value: float, refit_value: Callable[[float]
     return [{"fraction": f, metric: full_value if f == 1.0 else float(refit_value(f))} for f in fractions]
 
 
-__all__ = ["CURVE_FRACTIONS", "MIN_EARLY_STOPPING_ROWS", "NotFittedError", "check_is_fitted", "fit_quiet",
-           "frame_moments", "full_fp32", "grid_search", "learning_curve", "seeded", "stratified_fraction",
-           "torch_device"]
+__all__ = ["CURVE_FRACTIONS", "MIN_EARLY_STOPPING_ROWS", "NotFittedError", "PRECISIONS", "check_is_fitted",
+           "check_precision", "fit_quiet", "frame_moments", "full_fp32", "grid_search", "learning_curve",
+           "mixed_precision", "native_bfloat16", "seeded", "stratified_fraction", "torch_device"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,12 +44,14 @@ class RunContext:
     """State shared by every layer of one run: seed, device, output folder, and work done once per run.
 
     ``device`` is the resolved torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) every torch
-    estimator of the run trains and predicts on, in float32 (results come back as numpy either
-    way). ``n_layers`` is the number of layers compared, so a headline picked from several layers
-    can say how many it was picked from. ``trust_remote_code`` lets models that ship code (speechbrain
-    folders and non-official hub ids, Hugging Face ``auto_map``) load. :meth:`once` replaces
-    module-global caches: loaded judges and vocoders, and layer-independent analyses of the
-    original audio, live here.
+    estimator of the run trains and predicts on (results come back as numpy either way).
+    ``attacker_precision`` is what the attackers' networks (frame speaker attackers, inversion
+    decoders) compute in: ``"float32"``, or ``"bfloat16"`` autocast; defenses, utility probes,
+    judges and the audited model stay float32. ``n_layers`` is the number of layers compared, so
+    a headline picked from several layers can say how many it was picked from.
+    ``trust_remote_code`` lets models that ship code (speechbrain folders and non-official hub
+    ids, Hugging Face ``auto_map``) load. :meth:`once` replaces module-global caches: loaded
+    judges and vocoders, and layer-independent analyses of the original audio, live here.
     """
 
     seed: int = 0
@@ -57,8 +59,13 @@ class RunContext:
     progress: bool = False
     n_layers: int = 1
     device: str = "cpu"
+    attacker_precision: str = "float32"
     trust_remote_code: bool = False
     _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    def settings(self) -> dict[str, Any]:
+        """The plain settings (every field but the memo): what a worker process rebuilds its context from."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
     def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` the first time ``key`` is asked for in this run, the kept value afterwards."""
@@ -113,6 +120,11 @@ class LayerContext:
     def device(self) -> str:
         """The run's torch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
         return self.run.device
+
+    @property
+    def attacker_precision(self) -> str:
+        """What the run's attacker networks compute in (``"float32"`` or ``"bfloat16"`` autocast)."""
+        return self.run.attacker_precision
 
     @property
     def out_dir(self) -> Path | None:

@@ -75,8 +75,7 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str
     if workers <= 1 or len(jobs) <= 1:
         return [function(families, store, corpus, run, *args)
                 for function, args in tqdm(jobs, desc=desc, disable=not progress)]
-    run_settings = {"seed": run.seed, "out_dir": run.out_dir, "progress": False, "n_layers": run.n_layers,
-                    "device": run.device, "trust_remote_code": run.trust_remote_code}
+    run_settings = {**run.settings(), "progress": False}
     out: list[Any] = [None] * len(jobs)
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
                              mp_context=multiprocessing.get_context("spawn")) as pool:

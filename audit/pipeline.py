@@ -27,6 +27,7 @@ from audit.distributed import is_main, rank_device
 from audit.defense_runner import check_defense_layers, plan_defenses, run_defenses
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
+from audit.estimators import native_bfloat16
 from audit.extractor import Extractor, build_extractor, resolve_device
 from audit.family import AttackFamily, RunContext, plan_splits, select_layers
 from audit.gate import check_policy, evaluate, load_policy
@@ -121,7 +122,12 @@ class AuditPipeline:
         if policy is not None:
             check_policy(policy, list(splits), infeasible, extractor.num_layers, bool(cfg.defenses))
         run = RunContext(seed=cfg.seed, out_dir=out, progress=cfg.progress, n_layers=len(layers),
-                         device=resolve_device(rank_device(cfg.device)), trust_remote_code=cfg.trust_remote_code)
+                         device=resolve_device(rank_device(cfg.device)), attacker_precision=cfg.attacker_precision,
+                         trust_remote_code=cfg.trust_remote_code)
+        if run.attacker_precision == "bfloat16" and not native_bfloat16(run.device):
+            warnings.warn(f"attacker_precision='bfloat16': {run.device} has no native bfloat16 (AVX512-BF16 or AMX "
+                          "on a CPU), so torch emulates it and the attackers train slower than in float32",
+                          stacklevel=2)
         extractor.share_models(run.once)
         for name in splits:
             if registry[name].preflight is not None and is_main():
@@ -144,7 +150,8 @@ class AuditPipeline:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "invocation": {"argv": self.argv} if self.argv is not None else {},
             "config": cfg.to_dict(),
-            "environment": {**environment(), "device": run.device, "trust_remote_code": cfg.trust_remote_code},
+            "environment": {**environment(), "device": run.device, "attacker_precision": run.attacker_precision,
+                            "trust_remote_code": cfg.trust_remote_code},
             "model": {**extractor.describe(), "fingerprint": extractor.fingerprint()},
             "corpus": {"spec": cfg.corpus, "description": corpus.describe(), "n_utterances": len(corpus),
                        "n_speakers": len(set(corpus.speakers)), "total_seconds": round(corpus.total_seconds, 2),

@@ -1,8 +1,8 @@
-"""Device benchmark: the same audit on two devices (CPU and CUDA), wall-clock ratio and agreement within CI.
+"""Device benchmark: the same audit on two devices (CPU and CUDA) or precisions, wall ratio and agreement within CI.
 
-Prints measured figures (nothing is asserted). Each device's audit runs in a fresh process
-into its own empty store folder, so both extract cold; settings are the config's, with only
-``device`` (and, when given, ``workers``, corpus and filters) overridden. Then, for every
+Prints measured figures (nothing is asserted). Each audit runs in a fresh process into its
+own empty store folder, so both extract cold; settings are the config's, with only
+``device`` and ``attacker_precision`` (and, when given, ``workers``, corpus and filters) overridden. Then, for every
 figure both runs report (per layer: speaker-ID top-1, verification EER, attributes,
 inversion WER / speaker-judge EER / log-mel LSD; per defense setting: the strongest
 attacker's top-1 and EER and the utility), the two values with their 95% CIs and whether
@@ -10,10 +10,12 @@ the CIs overlap (:func:`audit.compare.ci_agreement`).
 
 With no CUDA device (``torch.cuda.is_available()`` False) the GPU audit cannot run and the
 script says so in one line. ``--devices cpu,cpu`` runs the comparison on the CPU twice (the
-two runs must then agree exactly: a check of the script itself).
+two runs must then agree exactly: a check of the script itself). ``--precisions
+float32,bfloat16`` (with ``--devices cpu,cpu`` or ``cuda,cuda``) measures what the attackers'
+bfloat16 autocast buys in time and whether its figures stay within the float32 run's CIs.
 
 Usage: ``python benchmarks/device_audit.py [--config examples/complete_default.toml]
-[--corpus SPEC] [--where COLUMN=VALUE] [--workers N] [--devices cpu,cuda] [--out DIR]``
+[--corpus SPEC] [--where COLUMN=VALUE] [--workers N] [--devices cpu,cuda] [--precisions P,P] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ DEFAULT_CONFIG = ROOT / "examples" / "complete_default.toml"
 
 
 def run_audit(config: str, device: str, out: Path, cache: Path, overrides: dict) -> dict:
-    """One audit in a fresh process (device, out, cache and ``overrides`` replacing the config's); its figures."""
+    """One audit in a fresh process (device, out, cache and ``overrides`` replacing the config's); its timings."""
     code = (
         "import json, sys, time; from dataclasses import replace\n"
         "from audit.config import load_config\nfrom audit.pipeline import AuditPipeline\n"
@@ -45,7 +47,7 @@ def run_audit(config: str, device: str, out: Path, cache: Path, overrides: dict)
         "t = time.perf_counter(); r = AuditPipeline(cfg).run()\n"
         "print(json.dumps({'wall': time.perf_counter() - t, 'results_wall': r['wall_seconds'], "
         "'store_wall': r['store']['wall_seconds'], 'model_seconds': r['store']['model_seconds'], "
-        "'device': r['environment']['device']}))\n"
+        "'device': r['environment']['device'], 'precision': r['environment']['attacker_precision']}))\n"
     )
     args = {"config": config, "device": device, "out": str(out), "cache": str(cache), "overrides": overrides}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -53,8 +55,22 @@ def run_audit(config: str, device: str, out: Path, cache: Path, overrides: dict)
                           cwd=ROOT)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SystemExit(f"device_audit: the {device} audit failed (exit {done.returncode}): {tail}")
+        raise SystemExit(f"device_audit: the {device} {overrides.get('attacker_precision', '')} audit failed "
+                         f"(exit {done.returncode}): {tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_agreement(runs: list[Path], labels: list[str]) -> None:
+    """Every figure of the two runs with both 95% CIs and whether they overlap, then the counts."""
+    rows = ci_agreement(*load_runs(runs))
+    both = [r for r in rows if r.measured_by_both]
+    print(f"\nfigures of both runs with their 95% CIs ({labels[0]} | {labels[1]} | CIs overlap):")
+    for row in rows:
+        verdict = ("yes" if row.agrees else "NO") if row.measured_by_both else "only one run"
+        print(f"  {row.what:<52} {row.where:<34} {row.text(row.a):<26} {row.text(row.b):<26} {verdict}")
+    exact = sum(r.a == r.b for r in both)
+    print(f"  {sum(r.agrees for r in both)} of {len(both)} figures agree within CI ({exact} identical); "
+          f"{len(rows) - len(both)} measured by one run only")
 
 
 def main() -> None:
@@ -64,11 +80,16 @@ def main() -> None:
     parser.add_argument("--where", action="append", help="row filters replacing the config's (repeatable)")
     parser.add_argument("--workers", type=int, help="worker processes of both runs (default: the config's)")
     parser.add_argument("--devices", default="cpu,cuda", help="two devices, comma-separated (default cpu,cuda)")
+    parser.add_argument("--precisions", help="the attackers' precision of each run, e.g. float32,bfloat16 "
+                                             "(default: the config's for both)")
     parser.add_argument("--out", help="folder for the two runs (default: a temporary folder, removed after)")
     args = parser.parse_args()
     devices = [d.strip() for d in args.devices.split(",")]
     if len(devices) != 2:
         raise SystemExit(f"device_audit: --devices needs two devices, got {args.devices!r}")
+    precisions = [p.strip() for p in args.precisions.split(",")] if args.precisions else [None, None]
+    if len(precisions) != 2:
+        raise SystemExit(f"device_audit: --precisions needs two precisions, got {args.precisions!r}")
     import torch
 
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
@@ -81,27 +102,21 @@ def main() -> None:
         base = Path(args.out) if args.out else Path(tmp)
         print(f"config {args.config} {json.dumps(overrides) if overrides else ''}; {os.cpu_count()} CPU cores"
               + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-        runs, timing = [], {}
-        for k, device in enumerate(devices):
-            name = f"{k}-{device.replace(':', '_')}"
-            timing[name] = run_audit(args.config, device, base / name, base / f"cache-{name}", overrides)
+        runs, timing, labels = [], {}, []
+        for k, (device, precision) in enumerate(zip(devices, precisions)):
+            name = f"{k}-{device.replace(':', '_')}" + (f"-{precision}" if precision else "")
+            extra = {**overrides, **({"attacker_precision": precision} if precision else {})}
+            timing[name] = run_audit(args.config, device, base / name, base / f"cache-{name}", extra)
             runs.append(base / name)
             t = timing[name]
-            print(f"  {device:<8} audit {t['wall']:8.1f} s wall, extraction {t['store_wall']:7.1f} s "
+            labels.append(f"{device} {t['precision']}")
+            print(f"  {labels[-1]:<16} audit {t['wall']:8.1f} s wall, extraction {t['store_wall']:7.1f} s "
                   f"({t['model_seconds']:.1f} s in the model); wall / extraction {t['wall'] / t['store_wall']:.1f}x; "
-                  f"results record device {t['device']}")
+                  f"results record device {t['device']}, precision {t['precision']}")
         first, second = (timing[n] for n in timing)
-        print(f"  {devices[0]} / {devices[1]}: audit wall {first['wall'] / second['wall']:.2f}x, "
+        print(f"  {labels[0]} / {labels[1]}: audit wall {first['wall'] / second['wall']:.2f}x, "
               f"extraction {first['store_wall'] / second['store_wall']:.2f}x")
-        rows = ci_agreement(*load_runs(runs))
-        both = [r for r in rows if r.measured_by_both]
-        print(f"\nfigures of both runs with their 95% CIs ({devices[0]} | {devices[1]} | CIs overlap):")
-        for row in rows:
-            verdict = ("yes" if row.agrees else "NO") if row.measured_by_both else "only one run"
-            print(f"  {row.what:<52} {row.where:<34} {row.text(row.a):<26} {row.text(row.b):<26} {verdict}")
-        exact = sum(r.a == r.b for r in both)
-        print(f"  {sum(r.agrees for r in both)} of {len(both)} figures agree within CI ({exact} identical); "
-              f"{len(rows) - len(both)} measured by one run only")
+        print_agreement(runs, labels)
         if args.out:
             print(f"runs kept in {base}")
 
