@@ -930,7 +930,7 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
     computed once per run (``ctx.run``), not once per layer. The frame decoders run on the
     run's device and precision (``ctx.device``, ``ctx.attacker_precision``).
     """
-    from audit.judges import content_leakage, signal_scores, speaker_leakage
+    from audit.judges import content_leakage, mel_cepstra, signal_scores, speaker_leakage
     from audit.vocoder import log_mel
 
     run, seed, frame_rate = ctx.run, ctx.seed, ctx.frame_rate
@@ -973,9 +973,10 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
     key = (_content_key(originals), settings.vocoder)
     copies = run.once(("copy", key),
                       lambda: [vocoder.synthesize(test_mels[i], length=originals[k].size) for k, i in enumerate(rows)])
-    metrics["signal"] = signal_scores(originals, recon, n_boot=settings.n_boot, seed=seed)
+    cepstra = run.once(("mel-cepstra", key[0]), lambda: mel_cepstra(originals))
+    metrics["signal"] = signal_scores(originals, recon, n_boot=settings.n_boot, seed=seed, original_cepstra=cepstra)
     metrics["vocoder_copy_signal"] = run.once(("copy-signal", key), lambda: signal_scores(
-        originals, copies, n_boot=settings.n_boot, seed=seed))
+        originals, copies, n_boot=settings.n_boot, seed=seed, original_cepstra=cepstra))
     for m in (metrics["signal"], metrics["vocoder_copy_signal"]):
         m.pop("per_utterance", None)
     if settings.skip_judges:

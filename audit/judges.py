@@ -30,7 +30,8 @@ from audit.errors import AudioError, ModelLoadError
 from audit.estimators import full_fp32, torch_device
 from audit.extractor import GE2ENetOnDevice, resolve_hf_folder, speechbrain_source
 from audit.metrics import bootstrap_ci, clopper_pearson, eer, proportion_ci
-from audit.signal_metrics import MCD_SETTINGS, MEL_SETTINGS, log_spectral_distance, mcd, stoi
+from audit.signal_metrics import (MCD_SETTINGS, MEL_SETTINGS, log_spectral_distance, mcd_from_mcep, mel_cepstrum_sptk,
+                                  stoi)
 from audit.text import wer_counts
 from audit.whisper_offline import split_even
 
@@ -474,12 +475,22 @@ def speaker_leakage(
     return out
 
 
+def mel_cepstra(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The MCD's SPTK mel-cepstra of each clip (:func:`~audit.signal_metrics.mel_cepstrum_sptk`).
+
+    The originals' are the same for every layer and for the vocoder copies, and SPTK's
+    analysis is the costliest part of :func:`signal_scores`, so callers compute them once.
+    """
+    return [mel_cepstrum_sptk(w) for w in _check_wavs(wavs, "wavs")]
+
+
 def signal_scores(
     originals: Sequence[np.ndarray],
     reconstructions: Sequence[np.ndarray],
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    original_cepstra: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Mean MCD, LSD, STOI and ESTOI of reconstructions against their originals.
 
@@ -499,6 +510,8 @@ def signal_scores(
         Paired 16 kHz clips, same length ``N``.
     n_boot : int, default=1000
     seed : int, default=0
+    original_cepstra : sequence of ndarray or None, default=None
+        :func:`mel_cepstra` of ``originals``, when already computed (the same numbers, once).
 
     Returns
     -------
@@ -514,9 +527,13 @@ def signal_scores(
                          f"got {len(originals)} and {len(reconstructions)}")
     orig = _check_wavs(originals, "originals")
     rec = _check_wavs(reconstructions, "reconstructions")
+    if original_cepstra is None:
+        original_cepstra = mel_cepstra(orig)
+    if len(original_cepstra) != n:
+        raise ValueError(f"original_cepstra has {len(original_cepstra)} entries for {n} originals")
     per: dict[str, list[float]] = {"mcd_db": [], "lsd_db": [], "stoi": [], "estoi": []}
-    for a, b in zip(orig, rec):
-        per["mcd_db"].append(mcd(a, b)[0])
+    for a, b, c_ref in zip(orig, rec, original_cepstra):
+        per["mcd_db"].append(mcd_from_mcep(c_ref, mel_cepstrum_sptk(b))[0])
         per["lsd_db"].append(log_spectral_distance(a, b)[0])
         per["stoi"].append(stoi(a, b))
         per["estoi"].append(stoi(a, b, extended=True))

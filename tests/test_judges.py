@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from audit.errors import ModelLoadError
-from audit.judges import ASRJudge, SpeakerJudge, content_leakage, signal_scores, speaker_leakage
+from audit.judges import ASRJudge, SpeakerJudge, content_leakage, mel_cepstra, signal_scores, speaker_leakage
 from audit.signal_metrics import mcd
 from audit.text import utterance_wer, wer
 
@@ -238,3 +238,9 @@ def test_signal_scores_identical_and_noisy(speaker_clips):
     assert len(worse["per_utterance"]["stoi"]) == 2 and worse["mcd_order"] == 24
     assert "pysptk" in worse["mcd_definition"] and worse["mcd_settings"]["alpha"] == 0.42
     assert worse["per_utterance"]["mcd_db"][0] == mcd(wavs[0], noisy[0])[0]
+    # the originals' mel-cepstra computed once and handed in give the same scores
+    given = signal_scores(wavs, noisy, n_boot=100, original_cepstra=mel_cepstra(wavs))
+    assert given["per_utterance"]["mcd_db"] == worse["per_utterance"]["mcd_db"]
+    assert (given["mcd_db"], given["mcd_db_ci95"]) == (worse["mcd_db"], worse["mcd_db_ci95"])
+    with pytest.raises(ValueError, match="original_cepstra has 1 entries for 2 originals"):
+        signal_scores(wavs, noisy, original_cepstra=mel_cepstra(wavs[:1]))
