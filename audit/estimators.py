@@ -97,11 +97,10 @@ def mixed_precision(device: "str | torch.device", precision: str = "float32") ->
     """Forward passes of the block under torch's bfloat16 autocast when ``precision`` is ``"bfloat16"``.
 
     ``"float32"`` leaves the block as it is (full float32 where :func:`seeded` or
-    :func:`full_fp32` is entered). Under bfloat16,
-    convolutions and matrix products run in bfloat16 and torch's autocast keeps losses,
-    reductions and normalisations in float32; parameters, gradients and optimiser state stay
-    float32. Enter it around forward passes and losses, not ``backward``; cast outputs with
-    ``.float()`` before numpy.
+    :func:`full_fp32` is entered). Under bfloat16, convolutions and matrix products run in
+    bfloat16 and torch's autocast keeps losses, reductions and normalisations in float32;
+    parameters, gradients and optimiser state stay float32. Enter it around forward passes and
+    losses, not ``backward``; cast outputs with ``.float()`` before numpy.
     """
     import torch
 
