@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from audit.errors import SpeechAuditError
+from audit.estimators import PRECISIONS
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", help="'all' or comma-separated layer indices")
     run.add_argument("--out", help="report folder (default reports/<run-name>)")
     run.add_argument("--quick", action="store_true", help="smaller attacker budgets for a first look (weakens the audit)")
-    run.add_argument("--attacker-precision", choices=["float32", "bfloat16"],
+    run.add_argument("--attacker-precision", choices=PRECISIONS,
                      help="the frame attackers' and inversion decoders' arithmetic (default float32; "
                           "bfloat16 autocast is faster on GPUs and AMX CPUs, and weakens the audit)")
     run.add_argument("--policy", help="release policy (TOML [[rule]] tables): exit 1 when a fail rule is broken")
