@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from audit.config import AuditConfig, DefenseSpec
+from audit.curves import still_learning
 from audit.defense import DefenseContext, DefenseFailed, DefenseFamily
 from audit.embeddings import EmbeddingSet, layer_set
 from audit.errors import ConfigError, CorpusError
@@ -356,11 +357,14 @@ class _LayerComparison:
 
 
 def _leak(result: dict | None, metric: str) -> dict | None:
-    """``metric`` of an attack result with its CI, chance and attacker, or None when it was not measured."""
+    """``metric`` of an attack result with its CI, chance, attacker and whether that attacker was still learning.
+
+    None when it was not measured.
+    """
     if not result or result.get("skipped") or result.get(metric) is None:
         return None
     return {"value": result[metric], "ci95": result.get("ci95"), "chance": result.get("chance"),
-            "attacker": result.get("attacker")}
+            "attacker": result.get("attacker"), "still_learning": still_learning(result)}
 
 
 def strongest(scenarios: dict) -> dict:

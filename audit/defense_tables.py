@@ -8,7 +8,8 @@ retained utility (higher is better).
 
 from __future__ import annotations
 
-from audit.results import MetricSpec, Table, fmt_ci, fmt_num, fmt_pct, is_ok
+from audit.curves import STILL_LEARNING_GAIN
+from audit.results import MetricSpec, Table, fmt_ci, fmt_num, fmt_pct, fmt_still_learning, is_ok
 
 #: Metrics of a ``defenses`` entry a gate rule may name (``defenses.<pattern>``): the strongest
 #: scenario's attacker and the utility kept.
@@ -33,7 +34,8 @@ def _leak_cell(leak: dict | None) -> str:
     if not leak:
         return "n/a"
     return (f"{fmt_pct(leak['value'])} {fmt_ci(leak.get('ci95'))} "
-            f"[{SCENARIO_SHORT.get(leak.get('scenario'), leak.get('scenario'))}]")
+            f"[{SCENARIO_SHORT.get(leak.get('scenario'), leak.get('scenario'))}]"
+            + (" (still learning)" if leak.get("still_learning") else ""))
 
 
 def _family(entry: dict, scenario: str, family: str) -> dict | None:
@@ -164,6 +166,17 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
                          f"higher retained utility) is " + "; ".join(
                              f"{p['label']} (top-1 {fmt_pct(p['leak'])}, retained {fmt_num(p['retained'], '.2f')})"
                              for p in front) + ".")
+    learning = [f"layer {e['layer']} {setting_label(e)}: {what} ({leak.get('attacker')}, "
+                f"{SCENARIO_SHORT.get(leak.get('scenario'), leak.get('scenario'))}), "
+                f"{fmt_still_learning(leak['still_learning'])}"
+                for e in entries for what, leak in (("speaker-ID", (e.get("strongest") or {}).get("top1")),
+                                                    ("verification", (e.get("strongest") or {}).get("eer")))
+                if leak and leak.get("still_learning")]
+    if learning:
+        notes.append("Still learning: the strongest attacker's figure moved by more than "
+                     f"{100 * STILL_LEARNING_GAIN:.0f} points towards leakage from half to all of its training "
+                     "data, so an attacker with more data would read more leakage than the row shows (a defense "
+                     "then protects less than it seems to): " + "; ".join(learning) + ".")
     disagree = [e for e in entries if e.get("training_adversary") and (e.get("strongest") or {}).get("top1")]
     for e in disagree:
         adv, top1 = e["training_adversary"], e["strongest"]["top1"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from audit.errors import SpeechAuditError
 
-SCHEMA_VERSION = "2.6"
+SCHEMA_VERSION = "2.7"
 #: Top-level keys every results file of this schema has (a file without them is not a run's results).
 REQUIRED_KEYS = ("schema_version", "config", "model", "corpus", "layers")
 
@@ -154,6 +154,18 @@ def fmt_ci(ci: list | None, scale: float = 100.0, fmt: str = ".1f") -> str:
 def fmt_num(x: float | None, fmt: str = ".3f") -> str:
     """A number, ``n/a`` for None."""
     return "n/a" if x is None else f"{x:{fmt}}"
+
+
+def fmt_still_learning(verdict: dict) -> str:
+    """An :func:`audit.curves.still_learning` verdict in words.
+
+    E.g. ``top1 73.6% → 84.7% from 50% to 100% of its training data``.
+    """
+    lo, hi = verdict["values"]
+    rate = verdict["metric"] in ("top1", "eer", "accuracy")
+    show = fmt_pct if rate else (lambda x: fmt_num(x, ".2f"))
+    f0, f1 = verdict["fractions"]
+    return f"{verdict['metric']} {show(lo)} → {show(hi)} from {100 * f0:.0f}% to {100 * f1:.0f}% of its training data"
 
 
 def is_ok(result: dict | None) -> bool:

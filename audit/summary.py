@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit.curves import still_learning
 from audit.results import RISK_LEVELS, is_ok, layer_attack
 
 #: (label, path into a layer's attacks, metric, "max" if higher is leakier else "min").
@@ -27,7 +28,9 @@ def leakiest(layers: list[dict]) -> dict[str, dict[str, Any]]:
 
     Each entry: ``layer``, ``name``, ``metric``, ``value``, ``ci95`` (the attacker's own),
     ``selection_ci95`` (valid for the pick, where the family computed one), ``chance``,
-    ``attacker`` and ``n_compared`` (attackers x layers the value was picked from).
+    ``attacker``, ``n_compared`` (attackers x layers the value was picked from) and
+    ``still_learning`` (:func:`audit.curves.still_learning` of that attacker: None when its
+    learning curve had flattened).
     """
     measures = [(label, path, metric, pick) for label, path, metric, pick in IDENTITY_MEASURES]
     for la in layers:
@@ -48,7 +51,7 @@ def leakiest(layers: list[dict]) -> dict[str, dict[str, Any]]:
                       "ci95": res.get("auc_ci95") if metric == "roc_auc" else res.get("ci95"),
                       "selection_ci95": res.get("selection_ci95"), "chance": res.get("chance"),
                       "attacker": res.get("attacker"), "n_compared": int(per_layer * len(scored)),
-                      "n_layers_compared": len(scored)}
+                      "n_layers_compared": len(scored), "still_learning": still_learning(res)}
     return out
 
 

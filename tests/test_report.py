@@ -119,6 +119,18 @@ def test_report_rerenders_from_results_alone(run_dir, tmp_path, capsys):
     assert (out / "report.html").read_text().count("<audio") == (run_dir / "report.html").read_text().count("<audio")
 
 
+def test_a_still_learning_headline_is_said_in_every_format(run_dir, tmp_path, capsys):
+    results = json.loads((run_dir / "results.json").read_text())
+    label = "identity (speaker-ID top-1)"
+    results["leakiest"][label]["still_learning"] = {"metric": "top1", "fractions": [0.5, 1.0], "values": [0.6, 0.85],
+                                                    "gain": 0.25, "margin": 0.05}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    main(["report", str(tmp_path / "results.json"), "--out", str(tmp_path / "out")])
+    words = "top1 60.0% → 85.0% from 50% to 100% of its training data), so an attacker with more data would read more"
+    assert words in (tmp_path / "out" / "summary.md").read_text()
+    assert words in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_gate_out_rerenders_the_report_with_a_new_verdict(run_dir, tmp_path, capsys):
     passing = tmp_path / "pass.toml"
     passing.write_text('[[rule]]\nmetric = "verification.eer"\nmax = 1.0\njustification = "always holds"\n')

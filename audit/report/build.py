@@ -17,7 +17,8 @@ from audit.family import AttackFamily
 from audit.gate import verdict_table
 from audit.report.document import (AudioClip, AudioExample, Bullets, Callout, Code, Figure, Paragraph,
                                    ReportDocument, Section)
-from audit.results import RISK_LEVELS, ResultsError, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok
+from audit.results import (RISK_LEVELS, ResultsError, RiskRating, Table, fmt_ci, fmt_num, fmt_pct,
+                           fmt_still_learning, is_ok)
 
 #: Attacker scenarios of the threat model, in plain words (VoicePrivacy's names).
 SCENARIO_WORDS = (
@@ -136,8 +137,10 @@ def _leakiest_bullets(results: dict) -> list[str]:
         chance = "" if v.get("chance") is None else \
             f", chance {fmt_pct(v['chance']) if is_rate else fmt_num(v['chance'], '.2f')}"
         sel = f", selection-adjusted CI {fmt_ci(v['selection_ci95'])}" if v.get("selection_ci95") else ""
+        learning = (f"; still learning ({v.get('attacker')}: {fmt_still_learning(v['still_learning'])}), so "
+                    "an attacker with more data would read more" if v.get("still_learning") else "")
         items.append(f"{label}: layer {v['layer']} ({v['name']}): {value} {ci}{chance}; picked from "
-                     f"{v['n_compared']} attackers x layers{sel}")
+                     f"{v['n_compared']} attackers x layers{sel}{learning}")
     return items
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from audit import plots
+from audit.curves import STILL_LEARNING_GAIN, still_learning
 from audit.defense_tables import pareto_front, privacy_utility_points
 from audit.report.document import Figure
 from audit.results import fmt_pct, is_ok, layer_attack
@@ -106,21 +107,23 @@ def _attribute_figure(results: dict, out: Path, spec: str, layers: list, names: 
 
 
 def _learning_figure(results: dict, out: Path) -> list[Figure]:
-    curves = {}
+    curves, rising = {}, []
     for la in results["layers"]:
         for n, r in ((layer_attack(la, "speaker_id") or {}).get("attackers") or {}).items():
             if is_ok(r) and r.get("learning_curve"):
                 curves[f"L{la['index']} {n}"] = r["learning_curve"]
+                if still_learning(r):
+                    rising.append(f"L{la['index']} {n}")
     if not curves:
         return []
+    gain = f"{100 * STILL_LEARNING_GAIN:.0f}"
     plots.learning_curves(out / "speaker_id_learning_curves.png", curves, metric="top1",
                           title="speaker-ID attackers: top-1 vs training data (flat = converged)")
-    rising = [k for k, c in curves.items() if len(c) >= 2 and c[-1]["top1"] - c[-2]["top1"] > 0.05]
     return [Figure("speaker_id_learning_curves.png",
                    f"Learning curves of {len(curves)} speaker-ID attackers (layer x attacker): top-1 against the "
                    "fraction of training data (25, 50, 100%). "
-                   + (f"Still rising by more than 5 points at full data: {', '.join(rising)}." if rising else
-                      "None rises by more than 5 points from half to all the data (converged)."),
+                   + (f"Still rising by more than {gain} points at full data: {', '.join(rising)}." if rising else
+                      f"None rises by more than {gain} points from half to all the data (converged)."),
                    "Attacker learning curves: a flat end means more data would not help the attacker.",
                    topic="methodology")]
 
