@@ -52,6 +52,20 @@ def test_planted_leak_fails_and_chance_level_passes(tmp_path):
     assert noise.status == "pass" and noise.exit_code == 0
 
 
+def test_a_rule_judged_on_a_still_learning_attacker_says_so(tmp_path):
+    pol = load_policy(policy(tmp_path, REID), load_families())
+    rising, flat = layer(0, 0.15, [0.12, 0.18]), layer(0, 0.15, [0.12, 0.18])
+    for la, values in ((rising, (0.05, 0.08, 0.15)), (flat, (0.1, 0.14, 0.15))):
+        la["attacks"]["speaker_id"]["learning_curve"] = [{"fraction": f, "top1": v}
+                                                         for f, v in zip((0.25, 0.5, 1.0), values)]
+    learning = evaluate(pol, results_with([rising])).outcomes[0]
+    assert learning.status == "pass" and learning.measurements[0].still_learning["values"] == [0.08, 0.15]
+    assert "still learning (top1 8.0% → 15.0% from 50% to 100% of its training data)" in learning.message
+    settled = evaluate(pol, results_with([flat])).outcomes[0]
+    assert settled.status == "pass" and "still learning" not in settled.message
+    assert settled.to_dict()["measurements"][0]["still_learning"] is None
+
+
 def test_worst_bound_is_the_ci_upper_for_a_max_rule_and_lenient_bounds_are_marked(tmp_path):
     # value 0.15 is under 2x chance (0.2), but the CI's upper bound 0.3 is not: the worst case fails
     res = results_with([layer(0, 0.15, [0.05, 0.3])])
@@ -106,6 +120,13 @@ def test_defense_rules_read_the_strongest_scenario_per_setting(tmp_path):
                     res).status == "pass"
     kept = 'metric = "defenses.utility.retained"\ndefense = "noise"\nmin = 0.8'
     assert evaluate(load_policy(policy(tmp_path, kept, name="k.toml"), load_families()), res).status == "pass"
+    # the strongest figure's stored still-learning verdict reaches the rule's message
+    verdict = {"metric": "top1", "fractions": [0.5, 1.0], "values": [0.05, 0.12], "gain": 0.07, "margin": 0.05}
+    res["defenses"][2]["strongest"]["top1"]["still_learning"] = verdict
+    outcome = evaluate(load_policy(policy(tmp_path, rule + '\nlayer = "all"', name="b.toml"), load_families()),
+                       res).outcomes[0]
+    assert outcome.status == "pass" and "sigma=4.0" in outcome.message
+    assert "still learning (top1 5.0%" in outcome.message
 
 
 @pytest.mark.parametrize("rule, message", [
