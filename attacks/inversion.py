@@ -21,8 +21,12 @@ summarises the audio ``[k, k + 1) / input_rate`` and sits at its centre
 Each input dimension is linearly interpolated onto the mel frame times (held constant beyond
 the ends) *before* the conv stack (:func:`resample_frames`), so input and target share one
 time axis, a crop is the same frames of both, and the network itself is rate-agnostic. (The
-price: at 50 -> 100 Hz the stack runs on twice the input frames; a learned upsampler after
-the stack would halve that compute but tie the network to one integer rate ratio.)
+price: at 50 -> 100 Hz the stack runs on twice the input frames. A learned upsampler after
+the stack would save compute but tie the network to one integer rate ratio, and it decodes
+worse: on the complete default's layer 1 (Whisper tiny.en, synthetic corpus, same data and
+seed) the stack at 50 Hz with a learned 2x output reached a best validation loss of 0.135, and
+three blocks at 50 Hz plus one at 100 Hz 0.130, against 0.127 here, at 1.4x and 1.1x the
+speed.)
 
 Sanity check: :func:`shuffle_alignment` pairs every utterance's target with another
 utterance's frames; a decoder trained on that must score clearly worse than the real one,
@@ -846,7 +850,10 @@ def _decoder(settings: InversionSettings, input_rate: float, target_rate: float,
              device: str = "cpu", precision: str = "float32") -> InversionDecoder:
     """The audit's decoder budget: 128 channels, lr 3e-3 halved on plateaus, patience 8, one torch thread.
 
-    It runs on ``device`` in ``precision``.
+    It runs on ``device`` in ``precision``. Measured against other schedules on the complete
+    default's layers 1 and 4 (same data and seed; best validation loss, lower is better): this
+    one 0.127 / 0.238 (102 / 61 epochs); lr 6e-3 halved on plateaus 0.130 / 0.245; a 40-epoch
+    cosine decay from 3e-3 or 6e-3 0.144 or 0.136 at layer 1. Fewer epochs decode worse.
     """
     return InversionDecoder(input_rate=input_rate, target_rate=target_rate, channels=settings.channels, lr=3e-3,
                             max_epochs=settings.max_epochs, patience=8, num_threads=1, seed=seed, device=device,
