@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from audit.corpus import Corpus
 from audit.embeddings import layer_set
 from audit.family import AttackFamily, RunContext
+from audit.job_cache import JobCache
 from audit.splits import Split
 from audit.store import EmbeddingStore
 
@@ -64,36 +65,55 @@ def _in_worker(function: Callable[..., Any], args: tuple, store_root: str, corpu
 
 def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str, AttackFamily],
              store: EmbeddingStore, corpus: Corpus, run: RunContext, workers: int = 1, progress: bool = False,
-             desc: str = "jobs") -> list[Any]:
+             desc: str = "jobs", cache: JobCache | None = None) -> list[Any]:
     """Each ``function(families, store, corpus, run, *args)`` of ``jobs``, in order; over ``workers`` processes if > 1.
 
     ``function`` must be a module-level function and ``args`` picklable. In this process the
     jobs share ``run`` (and what its memo keeps); in a worker each job gets a fresh run context
     with the same settings, so it recomputes what it needs. Submitted in list order: put the
-    longest first.
+    longest first. With a ``cache``, a job a previous, interrupted run finished is read back
+    instead of run, and each job's result is kept there as soon as it finishes.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        return [function(families, store, corpus, run, *args)
-                for function, args in tqdm(jobs, desc=desc, disable=not progress)]
-    run_settings = {**run.settings(), "progress": False}
     out: list[Any] = [None] * len(jobs)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+    keys = [cache.key(function, args) if cache is not None else "" for function, args in jobs]
+    todo = []
+    for k, key in enumerate(keys):
+        hit, value = cache.load(key) if cache is not None else (False, None)
+        if hit:
+            out[k] = value
+        else:
+            todo.append(k)
+
+    def finished(k: int, value: Any) -> None:
+        out[k] = value
+        if cache is not None:
+            cache.save(keys[k], value)
+
+    if workers <= 1 or len(jobs) <= 1:  # as an uninterrupted run would: resumed jobs run where they ran
+        for k in tqdm(todo, desc=desc, disable=not progress):
+            function, args = jobs[k]
+            finished(k, function(families, store, corpus, run, *args))
+        return out
+    if not todo:
+        return out
+    run_settings = {**run.settings(), "progress": False}
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_in_worker, function, args, str(Path(store.root)), corpus, run_settings): k
-                   for k, (function, args) in enumerate(jobs)}
+        futures = {pool.submit(_in_worker, *jobs[k], str(Path(store.root)), corpus, run_settings): k for k in todo}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({workers} workers)",
                            disable=not progress):
-            out[futures[future]] = future.result()
+            finished(futures[future], future.result())
     return out
 
 
 def run_layer_jobs(jobs: list[LayerJob], *, families: dict[str, AttackFamily], settings: Callable[[str], Any],
                    splits: dict[str, Split], store: EmbeddingStore, corpus: Corpus, run: RunContext,
-                   workers: int = 1, progress: bool = False) -> list[tuple[dict, float]]:
+                   workers: int = 1, progress: bool = False,
+                   cache: JobCache | None = None) -> list[tuple[dict, float]]:
     """Each job's ``(result, seconds)``, in the order of ``jobs``; over ``workers`` processes when > 1."""
     return run_jobs([(attack_one, (job, settings(job.family), splits[job.family])) for job in jobs],
                     families=families, store=store, corpus=corpus, run=run, workers=workers, progress=progress,
-                    desc="layer jobs")
+                    desc="layer jobs", cache=cache)
 
 
 __all__ = ["LayerJob", "attack_one", "run_jobs", "run_layer_jobs"]

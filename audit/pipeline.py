@@ -7,7 +7,9 @@ helpers and always produce the same result type, a JSON-ready dict following
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import platform
 import sys
 import time
@@ -31,6 +33,7 @@ from audit.estimators import native_bfloat16
 from audit.extractor import Extractor, build_extractor, resolve_device
 from audit.family import AttackFamily, RunContext, plan_splits, select_layers
 from audit.gate import check_policy, evaluate, load_policy
+from audit.job_cache import JobCache, family_modules
 from audit.jobs import LayerJob, run_layer_jobs
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
@@ -140,10 +143,11 @@ class AuditPipeline:
         # Small dense problems: multi-threaded BLAS only adds synchronisation cost (measured 20x slower
         # logistic regression with 2 threads on a busy 2-core machine), so attackers run on one BLAS thread.
         every_layer = {n: s for n, s in splits.items() if getattr(cfg.settings(n), "layers", None) is None}
+        jobs = job_cache(store, corpus, run, registry, out)
         with threadpool_limits(limits=1, user_api="blas"):
             layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
                              for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
-            self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers, run)
+            self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers, run, jobs)
         results = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "speech-audit", "version": _version()},
@@ -181,13 +185,15 @@ class AuditPipeline:
             # All pools (BLAS and OpenMP: k-means, LEACE's linear algebra) at one thread: measured 3-8x faster here.
             with threadpool_limits(limits=1):
                 results["defenses"] = run_defenses(defense_plan, cfg, registry, store, corpus,
-                                                   results["summary"].get("leakiest_layer"), run)
+                                                   results["summary"].get("leakiest_layer"), run, jobs)
+        results["resumed_jobs"] = jobs.hits_
         results["figures"] = self._maps(cfg, store, corpus, results["summary"], out)
         results["files"] = [f["file"] for f in results["figures"]] + _attack_files(layer_results)
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
         if policy is not None:
             results["verdict"] = evaluate(policy, results).to_dict()
         results = write_report(results, out, registry, redact=cfg.redact)
+        jobs.clear()  # the run is complete: nothing left to resume
         results["out"] = str(out)
         return results
 
@@ -238,7 +244,7 @@ class AuditPipeline:
     @staticmethod
     def _second_pass(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
                      store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
-                     run: RunContext) -> None:
+                     run: RunContext, cache: JobCache | None = None) -> None:
         """The costly attacks, on the layers their settings name, once the headline layer is known.
 
         * A family whose settings name ``frame_layers`` ran in the first pass without its frame
@@ -249,7 +255,8 @@ class AuditPipeline:
           attacks the chosen layers now, and other layers record why it did not run there.
 
         ``leakiest`` is the first pass's headline layer (the pooled attackers'). The jobs run over
-        ``cfg.workers`` processes (:mod:`audit.jobs`), the longest kind first.
+        ``cfg.workers`` processes (:mod:`audit.jobs`), the longest kind first; with a ``cache``,
+        jobs an interrupted run finished are read back.
         """
         leaky = headline(layer_results).get("leakiest_layer")
         audited = [la["index"] for la in layer_results]
@@ -273,7 +280,7 @@ class AuditPipeline:
             (selected if key == "layers" else frame).extend(LayerJob(name, i) for i in chosen)
         jobs = selected + frame
         done = run_layer_jobs(jobs, families=registry, settings=cfg.settings, splits=splits, store=store,
-                              corpus=corpus, run=run, workers=cfg.workers, progress=cfg.progress)
+                              corpus=corpus, run=run, workers=cfg.workers, progress=cfg.progress, cache=cache)
         for job, (result, seconds) in zip(jobs, done):
             la = by_index[job.layer]
             first = la["attack_seconds"].get(job.family, 0.0) if job in frame else 0.0
@@ -313,6 +320,17 @@ class AuditPipeline:
 
 #: Why a frame attacker skipped a layer in the first pass (restated once its layers are chosen).
 _DEFERRED = "frame attacker deferred until its frame_layers are chosen"
+
+
+def job_cache(store: EmbeddingStore, corpus: Corpus, run: RunContext, registry: dict[str, AttackFamily],
+              out: Path) -> JobCache:
+    """The run's job cache, in the store's folder: keyed by the store, the corpus with its labels, the run
+    settings, versions and the source (:class:`audit.job_cache.JobCache`)."""
+    labels = hashlib.sha256(pickle.dumps(corpus.utterances, protocol=5)).hexdigest()
+    parts = {"store": Path(store.root).name, "corpus": labels,
+             **{k: str(v) for k, v in run.settings().items() if k != "progress"},
+             **{k: v for k, v in environment().items() if k not in ("platform", "torch_threads")}}
+    return JobCache.for_run(Path(store.root).parent, parts, family_modules(registry), out)
 
 
 def check_writable(out: Path) -> None:

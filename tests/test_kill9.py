@@ -75,9 +75,9 @@ def _run(args: list[str], kill: tuple[str, str, int] | None = None, env: dict | 
 
 
 def _stable(node):
-    """``node`` without the volatile keys (timings, cache state, paths)."""
+    """``node`` without the volatile keys (timings, any ``*_seconds`` included; cache state; paths)."""
     if isinstance(node, dict):
-        return {k: _stable(v) for k, v in node.items() if k not in VOLATILE}
+        return {k: _stable(v) for k, v in node.items() if k not in VOLATILE and not k.endswith("_seconds")}
     if isinstance(node, list):
         return [_stable(v) for v in node]
     return node
@@ -108,3 +108,37 @@ def test_a_run_killed_then_rerun_gives_the_uninterrupted_results(reference, tmp_
     assert _stable(got) == _stable(expected)
     n_shards = -(-expected["corpus"]["n_utterances"] // SHARD_UTTS)
     assert got["store"]["shards_computed"] == (n_shards - 1 if point == "extraction" else 0)
+
+
+def _rounded(node):
+    """``node`` with floats to 12 digits (pystoi's ESTOI differs run to run in the 16th)."""
+    if isinstance(node, dict):
+        return {k: _rounded(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rounded(v) for v in node]
+    return float(f"{node:.12g}") if isinstance(node, float) else node
+
+
+def test_a_run_killed_in_its_jobs_resumes_the_finished_ones(reference, tmp_path):
+    corpus, _, env = reference
+    config = tmp_path / "jobs.toml"
+    config.write_text(f'model = "tiny-random-wav2vec2"\ncorpus = "{corpus}"\nlayers = [0, 1, 2]\nseed = 3\n'
+                      'attacks = ["speaker_id", "inversion"]\nworkers = 1\n'
+                      '[speaker_id]\nattackers = ["logreg"]\nn_boot = 200\n'
+                      '[inversion]\nlayers = ["leakiest", "last"]\nmax_epochs = 2\nn_eval = 4\nn_examples = 1\n'
+                      'skip_judges = true\nn_boot = 200\n')
+
+    def args(out: Path) -> list[str]:
+        return ["run", "--config", str(config), "--no-progress", "--cache-dir", str(tmp_path / "store"),
+                "--out", str(out)]
+
+    assert _run(args(tmp_path / "ref"), env=env) == 0
+    expected = json.loads((tmp_path / "ref" / "results.json").read_text())
+    # SIGKILL as the second of the two inversion jobs is about to be kept: the first one is on disk
+    assert _run(args(tmp_path / "r"), kill=("audit.job_cache", "atomic_save", 2), env=env) == -9
+    assert len(list((tmp_path / "store" / "jobs").glob("*/*.pkl"))) == 1
+    assert _run(args(tmp_path / "r"), env=env) == 0
+    got = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert got["resumed_jobs"] == 1 and expected["resumed_jobs"] == 0
+    assert not (tmp_path / "store" / "jobs").exists()
+    assert _rounded(_stable(got["layers"])) == _rounded(_stable(expected["layers"]))
