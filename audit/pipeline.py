@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import platform
 import sys
 import time
@@ -33,7 +32,7 @@ from audit.estimators import native_bfloat16
 from audit.extractor import Extractor, build_extractor, resolve_device
 from audit.family import AttackFamily, RunContext, plan_splits, select_layers
 from audit.gate import check_policy, evaluate, load_policy
-from audit.job_cache import JobCache, family_modules
+from audit.job_cache import JobCache, canonical, family_modules
 from audit.jobs import LayerJob, run_layer_jobs
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION
@@ -324,9 +323,11 @@ _DEFERRED = "frame attacker deferred until its frame_layers are chosen"
 
 def job_cache(store: EmbeddingStore, corpus: Corpus, run: RunContext, registry: dict[str, AttackFamily],
               out: Path) -> JobCache:
-    """The run's job cache, in the store's folder: keyed by the store, the corpus with its labels, the run
-    settings, versions and the source (:class:`audit.job_cache.JobCache`)."""
-    labels = hashlib.sha256(pickle.dumps(corpus.utterances, protocol=5)).hexdigest()
+    """The run's job cache in the store's folder (:class:`audit.job_cache.JobCache`).
+
+    Keyed by the store, the corpus with its labels, the run settings, the versions and the source.
+    """
+    labels = hashlib.sha256(repr(canonical(corpus.utterances)).encode()).hexdigest()
     parts = {"store": Path(store.root).name, "corpus": labels,
              **{k: str(v) for k, v in run.settings().items() if k != "progress"},
              **{k: v for k, v in environment().items() if k not in ("platform", "torch_threads")}}
