@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from audit.atomic import atomic_save
+from audit.results import listed_files
 
 #: (module, name) pairs an entry may reference: numpy's array and scalar reconstruction, and result classes.
 ALLOWED = frozenset({
@@ -94,21 +95,6 @@ def canonical(value: Any) -> Any:
     return ("pickle", hashlib.sha256(pickle.dumps(value, protocol=5)).hexdigest())
 
 
-def _listed_files(node: Any) -> list[str]:
-    """Every entry of every ``files`` list inside ``node`` (the example files a job wrote)."""
-    found: list[str] = []
-    if isinstance(node, dict):
-        if isinstance(node.get("files"), list):
-            found.extend(str(f) for f in node["files"])
-        for key, value in node.items():
-            if key != "files":
-                found.extend(_listed_files(value))
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            found.extend(_listed_files(value))
-    return found
-
-
 class JobCache:
     """Results of one run's finished jobs under ``root`` (a folder named by the run key).
 
@@ -154,7 +140,7 @@ class JobCache:
             warnings.warn(f"{path}: job cache entry unreadable ({type(err).__name__}: {err}); recomputing it",
                           stacklevel=2)
             return False, None
-        if self.out_dir is not None and any(not (self.out_dir / f).is_file() for f in _listed_files(value)):
+        if self.out_dir is not None and any(not (self.out_dir / f).is_file() for f in listed_files(value)):
             return False, None
         self.hits_ += 1
         return True, value

@@ -35,7 +35,7 @@ from audit.gate import check_policy, evaluate, load_policy
 from audit.job_cache import JobCache, canonical, family_modules
 from audit.jobs import LayerJob, run_layer_jobs
 from audit.report import write_report
-from audit.results import SCHEMA_VERSION
+from audit.results import SCHEMA_VERSION, listed_files
 from audit.splits import Split
 from audit.store import EmbeddingStore
 from audit.summary import headline, leakiest
@@ -187,7 +187,8 @@ class AuditPipeline:
                                                    results["summary"].get("leakiest_layer"), run, jobs)
         results["resumed_jobs"] = jobs.hits_
         results["figures"] = self._maps(cfg, store, corpus, results["summary"], out)
-        results["files"] = [f["file"] for f in results["figures"]] + _attack_files(layer_results)
+        results["files"] = [f["file"] for f in results["figures"]] + [
+            f for la in layer_results for f in listed_files(la.get("attacks"))]
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
         if policy is not None:
             results["verdict"] = evaluate(policy, results).to_dict()
@@ -351,23 +352,6 @@ def _restate_deferred(result: dict, note: str) -> None:
         for entry in (result.get(group) or {}).values():
             if isinstance(entry, dict) and entry.get("skipped") == _DEFERRED:
                 entry["skipped"] = note
-
-
-def _attack_files(layers: list[dict]) -> list[str]:
-    """Files the attacks wrote into the run folder (listenable examples): every ``files`` list in their results."""
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("files"), list):
-                found.extend(str(f) for f in node["files"])
-            for key, value in node.items():
-                if key != "files":
-                    walk(value)
-
-    for la in layers:
-        walk(la.get("attacks"))
-    return found
 
 
 def _version() -> str:

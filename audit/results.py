@@ -168,6 +168,24 @@ def fmt_still_learning(verdict: dict) -> str:
     return f"{verdict['metric']} {show(lo)} → {show(hi)} from {100 * f0:.0f}% to {100 * f1:.0f}% of its training data"
 
 
+def listed_files(node: Any) -> list[str]:
+    """Every entry of every ``files`` list inside ``node`` (dicts, lists and tuples walked): the files attacks wrote.
+
+    An inversion result lists its listenable examples there, relative to the run folder.
+    """
+    found: list[str] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("files"), list):
+            found.extend(str(f) for f in node["files"])
+        for key, value in node.items():
+            if key != "files":
+                found.extend(listed_files(value))
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            found.extend(listed_files(value))
+    return found
+
+
 def is_ok(result: dict | None) -> bool:
     """True for a result that ran (present and not skipped)."""
     return bool(result) and not result.get("skipped")

@@ -92,6 +92,18 @@ def write_tone_corpus(root: Path, *, n_speakers: int = 4, n_utts: int = 6, secon
     return root
 
 
+def rounded_floats(node, digits: int = 12):
+    """``node`` (nested dicts and lists) with floats to ``digits`` significant digits.
+
+    For comparing two runs' results: pystoi's ESTOI differs from run to run in the 16th digit.
+    """
+    if isinstance(node, dict):
+        return {k: rounded_floats(v, digits) for k, v in node.items()}
+    if isinstance(node, list):
+        return [rounded_floats(v, digits) for v in node]
+    return float(f"{node:.{digits}g}") if isinstance(node, float) else node
+
+
 def sine_wav(path: Path, seconds: float = 1.0, sr: int = 16000) -> Path:
     """A real ``seconds`` long 440 Hz sine WAV (PCM_16), folders created."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from audit.config import config_from_dict
 from audit.job_cache import JobCache
 from audit.pipeline import AuditPipeline
 from audit.utility import UtilityScore
-from tests.conftest import write_tone_corpus
+from tests.conftest import rounded_floats, write_tone_corpus
 
 
 def job(families, store, corpus, run, x):
@@ -85,12 +85,12 @@ def _config(tmp_path: Path, corpus: Path, out: str) -> dict:
 
 
 def _timeless(node):
-    """``node`` without timings, floats to 12 digits (pystoi's ESTOI differs run to run in the 16th)."""
-    if isinstance(node, dict):
-        return {k: _timeless(v) for k, v in node.items() if not k.endswith("seconds")}
-    if isinstance(node, list):
-        return [_timeless(v) for v in node]
-    return float(f"{node:.12g}") if isinstance(node, float) else node
+    """``node`` without timings, floats to 12 digits (:func:`tests.conftest.rounded_floats`)."""
+    def drop(n):
+        if isinstance(n, dict):
+            return {k: drop(v) for k, v in n.items() if not k.endswith("seconds")}
+        return [drop(v) for v in n] if isinstance(n, list) else n
+    return rounded_floats(drop(node))
 
 
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: spawned workers, 42 s

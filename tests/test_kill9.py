@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_tone_corpus
+from tests.conftest import rounded_floats, write_tone_corpus
 
 pytestmark = pytest.mark.slow  # seven audits in fresh processes (~100 s): `make test-all`
 
@@ -110,15 +110,6 @@ def test_a_run_killed_then_rerun_gives_the_uninterrupted_results(reference, tmp_
     assert got["store"]["shards_computed"] == (n_shards - 1 if point == "extraction" else 0)
 
 
-def _rounded(node):
-    """``node`` with floats to 12 digits (pystoi's ESTOI differs run to run in the 16th)."""
-    if isinstance(node, dict):
-        return {k: _rounded(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rounded(v) for v in node]
-    return float(f"{node:.12g}") if isinstance(node, float) else node
-
-
 def test_a_run_killed_in_its_jobs_resumes_the_finished_ones(reference, tmp_path):
     corpus, _, env = reference
     config = tmp_path / "jobs.toml"
@@ -141,4 +132,4 @@ def test_a_run_killed_in_its_jobs_resumes_the_finished_ones(reference, tmp_path)
     got = json.loads((tmp_path / "r" / "results.json").read_text())
     assert got["resumed_jobs"] == 1 and expected["resumed_jobs"] == 0
     assert not (tmp_path / "store" / "jobs").exists()
-    assert _rounded(_stable(got["layers"])) == _rounded(_stable(expected["layers"]))
+    assert rounded_floats(_stable(got["layers"])) == rounded_floats(_stable(expected["layers"]))
