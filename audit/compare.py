@@ -36,7 +36,7 @@ NOT_SET = "(not set)"
 
 
 class CompareError(SpeechAuditError):
-    """The runs cannot be compared (fewer than two, or results of different schema versions)."""
+    """The runs cannot be compared (fewer than two)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,9 @@ def compare_runs(runs: Sequence[str | Path], out: Path) -> ReportDocument:
     """Compare audit runs (run folders or ``results.json`` paths) and write the comparison into ``out``.
 
     Writes ``compare.md``, ``compare.html`` and one overlaid per-layer PNG per measure; returns
-    the document. Raises :class:`CompareError` for fewer than two runs or differing schema
-    versions, and :class:`~audit.results.ResultsError` naming a file that cannot be read.
+    the document. Raises :class:`CompareError` for fewer than two runs, and
+    :class:`~audit.results.ResultsError` naming a file that cannot be read (or of another schema
+    major version).
     """
     loaded = load_runs(runs)
     out = output_dir(Path(out))
@@ -120,17 +121,17 @@ def compare_runs(runs: Sequence[str | Path], out: Path) -> ReportDocument:
 
 
 def load_runs(runs: Sequence[str | Path]) -> list[Run]:
-    """Each run's results, checked: at least two, all of one schema version, each with a unique label."""
+    """Each run's results, checked: at least two, each with a unique label.
+
+    :func:`~audit.results.load_results` already refuses a schema major version other than this
+    tool's; minor versions only add keys, so runs of different minor versions are compared (the
+    comparison says so, and a figure an older run did not record is blank for it).
+    """
     if len(runs) < 2:
         named = ", ".join(str(r) for r in runs) or "none"
         raise CompareError(f"compare needs at least 2 runs (got {len(runs)}: {named})")
     files = [_results_file(Path(r)) for r in runs]
     results = [load_results(f) for f in files]
-    versions = [str(r["schema_version"]) for r in results]
-    for file, version in zip(files[1:], versions[1:]):
-        if version != versions[0]:
-            raise CompareError(f"cannot compare results of different schema versions: {files[0]} has schema "
-                               f"{versions[0]}, {file} has schema {version}; re-run the older audit")
     return [Run(label, f, r) for label, f, r in zip(_labels(files, results), files, results)]
 
 
@@ -277,9 +278,9 @@ def _index_list(indices: Sequence[int]) -> str:
 def _differences_section(runs: list[Run], measures: list[Measure]) -> Section:
     """What differs: the corpus warning, model/corpus/software provenance, config keys."""
     blocks: list = []
-    corpus_warning = _corpus_callout(runs, measures)
-    if corpus_warning:
-        blocks.append(corpus_warning)
+    for callout in (_corpus_callout(runs, measures), _schema_callout(runs)):
+        if callout:
+            blocks.append(callout)
     provenance = _provenance_table(runs)
     diff = _config_table(runs)
     differing = [row[0] for row in provenance.rows if row[-1] == "yes"]
@@ -361,6 +362,18 @@ def _corpus_callout(runs: list[Run], measures: list[Measure]) -> Callout | None:
                  "or defenses, audit them on one corpus.")
     return Callout("warning", "The runs audit different corpora: leakage figures are not directly comparable "
                    "(chance levels and attack difficulty differ)", items)
+
+
+def _schema_callout(runs: list[Run]) -> Callout | None:
+    """A note when the runs' results are of different minor schema versions (only keys were added)."""
+    versions = [str(run.results["schema_version"]) for run in runs]
+    if len(set(versions)) == 1:
+        return None
+    items = [f"{run.label}: schema {version}" for run, version in zip(runs, versions)]
+    items.append("Minor schema versions only add keys (reports/README.md lists them): a figure or note that a "
+                 "run's version did not record is blank for that run, not zero. Re-run the older audit for a "
+                 "like-for-like comparison.")
+    return Callout("info", "The runs' results are of different schema versions", items)
 
 
 def _overview_section(runs: list[Run], measures: list[Measure]) -> Section:

@@ -166,14 +166,29 @@ def test_different_corpora_warn_and_give_each_chance(tmp_path: Path):
     assert "tiny-model on other" in (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8")
 
 
-def test_different_schema_versions_are_refused_naming_both(tmp_path: Path):
-    a = write_run(tmp_path / "old", make_results(schema="2.0"))
-    b = write_run(tmp_path / "new", make_results(schema="2.1"))
-    with pytest.raises(CompareError) as err:
+def test_runs_of_different_minor_schema_versions_are_compared_with_a_note(tmp_path: Path):
+    old = make_results(model="old-model", schema="2.0")
+    del old["leakiest"]  # a 2.0 run predates some keys: the comparison recomputes or leaves them blank
+    a = write_run(tmp_path / "old", old)
+    b = write_run(tmp_path / "new", make_results(model="new-model", schema="2.7"))
+    doc = compare_runs([a, b], tmp_path / "cmp")
+    note = next(b for b in doc.section("differences").blocks
+                if isinstance(b, Callout) and "schema versions" in b.title)
+    assert note.kind == "info"
+    assert "old-model on synthetic: schema 2.0" in note.items and "new-model on synthetic: schema 2.7" in note.items
+    md = (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8")
+    assert "different schema versions" in md and "90.0%" in md
+    same = compare_runs([b, write_run(tmp_path / "new2", make_results(model="other", schema="2.7"))], tmp_path / "c2")
+    assert not any(isinstance(b, Callout) and "schema versions" in b.title for b in same.section("differences").blocks)
+
+
+def test_a_different_schema_major_version_is_refused_naming_the_file(tmp_path: Path):
+    a = write_run(tmp_path / "old", make_results(schema="1.0"))
+    b = write_run(tmp_path / "new", make_results(schema="2.7"))
+    with pytest.raises(SpeechAuditError) as err:
         compare_runs([a, b], tmp_path / "cmp")
     message = str(err.value)
-    assert str(a / "results.json") in message and str(b / "results.json") in message
-    assert "2.0" in message and "2.1" in message and "\n" not in message
+    assert str(a / "results.json") in message and "1.0" in message and "\n" not in message
     assert not (tmp_path / "cmp").exists()
 
 
