@@ -172,14 +172,15 @@ def test_runs_of_different_minor_schema_versions_are_compared_with_a_note(tmp_pa
     a = write_run(tmp_path / "old", old)
     b = write_run(tmp_path / "new", make_results(model="new-model", schema="2.7"))
     doc = compare_runs([a, b], tmp_path / "cmp")
-    note = next(b for b in doc.section("differences").blocks
-                if isinstance(b, Callout) and "schema versions" in b.title)
+    note = next(block for block in doc.section("differences").blocks
+                if isinstance(block, Callout) and "schema versions" in block.title)
     assert note.kind == "info"
     assert "old-model on synthetic: schema 2.0" in note.items and "new-model on synthetic: schema 2.7" in note.items
     md = (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8")
     assert "different schema versions" in md and "90.0%" in md
     same = compare_runs([b, write_run(tmp_path / "new2", make_results(model="other", schema="2.7"))], tmp_path / "c2")
-    assert not any(isinstance(b, Callout) and "schema versions" in b.title for b in same.section("differences").blocks)
+    assert not any(isinstance(block, Callout) and "schema versions" in block.title
+                   for block in same.section("differences").blocks)
 
 
 def test_a_different_schema_major_version_is_refused_naming_the_file(tmp_path: Path):
