@@ -34,7 +34,7 @@ from audit.embeddings import EmbeddingSet, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.family import AttackFamily, RunContext, plan_splits
 from audit.job_cache import JobCache
-from audit.jobs import run_jobs
+from audit.jobs import WorkerPool, run_jobs
 from audit.splits import Split, speaker_disjoint_split
 from audit.store import EmbeddingStore
 from audit.utility import UtilityScore, UtilityTask, measure_utility, resolve_task, retained, utility_split
@@ -158,11 +158,12 @@ def check_defense_layers(cfg: AuditConfig, num_layers: int) -> None:
 
 
 def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, AttackFamily], store: EmbeddingStore,
-                 corpus: Any, leakiest: int | None, run: RunContext, cache: JobCache | None = None) -> list[dict]:
+                 corpus: Any, leakiest: int | None, run: RunContext, cache: JobCache | None = None,
+                 pool: WorkerPool | None = None) -> list[dict]:
     """Every defense setting on every layer it names, the undefended reference first (see the module docstring).
 
-    Each layer's comparison is split into jobs (:mod:`audit.jobs`, over ``cfg.workers``
-    processes): one job trains every attacker on undefended embeddings once, for the reference
+    Each layer's comparison is split into jobs (:mod:`audit.jobs`, over the run's ``pool`` or
+    ``cfg.workers`` processes): one job trains every attacker on undefended embeddings once, for the reference
     and for every setting's ignorant and lazy-informed scenarios; one job per setting fits the
     defense and retrains every attacker on defended embeddings (semi-informed) and probes utility.
     With a ``cache``, parts an interrupted run finished are read back (:class:`audit.job_cache.JobCache`).
@@ -177,7 +178,7 @@ def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, Attack
         jobs.append((_undefended_part, (plan, cfg, la, named[la])))
         jobs += [(_retrained_part, (plan, cfg, la, k)) for k in named[la]]
     parts = iter(run_jobs(jobs, families=families, store=store, corpus=corpus, run=run, workers=cfg.workers,
-                          progress=run.progress, desc="defense settings", cache=cache))
+                          progress=run.progress, desc="defense settings", cache=cache, pool=pool))
     entries = []
     for la in layers:
         reference, undefended_utility, undefended_scenarios = next(parts)

@@ -3,20 +3,23 @@
 The costly attacks of an audit (frame-level attackers, inversion decoders) train small torch
 networks that do not get faster with more threads on a few cores; two of them side by side, one
 thread each, use a 2-core machine fully. :func:`run_jobs` runs a list of jobs in order in this
-process (``workers = 1``) or over a pool of ``workers`` processes (spawned, one torch and one
-BLAS thread each); :func:`run_layer_jobs` does so for :class:`LayerJob`. A job carries
-everything it needs (settings, splits, the store folder, the corpus), so a worker opens the
-store itself and shares nothing with the parent but the files. Each job seeds its attack from the
-run's seed as in-process, so its numbers are the same, up to float rounding where one thread
-sums in a different order than two.
+process (``workers = 1``) or over a :class:`WorkerPool` of ``workers`` processes (spawned, one
+torch and one BLAS thread each); :func:`run_layer_jobs` does so for :class:`LayerJob`. A job
+carries everything it needs (settings, splits), and a worker opens the store itself, so it
+shares nothing with the parent but the files. One pool serves every :func:`run_jobs` call of a
+run (the layer jobs, then the defense comparison): its workers start once, and each keeps one
+run context for all the jobs it runs, as this process keeps ``run`` for in-process jobs. Each
+job seeds its attack from the run's seed as in-process, so its numbers are the same, up to
+float rounding where one thread sums in a different order than two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,31 +52,98 @@ def attack_one(families: dict[str, AttackFamily], store: EmbeddingStore, corpus:
     return result, time.perf_counter() - t0
 
 
-def _in_worker(function: Callable[..., Any], args: tuple, store_root: str, corpus: Corpus,
-               run_settings: dict) -> Any:
-    """One job in a worker process: one torch and one BLAS thread, the store opened from its folder."""
+#: The worker process's own state (its families, store and run context), filled once by the pool's
+#: initializer in each worker; the parent process never writes it.
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(store_root: str, corpus: Corpus, run_settings: dict) -> None:
+    """A worker's start: one torch thread, the families loaded, the store opened, one run context for all its jobs."""
     import torch
-    from threadpoolctl import threadpool_limits
 
     from attacks import load_families
 
     torch.set_num_threads(1)
+    _WORKER.update(families=load_families(), store=EmbeddingStore(store_root, check_hashes=False), corpus=corpus,
+                   run=RunContext(**run_settings))
+
+
+def _ready() -> bool:
+    """A no-op job: submitted once per worker so that every worker starts (and imports torch) at once."""
+    return True
+
+
+def _in_worker(function: Callable[..., Any], args: tuple) -> Any:
+    """One job in a worker process, on one BLAS thread, with the worker's families, store and run context."""
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1):
-        store = EmbeddingStore(store_root, check_hashes=False)
-        return function(load_families(), store, corpus, RunContext(**run_settings), *args)
+        return function(_WORKER["families"], _WORKER["store"], _WORKER["corpus"], _WORKER["run"], *args)
+
+
+class WorkerPool:
+    """``workers`` spawned processes for a run's jobs, started once and shared by its :func:`run_jobs` calls.
+
+    Each worker starts with one torch thread, opens the store from its folder and builds one run
+    context from ``run``'s settings (progress bars off); what that context's memo loads or
+    computes (judges, per-run analyses, fitted attackers and defenses) stays for the worker's
+    next job. Entering the pool starts every worker at once, so that they import torch while this
+    process does other work (the first pass); with ``workers <= 1`` it starts nothing and
+    :func:`run_jobs` runs the jobs in this process.
+    """
+
+    def __init__(self, workers: int, store: EmbeddingStore, corpus: Corpus, run: RunContext) -> None:
+        self.workers = workers
+        self.store = store
+        self.corpus = corpus
+        self.run = run
+        self._executor: ProcessPoolExecutor | None = None
+
+    def start(self) -> "WorkerPool":
+        """Spawn the workers (once); a no-op with ``workers <= 1``."""
+        if self.workers > 1 and self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(str(Path(self.store.root)), self.corpus, {**self.run.settings(), "progress": False}))
+            for _ in range(self.workers):
+                self._executor.submit(_ready)
+        return self
+
+    def submit(self, function: Callable[..., Any], args: tuple) -> Future:
+        """Run ``function(families, store, corpus, run, *args)`` in a worker."""
+        return self.start()._executor.submit(_in_worker, function, args)
+
+    def close(self) -> None:
+        """Stop the workers; jobs not yet started are cancelled."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str, AttackFamily],
              store: EmbeddingStore, corpus: Corpus, run: RunContext, workers: int = 1, progress: bool = False,
-             desc: str = "jobs", cache: JobCache | None = None) -> list[Any]:
-    """Each ``function(families, store, corpus, run, *args)`` of ``jobs``, in order; over ``workers`` processes if > 1.
+             desc: str = "jobs", cache: JobCache | None = None, pool: WorkerPool | None = None) -> list[Any]:
+    """Each ``function(families, store, corpus, run, *args)`` of ``jobs``, in order; over worker processes.
 
-    ``function`` must be a module-level function and ``args`` picklable. In this process the
-    jobs share ``run`` (and what its memo keeps); in a worker each job gets a fresh run context
-    with the same settings, so it recomputes what it needs. Submitted in list order: put the
-    longest first. With a ``cache``, a job a previous, interrupted run finished is read back
+    ``function`` must be a module-level function and ``args`` picklable. The jobs run over
+    ``pool`` (the run's :class:`WorkerPool`, for this ``store``, ``corpus`` and ``run``) when one
+    is given, else over a pool of ``workers`` processes started for this call when ``workers >
+    1``, else here. Here the jobs share ``run`` (and what its memo keeps); in a worker they
+    share that worker's run context, built with the same settings. Submitted in list order: put
+    the longest first. With a ``cache``, a job a previous, interrupted run finished is read back
     instead of run, and each job's result is kept there as soon as it finishes.
     """
+    if pool is not None:
+        if Path(pool.store.root) != Path(store.root):
+            raise ValueError(f"run_jobs: the pool's workers read the store {pool.store.root}, not {store.root}")
+        workers = pool.workers
     out: list[Any] = [None] * len(jobs)
     keys = [cache.key(function, args) if cache is not None else "" for function, args in jobs]
     todo = []
@@ -96,10 +166,9 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str
         return out
     if not todo:
         return out
-    run_settings = {**run.settings(), "progress": False}
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_in_worker, *jobs[k], str(Path(store.root)), corpus, run_settings): k for k in todo}
+    own = WorkerPool(min(workers, len(todo)), store, corpus, run) if pool is None else None
+    with own or contextlib.nullcontext(pool) as used:
+        futures = {used.submit(*jobs[k]): k for k in todo}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({workers} workers)",
                            disable=not progress):
             finished(futures[future], future.result())
@@ -108,12 +177,12 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str
 
 def run_layer_jobs(jobs: list[LayerJob], *, families: dict[str, AttackFamily], settings: Callable[[str], Any],
                    splits: dict[str, Split], store: EmbeddingStore, corpus: Corpus, run: RunContext,
-                   workers: int = 1, progress: bool = False,
-                   cache: JobCache | None = None) -> list[tuple[dict, float]]:
-    """Each job's ``(result, seconds)``, in the order of ``jobs``; over ``workers`` processes when > 1."""
+                   workers: int = 1, progress: bool = False, cache: JobCache | None = None,
+                   pool: WorkerPool | None = None) -> list[tuple[dict, float]]:
+    """Each job's ``(result, seconds)``, in the order of ``jobs``; over ``pool`` or ``workers`` as :func:`run_jobs`."""
     return run_jobs([(attack_one, (job, settings(job.family), splits[job.family])) for job in jobs],
                     families=families, store=store, corpus=corpus, run=run, workers=workers, progress=progress,
-                    desc="layer jobs", cache=cache)
+                    desc="layer jobs", cache=cache, pool=pool)
 
 
-__all__ = ["LayerJob", "attack_one", "run_jobs", "run_layer_jobs"]
+__all__ = ["LayerJob", "WorkerPool", "attack_one", "run_jobs", "run_layer_jobs"]

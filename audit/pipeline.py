@@ -25,7 +25,7 @@ from audit.audio_check import check_corpus_audio, skipped_weakening
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
 from audit.distributed import is_main, rank_device
-from audit.defense_runner import check_defense_layers, plan_defenses, run_defenses
+from audit.defense_runner import DefensePlan, check_defense_layers, plan_defenses, run_defenses
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import native_bfloat16
@@ -33,7 +33,7 @@ from audit.extractor import Extractor, build_extractor, resolve_device
 from audit.family import AttackFamily, RunContext, plan_splits, select_layers
 from audit.gate import check_policy, evaluate, load_policy
 from audit.job_cache import JobCache, canonical, family_modules
-from audit.jobs import LayerJob, run_layer_jobs
+from audit.jobs import LayerJob, WorkerPool, run_layer_jobs
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION, listed_files
 from audit.splits import Split
@@ -143,10 +143,20 @@ class AuditPipeline:
         # logistic regression with 2 threads on a busy 2-core machine), so attackers run on one BLAS thread.
         every_layer = {n: s for n, s in splits.items() if getattr(cfg.settings(n), "layers", None) is None}
         jobs = job_cache(store, corpus, run, registry, out)
-        with threadpool_limits(limits=1, user_api="blas"):
-            layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
-                             for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
-            self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers, run, jobs)
+        # One pool for the second pass and the defense comparison, started now: its workers import torch while this
+        # process runs the first pass.
+        with WorkerPool(self._pool_workers(cfg, splits, defense_plan), store, corpus, run) as pool:
+            with threadpool_limits(limits=1, user_api="blas"):
+                layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
+                                 for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
+                self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers, run,
+                                  jobs, pool)
+            defenses = None
+            if defense_plan is not None:
+                # All thread pools (BLAS, OpenMP: k-means, LEACE's linear algebra) at one thread: 3-8x faster here.
+                with threadpool_limits(limits=1):
+                    defenses = run_defenses(defense_plan, cfg, registry, store, corpus,
+                                            headline(layer_results).get("leakiest_layer"), run, jobs, pool)
         results = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "speech-audit", "version": _version()},
@@ -181,10 +191,7 @@ class AuditPipeline:
         results["leakiest"] = leakiest(layer_results)
         if defense_plan is not None:
             results["defense_plan"] = defense_plan.describe(labels)
-            # All pools (BLAS and OpenMP: k-means, LEACE's linear algebra) at one thread: measured 3-8x faster here.
-            with threadpool_limits(limits=1):
-                results["defenses"] = run_defenses(defense_plan, cfg, registry, store, corpus,
-                                                   results["summary"].get("leakiest_layer"), run, jobs)
+            results["defenses"] = defenses
         results["resumed_jobs"] = jobs.hits_
         results["figures"] = self._maps(cfg, store, corpus, results["summary"], out)
         results["files"] = [f["file"] for f in results["figures"]] + [
@@ -242,9 +249,16 @@ class AuditPipeline:
         return {**store.layer_info(layer), "attacks": attacks, "attack_seconds": seconds}
 
     @staticmethod
+    def _pool_workers(cfg: AuditConfig, splits: dict[str, Split], defense_plan: DefensePlan | None) -> int:
+        """``cfg.workers`` when the run has jobs for a pool (a second pass or a defense comparison), else 1."""
+        second = any(getattr(cfg.settings(name), key, None) is not None
+                     for name in splits for key in ("layers", "frame_layers"))
+        return cfg.workers if second or defense_plan is not None else 1
+
+    @staticmethod
     def _second_pass(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
                      store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
-                     run: RunContext, cache: JobCache | None = None) -> None:
+                     run: RunContext, cache: JobCache | None = None, pool: WorkerPool | None = None) -> None:
         """The costly attacks, on the layers their settings name, once the headline layer is known.
 
         * A family whose settings name ``frame_layers`` ran in the first pass without its frame
@@ -255,7 +269,7 @@ class AuditPipeline:
           attacks the chosen layers now, and other layers record why it did not run there.
 
         ``leakiest`` is the first pass's headline layer (the pooled attackers'). The jobs run over
-        ``cfg.workers`` processes (:mod:`audit.jobs`), the longest kind first; with a ``cache``,
+        the run's ``pool`` (:mod:`audit.jobs`), the longest kind first; with a ``cache``,
         jobs an interrupted run finished are read back.
         """
         leaky = headline(layer_results).get("leakiest_layer")
@@ -280,7 +294,8 @@ class AuditPipeline:
             (selected if key == "layers" else frame).extend(LayerJob(name, i) for i in chosen)
         jobs = selected + frame
         done = run_layer_jobs(jobs, families=registry, settings=cfg.settings, splits=splits, store=store,
-                              corpus=corpus, run=run, workers=cfg.workers, progress=cfg.progress, cache=cache)
+                              corpus=corpus, run=run, workers=cfg.workers, progress=cfg.progress, cache=cache,
+                              pool=pool)
         for job, (result, seconds) in zip(jobs, done):
             la = by_index[job.layer]
             first = la["attack_seconds"].get(job.family, 0.0) if job in frame else 0.0

@@ -1,0 +1,70 @@
+"""The run's worker pool: started once for every run_jobs call, each worker keeping one run context for its jobs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from audit.corpus import load_manifest
+from audit.extractor import build_extractor
+from audit.family import RunContext
+from audit.jobs import WorkerPool, run_jobs
+from audit.store import EmbeddingStore
+
+
+def remembered(families, store, corpus, run, k):
+    """A job (module level, as run_jobs needs): its worker's pid, and the first value its run memo kept for 'first'."""
+    return os.getpid(), run.once("first", lambda: k), len(store), len(corpus), run.seed
+
+
+@pytest.fixture
+def small_store(tone_corpus, tmp_path):
+    corpus = load_manifest(tone_corpus)
+    store = EmbeddingStore.build(build_extractor("tiny-random-wav2vec2"), corpus, cache_dir=tmp_path / "s",
+                                 progress=False)
+    return store, corpus
+
+
+def test_one_pool_serves_every_call_and_each_worker_keeps_its_run_context(small_store):
+    store, corpus = small_store
+    run = RunContext(seed=7)
+    jobs = [(remembered, (k,)) for k in range(6)]
+    with WorkerPool(2, store, corpus, run) as pool:
+        first = run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool)
+        second = run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool)
+    pids = {pid for pid, *_ in first}
+    assert {pid for pid, *_ in second} <= pids and os.getpid() not in pids and len(pids) <= 2
+    kept = {}
+    for pid, value, n_store, n_corpus, seed in first + second:
+        assert kept.setdefault(pid, value) == value  # a worker's later jobs see what its first job kept
+        assert (n_store, n_corpus, seed) == (len(store), len(corpus), 7)
+    assert not run.has("first")  # the parent's own context is untouched
+
+
+def test_without_a_pool_the_jobs_share_this_process_run_context(small_store):
+    store, corpus = small_store
+    run = RunContext(seed=7)
+    out = run_jobs([(remembered, (k,)) for k in range(3)], families={}, store=store, corpus=corpus, run=run)
+    assert [(pid, value) for pid, value, *_ in out] == [(os.getpid(), 0)] * 3
+    with WorkerPool(1, store, corpus, run) as pool:  # one worker: nothing spawned, the jobs run here
+        assert run_jobs([(remembered, (5,))] * 2, families={}, store=store, corpus=corpus, run=run,
+                        pool=pool)[0][:2] == (os.getpid(), 0)
+
+
+def test_a_pool_for_another_store_is_refused(small_store, tmp_path):
+    store, corpus = small_store
+    other = EmbeddingStore.build(build_extractor("tiny-random-wav2vec2"), corpus, cache_dir=tmp_path / "other",
+                                 progress=False)
+    run = RunContext()
+    with pytest.raises(ValueError, match="the pool's workers read the store"):
+        run_jobs([(remembered, (0,))] * 2, families={}, store=store, corpus=corpus, run=run,
+                 pool=WorkerPool(2, other, corpus, run))
+
+
+def test_a_call_without_a_pool_runs_its_jobs_over_workers_of_its_own(small_store):
+    store, corpus = small_store
+    run = RunContext(seed=7)
+    out = run_jobs([(remembered, (k,)) for k in range(4)], families={}, store=store, corpus=corpus, run=run,
+                   workers=2)
+    assert os.getpid() not in {pid for pid, *_ in out} and [row[2] for row in out] == [len(store)] * 4
