@@ -64,8 +64,11 @@ def _start_worker(store_root: str, corpus: Corpus, run_settings: dict) -> None:
     from attacks import load_families
 
     torch.set_num_threads(1)
-    _WORKER.update(families=load_families(), store=EmbeddingStore(store_root, check_hashes=False), corpus=corpus,
-                   run=RunContext(**run_settings))
+    try:
+        _WORKER.update(families=load_families(), store=EmbeddingStore(store_root, check_hashes=False), corpus=corpus,
+                       run=RunContext(**run_settings))
+    except Exception as err:  # raised again by each job, so the parent meets the cause, not a broken pool
+        _WORKER["error"] = err
 
 
 def _ready() -> bool:
@@ -77,6 +80,8 @@ def _in_worker(function: Callable[..., Any], args: tuple) -> Any:
     """One job in a worker process, on one BLAS thread, with the worker's families, store and run context."""
     from threadpoolctl import threadpool_limits
 
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     with threadpool_limits(limits=1):
         return function(_WORKER["families"], _WORKER["store"], _WORKER["corpus"], _WORKER["run"], *args)
 
@@ -87,9 +92,11 @@ class WorkerPool:
     Each worker starts with one torch thread, opens the store from its folder and builds one run
     context from ``run``'s settings (progress bars off); what that context's memo loads or
     computes (judges, per-run analyses, fitted attackers and defenses) stays for the worker's
-    next job. Entering the pool starts every worker at once, so that they import torch while this
-    process does other work (the first pass); with ``workers <= 1`` it starts nothing and
-    :func:`run_jobs` runs the jobs in this process.
+    next job. A worker that cannot start (say, its store folder lost its index) raises the cause
+    from each job it is given, so this process meets it rather than a broken pool. Entering the
+    pool starts every worker at once, so that they import torch while this process does other
+    work (the first pass); with ``workers <= 1`` it starts nothing and :func:`run_jobs` runs the
+    jobs in this process.
     """
 
     def __init__(self, workers: int, store: EmbeddingStore, corpus: Corpus, run: RunContext) -> None:

@@ -68,3 +68,16 @@ def test_a_call_without_a_pool_runs_its_jobs_over_workers_of_its_own(small_store
     out = run_jobs([(remembered, (k,)) for k in range(4)], families={}, store=store, corpus=corpus, run=run,
                    workers=2)
     assert os.getpid() not in {pid for pid, *_ in out} and [row[2] for row in out] == [len(store)] * 4
+
+
+def test_a_worker_that_cannot_open_the_store_raises_its_cause_in_this_process(small_store, tmp_path):
+    import shutil
+
+    from audit.errors import StoreError
+
+    store, corpus = small_store
+    moved = EmbeddingStore(shutil.copytree(store.root, tmp_path / "copy"), check_hashes=False)
+    (moved.root / "index.json").unlink()  # the folder loses its index after this process opened it
+    run = RunContext()
+    with pytest.raises(StoreError, match=r"copy: not a complete embedding store \(no index.json\)"):
+        run_jobs([(remembered, (0,))] * 2, families={}, store=moved, corpus=corpus, run=run, workers=2)
