@@ -163,9 +163,10 @@ def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, Attack
     """Every defense setting on every layer it names, the undefended reference first (see the module docstring).
 
     Each layer's comparison is split into jobs (:mod:`audit.jobs`, over the run's ``pool`` or
-    ``cfg.workers`` processes): one job trains every attacker on undefended embeddings once, for the reference
-    and for every setting's ignorant and lazy-informed scenarios; one job per setting fits the
-    defense and retrains every attacker on defended embeddings (semi-informed) and probes utility.
+    ``cfg.workers`` processes): one job trains every attacker on undefended embeddings once, for
+    the reference and for every setting's ignorant and lazy-informed scenarios; one job per
+    setting fits the defense and retrains every attacker on defended embeddings (semi-informed)
+    and probes utility.
     With a ``cache``, parts an interrupted run finished are read back (:class:`audit.job_cache.JobCache`).
     """
     last = store.num_layers - 1
