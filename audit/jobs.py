@@ -118,8 +118,11 @@ class WorkerPool:
         return self
 
     def submit(self, function: Callable[..., Any], args: tuple) -> Future:
-        """Run ``function(families, store, corpus, run, *args)`` in a worker."""
-        return self.start()._executor.submit(_in_worker, function, args)
+        """Run ``function(families, store, corpus, run, *args)`` in a worker (a pool of more than one)."""
+        executor = self.start()._executor
+        if executor is None:
+            raise ValueError(f"WorkerPool({self.workers}) starts no workers: run its jobs in this process (run_jobs)")
+        return executor.submit(_in_worker, function, args)
 
     def close(self) -> None:
         """Stop the workers; jobs not yet started are cancelled."""
@@ -173,8 +176,8 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str
         return out
     if not todo:
         return out
-    own = WorkerPool(min(workers, len(todo)), store, corpus, run) if pool is None else None
-    with own or contextlib.nullcontext(pool) as used:
+    scope = WorkerPool(min(workers, len(todo)), store, corpus, run) if pool is None else contextlib.nullcontext(pool)
+    with scope as used:
         futures = {used.submit(*jobs[k]): k for k in todo}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({workers} workers)",
                            disable=not progress):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -50,12 +51,13 @@ def test_without_a_pool_the_jobs_share_this_process_run_context(small_store):
     with WorkerPool(1, store, corpus, run) as pool:  # one worker: nothing spawned, the jobs run here
         assert run_jobs([(remembered, (5,))] * 2, families={}, store=store, corpus=corpus, run=run,
                         pool=pool)[0][:2] == (os.getpid(), 0)
+        with pytest.raises(ValueError, match=r"WorkerPool\(1\) starts no workers"):
+            pool.submit(remembered, (0,))
 
 
 def test_a_pool_for_another_store_is_refused(small_store, tmp_path):
     store, corpus = small_store
-    other = EmbeddingStore.build(build_extractor("tiny-random-wav2vec2"), corpus, cache_dir=tmp_path / "other",
-                                 progress=False)
+    other = EmbeddingStore(shutil.copytree(store.root, tmp_path / "other"), check_hashes=False)
     run = RunContext()
     with pytest.raises(ValueError, match="the pool's workers read the store"):
         run_jobs([(remembered, (0,))] * 2, families={}, store=store, corpus=corpus, run=run,
@@ -71,13 +73,11 @@ def test_a_call_without_a_pool_runs_its_jobs_over_workers_of_its_own(small_store
 
 
 def test_a_worker_that_cannot_open_the_store_raises_its_cause_in_this_process(small_store, tmp_path):
-    import shutil
-
     from audit.errors import StoreError
 
     store, corpus = small_store
-    moved = EmbeddingStore(shutil.copytree(store.root, tmp_path / "copy"), check_hashes=False)
-    (moved.root / "index.json").unlink()  # the folder loses its index after this process opened it
+    broken = EmbeddingStore(shutil.copytree(store.root, tmp_path / "copy"), check_hashes=False)
+    (broken.root / "index.json").unlink()  # the folder loses its index after this process opened it
     run = RunContext()
     with pytest.raises(StoreError, match=r"copy: not a complete embedding store \(no index.json\)"):
-        run_jobs([(remembered, (0,))] * 2, families={}, store=moved, corpus=corpus, run=run, workers=2)
+        run_jobs([(remembered, (0,))] * 2, families={}, store=broken, corpus=corpus, run=run, workers=2)
