@@ -30,6 +30,7 @@ import numpy as np
 from audit.config import AuditConfig, DefenseSpec
 from audit.curves import still_learning
 from audit.defense import DefenseContext, DefenseFailed, DefenseFamily
+from audit.defense_tables import setting_label
 from audit.embeddings import EmbeddingSet, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.family import AttackFamily, RunContext, plan_splits
@@ -175,11 +176,16 @@ def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, Attack
     named = {la: [k for k, (spec, _, _) in enumerate(plan.settings) if la in spec_layers[cfg.defenses.index(spec)]]
              for la in layers}
     jobs: list[tuple[Any, tuple]] = []
+    labels: list[str] = []
     for la in layers:
         jobs.append((_undefended_part, (plan, cfg, la, named[la])))
-        jobs += [(_retrained_part, (plan, cfg, la, k)) for k in named[la]]
+        labels.append(f"defense layer {la}: undefended attackers")
+        for k in named[la]:
+            jobs.append((_retrained_part, (plan, cfg, la, k)))
+            spec, params, _ = plan.settings[k]
+            labels.append(f"defense layer {la}: {setting_label({'name': spec.name, 'params': params})}")
     parts = iter(run_jobs(jobs, families=families, store=store, corpus=corpus, run=run, workers=cfg.workers,
-                          progress=run.progress, desc="defense settings", cache=cache, pool=pool))
+                          progress=run.progress, desc="defense settings", cache=cache, pool=pool, labels=labels))
     entries = []
     for la in layers:
         reference, undefended_utility, undefended_scenarios = next(parts)

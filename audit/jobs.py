@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -32,6 +33,7 @@ from audit.family import AttackFamily, RunContext
 from audit.job_cache import JobCache
 from audit.splits import Split
 from audit.store import EmbeddingStore
+from audit.timeline import RunTimeline
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,19 @@ def _ready() -> bool:
     return True
 
 
-def _in_worker(function: Callable[..., Any], args: tuple) -> Any:
-    """One job in a worker process, on one BLAS thread, with the worker's families, store and run context."""
+def _in_worker(function: Callable[..., Any], args: tuple) -> tuple[Any, int, float, float]:
+    """One job in a worker process, on one BLAS thread, with the worker's families, store and run context.
+
+    Returns the job's value, this worker's pid, and the job's start and end (``time.time()``).
+    """
     from threadpoolctl import threadpool_limits
 
     if "error" in _WORKER:
         raise _WORKER["error"]
+    start = time.time()
     with threadpool_limits(limits=1):
-        return function(_WORKER["families"], _WORKER["store"], _WORKER["corpus"], _WORKER["run"], *args)
+        value = function(_WORKER["families"], _WORKER["store"], _WORKER["corpus"], _WORKER["run"], *args)
+    return value, os.getpid(), start, time.time()
 
 
 class WorkerPool:
@@ -92,18 +99,21 @@ class WorkerPool:
     Each worker starts with one torch thread, opens the store from its folder and builds one run
     context from ``run``'s settings (progress bars off); what that context's memo loads or
     computes (judges, per-run analyses, fitted attackers and defenses) stays for the worker's
-    next job. A worker that cannot start (say, its store folder lost its index) raises the cause
+    next job. With a ``timeline``, :func:`run_jobs` records there where and when each job ran.
+    A worker that cannot start (say, its store folder lost its index) raises the cause
     from each job it is given, so this process meets it rather than a broken pool. Entering the
     pool starts every worker at once, so that they import torch while this process does other
     work (the first pass); with ``workers <= 1`` it starts nothing and :func:`run_jobs` runs the
     jobs in this process.
     """
 
-    def __init__(self, workers: int, store: EmbeddingStore, corpus: Corpus, run: RunContext) -> None:
+    def __init__(self, workers: int, store: EmbeddingStore, corpus: Corpus, run: RunContext,
+                 timeline: RunTimeline | None = None) -> None:
         self.workers = workers
         self.store = store
         self.corpus = corpus
         self.run = run
+        self.timeline = timeline
         self._executor: ProcessPoolExecutor | None = None
 
     def start(self) -> "WorkerPool":
@@ -118,7 +128,10 @@ class WorkerPool:
         return self
 
     def submit(self, function: Callable[..., Any], args: tuple) -> Future:
-        """Run ``function(families, store, corpus, run, *args)`` in a worker (a pool of more than one)."""
+        """Run ``function(families, store, corpus, run, *args)`` in a worker (a pool of more than one).
+
+        The future's result is ``(value, worker pid, start, end)``, the stamps from ``time.time()``.
+        """
         executor = self.start()._executor
         if executor is None:
             raise ValueError(f"WorkerPool({self.workers}) starts no workers: run its jobs in this process (run_jobs)")
@@ -139,7 +152,8 @@ class WorkerPool:
 
 def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str, AttackFamily],
              store: EmbeddingStore, corpus: Corpus, run: RunContext, workers: int = 1, progress: bool = False,
-             desc: str = "jobs", cache: JobCache | None = None, pool: WorkerPool | None = None) -> list[Any]:
+             desc: str = "jobs", cache: JobCache | None = None, pool: WorkerPool | None = None,
+             labels: list[str] | None = None) -> list[Any]:
     """Each ``function(families, store, corpus, run, *args)`` of ``jobs``, in order; over worker processes.
 
     ``function`` must be a module-level function and ``args`` picklable. The jobs run over
@@ -148,8 +162,13 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str
     1``, else here. Here the jobs share ``run`` (and what its memo keeps); in a worker they
     share that worker's run context, built with the same settings. Submitted in list order: put
     the longest first. With a ``cache``, a job a previous, interrupted run finished is read back
-    instead of run, and each job's result is kept there as soon as it finishes.
+    instead of run, and each job's result is kept there as soon as it finishes. When ``pool``
+    has a timeline, each job is recorded there under its entry in ``labels`` (default: its
+    function's name).
     """
+    if labels is not None and len(labels) != len(jobs):
+        raise ValueError(f"run_jobs: {len(labels)} labels for {len(jobs)} jobs")
+    timeline = pool.timeline if pool is not None else None
     if pool is not None:
         if Path(pool.store.root) != Path(store.root):
             raise ValueError(f"run_jobs: the pool's workers read the store {pool.store.root}, not {store.root}")
@@ -161,18 +180,25 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str
         hit, value = cache.load(key) if cache is not None else (False, None)
         if hit:
             out[k] = value
+            if timeline is not None:
+                now = time.time()
+                timeline.job(_label(jobs, labels, k), None, now, now, resumed=True)
         else:
             todo.append(k)
 
-    def finished(k: int, value: Any) -> None:
+    def finished(k: int, value: Any, pid: int | None, start: float, end: float) -> None:
         out[k] = value
         if cache is not None:
             cache.save(keys[k], value)
+        if timeline is not None:
+            timeline.job(_label(jobs, labels, k), pid, start, end)
 
     if workers <= 1 or len(jobs) <= 1:  # as an uninterrupted run would: resumed jobs run where they ran
         for k in tqdm(todo, desc=desc, disable=not progress):
             function, args = jobs[k]
-            finished(k, function(families, store, corpus, run, *args))
+            start = time.time()
+            value = function(families, store, corpus, run, *args)
+            finished(k, value, None, start, time.time())
         return out
     if not todo:
         return out
@@ -181,8 +207,12 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], *, families: dict[str
         futures = {used.submit(*jobs[k]): k for k in todo}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({workers} workers)",
                            disable=not progress):
-            finished(futures[future], future.result())
+            finished(futures[future], *future.result())
     return out
+
+
+def _label(jobs: list[tuple[Callable[..., Any], tuple]], labels: list[str] | None, k: int) -> str:
+    return labels[k] if labels is not None else jobs[k][0].__name__
 
 
 def run_layer_jobs(jobs: list[LayerJob], *, families: dict[str, AttackFamily], settings: Callable[[str], Any],
@@ -192,7 +222,8 @@ def run_layer_jobs(jobs: list[LayerJob], *, families: dict[str, AttackFamily], s
     """Each job's ``(result, seconds)``, in the order of ``jobs``; over ``pool`` or ``workers`` as :func:`run_jobs`."""
     return run_jobs([(attack_one, (job, settings(job.family), splits[job.family])) for job in jobs],
                     families=families, store=store, corpus=corpus, run=run, workers=workers, progress=progress,
-                    desc="layer jobs", cache=cache, pool=pool)
+                    desc="layer jobs", cache=cache, pool=pool,
+                    labels=[f"{job.family} layer {job.layer}" for job in jobs])
 
 
 __all__ = ["LayerJob", "WorkerPool", "attack_one", "run_jobs", "run_layer_jobs"]

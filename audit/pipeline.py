@@ -39,6 +39,7 @@ from audit.results import SCHEMA_VERSION, listed_files
 from audit.splits import Split
 from audit.store import EmbeddingStore
 from audit.summary import headline, leakiest
+from audit.timeline import RunTimeline
 from defenses import load_defenses
 
 THREAT_MODEL = (
@@ -101,6 +102,7 @@ class AuditPipeline:
         """
         cfg = self.config.validate().effective()
         t0 = time.perf_counter()
+        timeline = RunTimeline()
         out = Path(cfg.out or Path("reports") / cfg.run_name())
         registry = load_families()
         policy = load_policy(cfg.policy, registry, set(load_defenses())) if cfg.policy else None
@@ -134,8 +136,10 @@ class AuditPipeline:
         for name in splits:
             if registry[name].preflight is not None and is_main():
                 registry[name].preflight(cfg.settings(name), run)
-        store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
-                                     progress=cfg.progress)
+        timeline.add_phase("checks and setup", timeline.origin)
+        with timeline.phase("store"):
+            store = EmbeddingStore.build(extractor, corpus, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
+                                         progress=cfg.progress)
         if not is_main():
             # Under torchrun every rank helps build the store; only rank 0 attacks and reports.
             return {"worker": True, "store": {"path": str(store.root)}}
@@ -145,16 +149,19 @@ class AuditPipeline:
         jobs = job_cache(store, corpus, run, registry, out)
         # One pool for the second pass and the defense comparison, started now: its workers import torch while this
         # process runs the first pass.
-        with WorkerPool(self._pool_workers(cfg, splits, defense_plan), store, corpus, run) as pool:
+        timeline.workers = self._pool_workers(cfg, splits, defense_plan)
+        with WorkerPool(timeline.workers, store, corpus, run, timeline) as pool:
             with threadpool_limits(limits=1, user_api="blas"):
-                layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
-                                 for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
-                self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers, run,
-                                  jobs, pool)
+                with timeline.phase("first pass"):
+                    layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
+                                     for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
+                with timeline.phase("second pass"):
+                    self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers,
+                                      run, jobs, pool)
             defenses = None
             if defense_plan is not None:
                 # All thread pools (BLAS, OpenMP: k-means, LEACE's linear algebra) at one thread: 3-8x faster here.
-                with threadpool_limits(limits=1):
+                with threadpool_limits(limits=1), timeline.phase("defense comparison"):
                     defenses = run_defenses(defense_plan, cfg, registry, store, corpus,
                                             headline(layer_results).get("leakiest_layer"), run, jobs, pool)
         results = {
@@ -193,10 +200,12 @@ class AuditPipeline:
             results["defense_plan"] = defense_plan.describe(labels)
             results["defenses"] = defenses
         results["resumed_jobs"] = jobs.hits_
-        results["figures"] = self._maps(cfg, store, corpus, results["summary"], out)
+        with timeline.phase("figures"):
+            results["figures"] = self._maps(cfg, store, corpus, results["summary"], out)
         results["files"] = [f["file"] for f in results["figures"]] + [
             f for la in layer_results for f in listed_files(la.get("attacks"))]
         results["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        results["timeline"] = timeline.to_dict()
         if policy is not None:
             results["verdict"] = evaluate(policy, results).to_dict()
         results = write_report(results, out, registry, redact=cfg.redact)

@@ -2,8 +2,9 @@
 
 Reads a finished run's ``results.json`` (default ``reports/default``) and prints measured
 figures only (nothing is asserted): the store's extraction seconds, every family's attack
-seconds per layer, the defense comparison's seconds per setting and scenario, and the run's
-wall time as a multiple of its own extraction time (the budget of issue #11 is <= 4x, cold).
+seconds per layer, the defense comparison's seconds per setting and scenario, the run's phases
+and each worker's busy and idle seconds in the pooled ones (``results["timeline"]``), and the
+run's wall time as a multiple of its own extraction time (the budget of issue #11 is <= 4x, cold).
 
 Usage: ``python benchmarks/attack_profile.py [RUN_DIR_OR_RESULTS_JSON]``
 """
@@ -57,6 +58,13 @@ def main(argv: list[str]) -> int:
         print(f"  defense layer {e['layer']} {setting_label(e):28s} wall {e.get('wall_seconds') or 0:7.1f} s, fit "
               f"{fit:6.1f} s, attacks " + ", ".join(f"{k} {v:.0f} s" for k, v in per.items()))
     print(f"attacks {attacks:.1f} s, defense comparison {defenses:.1f} s, run wall {wall:.1f} s")
+    timeline = results.get("timeline") or {}
+    if timeline.get("phases"):
+        print("phases (wall seconds): " + ", ".join(f"{ph['name']} {ph['seconds']:.1f}" for ph in timeline["phases"]))
+    for ph in timeline.get("pooled_phases") or []:
+        print(f"  {ph['phase']}: {ph['workers']} workers busy " + " / ".join(f"{b:.1f}" for b in ph["busy_seconds"])
+              + " s, idle " + " / ".join(f"{i:.1f}" for i in ph["idle_seconds"])
+              + f" s of {ph['wall_seconds']:.1f} s ({100 * (ph['utilisation'] or 0):.0f}% busy)")
     if cold and store.get("wall_seconds"):
         print(f"wall / extraction = {wall / store['wall_seconds']:.2f}x (budget <= 4x, cold)")
     else:

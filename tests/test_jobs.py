@@ -81,3 +81,22 @@ def test_a_worker_that_cannot_open_the_store_raises_its_cause_in_this_process(sm
     run = RunContext()
     with pytest.raises(StoreError, match=r"copy: not a complete embedding store \(no index.json\)"):
         run_jobs([(remembered, (0,))] * 2, families={}, store=broken, corpus=corpus, run=run, workers=2)
+
+
+def test_a_pool_with_a_timeline_records_where_and_when_each_job_ran(small_store):
+    from audit.timeline import RunTimeline
+
+    store, corpus = small_store
+    run, timeline = RunContext(seed=7), RunTimeline(workers=2)
+    jobs = [(remembered, (k,)) for k in range(4)]
+    with WorkerPool(2, store, corpus, run, timeline) as pool:
+        with pytest.raises(ValueError, match="3 labels for 4 jobs"):
+            run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool, labels=["a", "b", "c"])
+        with timeline.phase("layer jobs"):
+            out = run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool,
+                           labels=[f"job {k}" for k in range(4)])
+    recorded = timeline.to_dict()["jobs"]
+    assert sorted(j["job"] for j in recorded) == [f"job {k}" for k in range(4)]
+    assert {j["phase"] for j in recorded} == {"layer jobs"} and {j["worker"] for j in recorded} <= {0, 1}
+    assert len({j["worker"] for j in recorded}) == len({pid for pid, *_ in out})  # one number per worker process
+    assert all(0 <= j["start"] <= j["end"] and j["seconds"] >= 0 for j in recorded)

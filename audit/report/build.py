@@ -332,6 +332,13 @@ def _reproducibility(results: dict) -> Section:
     if results.get("defenses"):
         total = sum(e.get("wall_seconds") or 0 for e in results["defenses"])
         items.append(f"defense comparison: {len(results['defenses'])} settings x layers, {total:.0f} s")
+    timeline = results.get("timeline") or {}
+    if timeline.get("phases"):
+        items.append("wall time per phase (s): " + "; ".join(f"{ph['name']} {ph['seconds']:.0f}"
+                                                              for ph in timeline["phases"]))
+    for ph in timeline.get("pooled_phases") or []:
+        items.append(f"{ph['phase']}: {ph['workers']} worker processes, {100 * (ph['utilisation'] or 0):.0f}% busy "
+                     "(idle s: " + " / ".join(f"{i:.0f}" for i in ph["idle_seconds"]) + ")")
     return Section("reproducibility", "Reproducibility", [Bullets(items)])
 
 
