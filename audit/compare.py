@@ -30,6 +30,7 @@ NOT_COMPARED = ("out", "progress", "cache_dir")
 #: Provenance rows of the "what differs" section: (row label, top-level key, sub-key).
 PROVENANCE = (("model spec", "model", "spec"), ("model fingerprint", "model", "fingerprint"),
               ("corpus spec", "corpus", "spec"), ("corpus fingerprint", "corpus", "fingerprint"),
+              ("corpus listing fingerprint", "corpus", "listing_fingerprint"),
               ("speech-audit version", "tool", "version"), ("python", "environment", "python"),
               ("torch", "environment", "torch"), ("transformers", "environment", "transformers"))
 NOT_SET = "(not set)"
@@ -297,7 +298,7 @@ def _provenance_value(run: Run, top: str, key: str) -> str:
     if value is None:
         return NOT_SET
     text = str(value)
-    return text[:12] if key == "fingerprint" else text
+    return text[:12] if key.endswith("fingerprint") else text
 
 
 def _provenance_table(runs: list[Run]) -> Table:
@@ -307,8 +308,12 @@ def _provenance_table(runs: list[Run]) -> Table:
         values = [_provenance_value(run, top, key) for run in runs]
         rows.append([label, *values, "yes" if len(set(values)) > 1 else "no"])
     return Table("Model, corpus and software", ["what", *(run.label for run in runs), "differs"], rows,
-                 notes=["Fingerprints are shortened to their first 12 hex digits; equal fingerprints mean the "
-                        "same weights or the same audio and labels."])
+                 notes=["Fingerprints are shortened to their first 12 hex digits. Equal model fingerprints mean the "
+                        "same weights. The corpus fingerprint keys the embedding store, so it also hashes each file's "
+                        "path and modification time: a copy of the corpus in another folder differs. The corpus "
+                        "listing fingerprint hashes what the audit reads (utterance ids, speakers, transcripts, "
+                        "spans, recording grouping, attributes and file sizes), not where the files are: equal "
+                        "listings are one corpus."])
 
 
 def flatten_config(node: object, prefix: str = "") -> dict[str, str]:
@@ -347,13 +352,19 @@ def _config_table(runs: list[Run]) -> Table:
 
 
 def _corpus_callout(runs: list[Run], measures: list[Measure]) -> Callout | None:
-    """A warning when the runs audit different corpora (by fingerprint, else by spec)."""
-    ids = [run.results["corpus"].get("fingerprint") or str(run.results["corpus"].get("spec")) for run in runs]
+    """A warning when the runs audit different corpora: by listing fingerprint, else by fingerprint, else by spec.
+
+    The listing fingerprint (schema 2.8) ignores where the files are, so one corpus in two
+    folders is one corpus; runs that predate it are told apart by the store's fingerprint.
+    """
+    listed = all(run.results["corpus"].get("listing_fingerprint") for run in runs)
+    key = "listing_fingerprint" if listed else "fingerprint"
+    ids = [run.results["corpus"].get(key) or str(run.results["corpus"].get("spec")) for run in runs]
     if len(set(ids)) == 1:
         return None
     items = [f"{run.label}: corpus {run.results['corpus'].get('spec', '?')}, "
-             f"{run.results['corpus'].get('n_speakers', '?')} speakers, fingerprint "
-             f"{_provenance_value(run, 'corpus', 'fingerprint')}" for run in runs]
+             f"{run.results['corpus'].get('n_speakers', '?')} speakers, {key.replace('_', ' ')} "
+             f"{_provenance_value(run, 'corpus', key)}" for run in runs]
     for m in measures:
         shared, each = _shared_chance(runs, m)
         if shared is None and each:

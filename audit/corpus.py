@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -97,6 +98,30 @@ class Corpus:
             except OSError:
                 stamp = "missing"
             h.update(f"{u.utt_id}\t{u.path}\t{stamp}\t{u.start:.6f}\t{u.end}\n".encode())
+        return h.hexdigest()
+
+    def listing_fingerprint(self) -> str:
+        """Hash of the utterance listing, not where or when its files are: ids, labels, spans, grouping, sizes.
+
+        :meth:`fingerprint` keys the embedding store, so it includes each file's path and mtime
+        and changes when a corpus is copied or rebuilt elsewhere; this one stays equal for copies
+        of one corpus in different folders (as two runs of the synthetic default in two cache
+        folders), and changes when a row, a label, a span or a file's size does.
+        """
+        h = hashlib.sha256()
+        recordings: dict[str, int] = {}
+        sessions: dict[str, int] = {}
+        for u in self.utterances:
+            try:
+                size = str(os.stat(u.path).st_size)
+            except OSError:
+                size = "missing"
+            # Recordings and sessions by order of first appearance: which rows share one (what splits
+            # group by), not their names, which default to the file's path.
+            grouping = (f"{recordings.setdefault(u.recording, len(recordings))}:"
+                        f"{sessions.setdefault(u.session, len(sessions))}")
+            h.update("\t".join([u.utt_id, u.speaker, u.transcript or "", f"{u.start:.6f}", str(u.end), size,
+                                grouping, json.dumps(u.attributes, sort_keys=True)]).encode() + b"\n")
         return h.hexdigest()
 
     def attribute_values(self, name: str) -> list[str | None]:

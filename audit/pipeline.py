@@ -178,7 +178,7 @@ class AuditPipeline:
                        "n_recordings": len({u.recording for u in corpus}),
                        "n_sessions": len({u.session for u in corpus}),
                        "filters": list(corpus.filters), "segment_seconds": corpus.segment_seconds,
-                       "fingerprint": corpus.fingerprint()},
+                       "fingerprint": corpus.fingerprint(), "listing_fingerprint": corpus.listing_fingerprint()},
             "store": {"path": str(store.root), "cache_hit": store.stats.cache_hit,
                       "shards_computed": store.stats.shards_computed_all, "world_size": store.stats.world_size,
                       "model_seconds": round(store.stats.model_seconds, 2),

@@ -291,3 +291,18 @@ def test_cli_compare_writes_both_formats_and_refuses_in_one_line(tmp_path, capsy
     assert main(["compare", str(a), "--out", str(tmp_path / "one")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least 2 runs" in err[0]
+
+
+def test_one_corpus_in_two_folders_is_one_corpus_by_its_listing(tmp_path: Path):
+    a_res, b_res = make_results(model="a"), make_results(model="b")
+    b_res["corpus"]["fingerprint"] = "f" * 64  # the store's key: the copy's paths and mtimes differ
+    for res in (a_res, b_res):
+        res["corpus"]["listing_fingerprint"] = "1" * 64
+    doc = compare_runs([write_run(tmp_path / "a", a_res), write_run(tmp_path / "b", b_res)], tmp_path / "cmp")
+    assert not any(isinstance(b, Callout) and "different corpora" in b.title for b in doc.section("differences").blocks)
+    provenance = {row[0]: row[1:] for row in _table(doc, "differences", "Model, corpus and software").rows}
+    assert provenance["corpus fingerprint"][-1] == "yes" and provenance["corpus listing fingerprint"][-1] == "no"
+    b_res["corpus"]["listing_fingerprint"] = "2" * 64
+    doc = compare_runs([write_run(tmp_path / "a", a_res), write_run(tmp_path / "b2", b_res)], tmp_path / "cmp2")
+    warning = next(b for b in doc.section("differences").blocks if isinstance(b, Callout))
+    assert "different corpora" in warning.title and any("listing fingerprint 222222222222" in i for i in warning.items)

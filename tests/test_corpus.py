@@ -22,6 +22,18 @@ def test_manifest_loader_reads_rows_and_attributes(tone_corpus):
     assert speech_rate(u) == pytest.approx(10 / u.duration)
 
 
+def test_a_copy_elsewhere_keeps_the_listing_fingerprint_and_changes_the_store_key(tone_corpus, tmp_path):
+    import shutil
+
+    original = load_manifest(tone_corpus)
+    copy = load_manifest(shutil.copytree(tone_corpus, tmp_path / "elsewhere" / "corpus"))
+    assert copy.listing_fingerprint() == original.listing_fingerprint()
+    assert copy.fingerprint() != original.fingerprint()  # the store is keyed by paths and mtimes
+    relabelled = (tone_corpus / "manifest.csv").read_text(encoding="utf-8").replace("HELLO WORLD", "HELLO THERE", 1)
+    (tone_corpus / "manifest.csv").write_text(relabelled, encoding="utf-8")
+    assert load_manifest(tone_corpus).listing_fingerprint() != original.listing_fingerprint()
+
+
 def test_manifest_missing_file_names_the_row(tone_corpus):
     (tone_corpus / "audio" / "spk1_2.wav").unlink()
     with pytest.raises(CorpusError, match=r"manifest.csv:\d+: audio file not found: .*spk1_2.wav"):

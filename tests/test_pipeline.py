@@ -294,3 +294,5 @@ def test_jobs_over_two_worker_processes_give_the_in_process_results(tmp_path):
             assert busy + idle == pytest.approx(ph["wall_seconds"], abs=0.01)
     html = (tmp_path / "r2" / "report.html").read_text(encoding="utf-8")
     assert "wall time per phase (s): checks and setup" in html and "second pass: 2 worker processes, " in html
+    listing = runs[2]["corpus"]["listing_fingerprint"]
+    assert listing == runs[1]["corpus"]["listing_fingerprint"] and f"listing fingerprint {listing[:16]}" in html

@@ -315,7 +315,9 @@ def _reproducibility(results: dict) -> Section:
              f"{model.get('device', 'cpu')}), fingerprint {str(model.get('fingerprint'))[:16]}",
              f"corpus: {corpus.get('description', corpus.get('spec'))} ({corpus.get('n_utterances')} utterances, "
              f"{corpus.get('n_speakers')} speakers, {corpus.get('n_recordings', '?')} recordings, "
-             f"{corpus.get('n_sessions', '?')} sessions), fingerprint {str(corpus.get('fingerprint'))[:16]}",
+             f"{corpus.get('n_sessions', '?')} sessions), fingerprint {str(corpus.get('fingerprint'))[:16]}"
+             + (f", listing fingerprint {str(corpus['listing_fingerprint'])[:16]}"
+                if corpus.get("listing_fingerprint") else ""),
              "environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
              f"embeddings store: {store.get('path')} (cache hit: {store.get('cache_hit')})",
              f"wall time: {results.get('wall_seconds', 0):.1f} s (store {store.get('wall_seconds', 0):.1f} s)"]
