@@ -5,8 +5,9 @@ people it never saw. So the corpus is split by speaker into a *defense partition
 speakers: every defense is fitted there) and an *evaluation partition* (everyone else: the
 attack families and the utility probe run there with their usual splits). Everything that can
 be decided from labels (partition, splits, utility task, feasibility) is planned before
-extraction by :func:`plan_defenses`; :func:`run_defenses` then measures every defense setting
-on every layer it names, under three attacker scenarios (VoicePrivacy's):
+extraction by :func:`plan_defenses`; once the layers are attacked, :func:`plan_defense_jobs`
+turns it into jobs (:mod:`audit.jobs`) that measure every defense setting on every layer it
+names, under three attacker scenarios (VoicePrivacy's):
 
 * ``ignorant``: attackers trained on undefended embeddings, tested on defended ones (a family
   with enrolment data, verification, enrols on undefended speech);
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
 from audit.config import AuditConfig, DefenseSpec
 from audit.curves import still_learning
 from audit.defense import DefenseContext, DefenseFailed, DefenseFamily
@@ -34,8 +37,6 @@ from audit.defense_tables import setting_label
 from audit.embeddings import EmbeddingSet, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.family import AttackFamily, RunContext, plan_splits
-from audit.job_cache import JobCache
-from audit.jobs import WorkerPool, run_jobs
 from audit.splits import Split, speaker_disjoint_split
 from audit.store import EmbeddingStore
 from audit.utility import UtilityScore, UtilityTask, measure_utility, resolve_task, retained, utility_split
@@ -158,20 +159,41 @@ def check_defense_layers(cfg: AuditConfig, num_layers: int) -> None:
             raise ConfigError(f"defense[{i}].layers: {bad} out of range (the model has layers 0..{num_layers - 1})")
 
 
-def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, AttackFamily], store: EmbeddingStore,
-                 corpus: Any, leakiest: int | None, run: RunContext, cache: JobCache | None = None,
-                 pool: WorkerPool | None = None) -> list[dict]:
-    """Every defense setting on every layer it names, the undefended reference first (see the module docstring).
+@dataclass
+class DefenseJobs:
+    """The defense comparison as :mod:`audit.jobs` jobs, for layers resolved with ``leakiest``.
 
-    Each layer's comparison is split into jobs (:mod:`audit.jobs`, over the run's ``pool`` or
-    ``cfg.workers`` processes): one job trains every attacker on undefended embeddings once, for
-    the reference and for every setting's ignorant and lazy-informed scenarios; one job per
-    setting fits the defense and retrains every attacker on defended embeddings (semi-informed)
-    and probes utility.
-    With a ``cache``, parts an interrupted run finished are read back (:class:`audit.job_cache.JobCache`).
+    Per layer, one job trains every attacker on undefended embeddings once (the reference and
+    every setting's ignorant and lazy-informed scenarios), then one job per setting fits the
+    defense, retrains every attacker on defended embeddings (semi-informed) and probes
+    utility. The run may queue these behind other jobs (:meth:`assemble` only needs their
+    results in this order); ``uses_leakiest`` says whether a ``[[defense]]`` table named the
+    leakiest layer, so that jobs planned on an earlier guess of it must be planned again.
     """
-    last = store.num_layers - 1
-    spec_layers = [defended_layers(spec.layers, leakiest, last) for spec in cfg.defenses]
+
+    leakiest: int | None
+    uses_leakiest: bool
+    layers: list[int]
+    named: dict[int, list[int]]
+    jobs: list[tuple[Any, tuple]]
+    labels: list[str]
+
+    def assemble(self, parts: list[Any], cfg: AuditConfig) -> list[dict]:
+        """The comparison's entries, each layer's undefended reference first, from the jobs' results in order."""
+        if len(parts) != len(self.jobs):
+            raise ValueError(f"DefenseJobs.assemble: {len(parts)} results for {len(self.jobs)} jobs")
+        found, entries = iter(parts), []
+        for la in self.layers:
+            reference, undefended_utility, undefended_scenarios = next(found)
+            entries.append(reference)
+            for k in self.named[la]:
+                entries.append(_merge(next(found), undefended_scenarios[k], undefended_utility, cfg))
+        return entries
+
+
+def plan_defense_jobs(plan: DefensePlan, cfg: AuditConfig, num_layers: int, leakiest: int | None) -> DefenseJobs:
+    """Every defense setting on every layer it names (``"leakiest"`` resolved to ``leakiest``), as jobs."""
+    spec_layers = [defended_layers(spec.layers, leakiest, num_layers - 1) for spec in cfg.defenses]
     layers = list(dict.fromkeys(la for named in spec_layers for la in named))
     named = {la: [k for k, (spec, _, _) in enumerate(plan.settings) if la in spec_layers[cfg.defenses.index(spec)]]
              for la in layers}
@@ -184,37 +206,44 @@ def run_defenses(plan: DefensePlan, cfg: AuditConfig, families: dict[str, Attack
             jobs.append((_retrained_part, (plan, cfg, la, k)))
             spec, params, _ = plan.settings[k]
             labels.append(f"defense layer {la}: {setting_label({'name': spec.name, 'params': params})}")
-    parts = iter(run_jobs(jobs, families=families, store=store, corpus=corpus, run=run, workers=cfg.workers,
-                          progress=run.progress, desc="defense settings", cache=cache, pool=pool, labels=labels))
-    entries = []
-    for la in layers:
-        reference, undefended_utility, undefended_scenarios = next(parts)
-        entries.append(reference)
-        for k in named[la]:
-            entries.append(_merge(next(parts), undefended_scenarios[k], undefended_utility, cfg))
-    return entries
+    return DefenseJobs(leakiest, defenses_name_leakiest(cfg), layers, named, jobs, labels)
+
+
+def defenses_name_leakiest(cfg: AuditConfig) -> bool:
+    """Whether a ``[[defense]]`` table's ``layers`` name ``"leakiest"`` (known only once layers are attacked)."""
+    return any("leakiest" in spec.layers for spec in cfg.defenses)
+
+
+def _one_thread() -> Any:
+    """Every thread pool (BLAS, OpenMP: k-means, LEACE's linear algebra) at one thread, here as in a worker.
+
+    A comparison job's problems are small: on a 2-core machine one thread ran them 3-8x faster.
+    """
+    return threadpool_limits(limits=1)
 
 
 def _undefended_part(families: dict[str, AttackFamily], store: EmbeddingStore, corpus: Any, run: RunContext,
                      plan: DefensePlan, cfg: AuditConfig, layer: int,
                      settings: list[int]) -> tuple[dict, UtilityScore | None, dict[int, dict]]:
     """A layer's reference entry, its utility score, and each setting's ignorant and lazy-informed scenarios."""
-    comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, layer),
-                                  run.layer(layer, store.frame_rates[layer]))
-    registry = load_defenses()
-    reference = comparison.reference()
-    scenarios = {k: comparison.undefended_trained(registry[plan.settings[k][0].name], *plan.settings[k][1:])
-                 for k in settings}
+    with _one_thread():
+        comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, layer),
+                                      run.layer(layer, store.frame_rates[layer]))
+        registry = load_defenses()
+        reference = comparison.reference()
+        scenarios = {k: comparison.undefended_trained(registry[plan.settings[k][0].name], *plan.settings[k][1:])
+                     for k in settings}
     return reference, comparison.undefended_utility, scenarios
 
 
 def _retrained_part(families: dict[str, AttackFamily], store: EmbeddingStore, corpus: Any, run: RunContext,
                     plan: DefensePlan, cfg: AuditConfig, layer: int, setting: int) -> tuple[dict, UtilityScore | None]:
     """One setting's entry without its undefended-trained scenarios, and its utility score."""
-    comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, layer),
-                                  run.layer(layer, store.frame_rates[layer]))
-    spec, params, settings = plan.settings[setting]
-    return comparison.defended(load_defenses()[spec.name], params, settings)
+    with _one_thread():
+        comparison = _LayerComparison(plan, cfg, families, layer_set(store, corpus, layer),
+                                      run.layer(layer, store.frame_rates[layer]))
+        spec, params, settings = plan.settings[setting]
+        return comparison.defended(load_defenses()[spec.name], params, settings)
 
 
 def _merge(part: tuple[dict, UtilityScore | None], undefended: dict, undefended_utility: UtilityScore | None,
@@ -394,4 +423,5 @@ def strongest(scenarios: dict) -> dict:
     return best
 
 
-__all__ = ["DefensePlan", "check_defense_layers", "defended_layers", "plan_defenses", "run_defenses", "strongest"]
+__all__ = ["DefenseJobs", "DefensePlan", "check_defense_layers", "defended_layers", "defenses_name_leakiest",
+           "plan_defense_jobs", "plan_defenses", "strongest"]

@@ -4,13 +4,14 @@ The costly attacks of an audit (frame-level attackers, inversion decoders) train
 networks that do not get faster with more threads on a few cores; two of them side by side, one
 thread each, use a 2-core machine fully. :func:`run_jobs` runs a list of jobs in order in this
 process (``workers = 1``) or over a :class:`WorkerPool` of ``workers`` processes (spawned, one
-torch and one BLAS thread each); :func:`run_layer_jobs` does so for :class:`LayerJob`. A job
-carries everything it needs (settings, splits), and a worker opens the store itself, so it
-shares nothing with the parent but the files. One pool serves every :func:`run_jobs` call of a
-run (the layer jobs, then the defense comparison): its workers start once, and each keeps one
-run context for all the jobs it runs, as this process keeps ``run`` for in-process jobs. Each
-job seeds its attack from the run's seed as in-process, so its numbers are the same, up to
-float rounding where one thread sums in a different order than two.
+torch and one BLAS thread each); :func:`attack_one` runs a :class:`LayerJob`. A job carries
+everything it needs (settings, splits), and a worker opens the store itself, so it shares
+nothing with the parent but the files. One pool serves every :func:`run_jobs` call of a run
+(the second pass's layer jobs and the defense comparison's, queued together): its workers
+start once, and each keeps one run context for all the jobs it runs, as this process keeps
+``run`` for in-process jobs. Each job seeds its attack from the run's seed as in-process, so
+its numbers are the same, up to float rounding where one thread sums in a different order
+than two.
 """
 
 from __future__ import annotations
@@ -215,15 +216,4 @@ def _label(jobs: list[tuple[Callable[..., Any], tuple]], labels: list[str] | Non
     return labels[k] if labels is not None else jobs[k][0].__name__
 
 
-def run_layer_jobs(jobs: list[LayerJob], *, families: dict[str, AttackFamily], settings: Callable[[str], Any],
-                   splits: dict[str, Split], store: EmbeddingStore, corpus: Corpus, run: RunContext,
-                   workers: int = 1, progress: bool = False, cache: JobCache | None = None,
-                   pool: WorkerPool | None = None) -> list[tuple[dict, float]]:
-    """Each job's ``(result, seconds)``, in the order of ``jobs``; over ``pool`` or ``workers`` as :func:`run_jobs`."""
-    return run_jobs([(attack_one, (job, settings(job.family), splits[job.family])) for job in jobs],
-                    families=families, store=store, corpus=corpus, run=run, workers=workers, progress=progress,
-                    desc="layer jobs", cache=cache, pool=pool,
-                    labels=[f"{job.family} layer {job.layer}" for job in jobs])
-
-
-__all__ = ["LayerJob", "WorkerPool", "attack_one", "run_jobs", "run_layer_jobs"]
+__all__ = ["LayerJob", "WorkerPool", "attack_one", "run_jobs"]

@@ -25,7 +25,8 @@ from audit.audio_check import check_corpus_audio, skipped_weakening
 from audit.config import AuditConfig
 from audit.corpus import Corpus, load_corpus
 from audit.distributed import is_main, rank_device
-from audit.defense_runner import DefensePlan, check_defense_layers, plan_defenses, run_defenses
+from audit.defense_runner import (DefensePlan, check_defense_layers, defenses_name_leakiest, plan_defense_jobs,
+                                  plan_defenses)
 from audit.embeddings import EmbeddingSet, corpus_attributes, corpus_grouping, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import native_bfloat16
@@ -33,7 +34,7 @@ from audit.extractor import Extractor, build_extractor, resolve_device
 from audit.family import AttackFamily, RunContext, plan_splits, select_layers
 from audit.gate import check_policy, evaluate, load_policy
 from audit.job_cache import JobCache, canonical, family_modules
-from audit.jobs import LayerJob, WorkerPool, run_layer_jobs
+from audit.jobs import LayerJob, WorkerPool, attack_one, run_jobs
 from audit.report import write_report
 from audit.results import SCHEMA_VERSION, listed_files
 from audit.splits import Split
@@ -155,15 +156,9 @@ class AuditPipeline:
                 with timeline.phase("first pass"):
                     layer_results = [self._attack_layer(cfg, registry, every_layer, store, corpus, layer, run)
                                      for layer in tqdm(layers, desc="attack layers", disable=not cfg.progress)]
-                with timeline.phase("second pass"):
-                    self._second_pass(cfg, registry, splits, store, corpus, layer_results, extractor.num_layers,
-                                      run, jobs, pool)
-            defenses = None
-            if defense_plan is not None:
-                # All thread pools (BLAS, OpenMP: k-means, LEACE's linear algebra) at one thread: 3-8x faster here.
-                with threadpool_limits(limits=1), timeline.phase("defense comparison"):
-                    defenses = run_defenses(defense_plan, cfg, registry, store, corpus,
-                                            headline(layer_results).get("leakiest_layer"), run, jobs, pool)
+                defenses = self._second_pass_and_defenses(cfg, registry, splits, store, corpus, layer_results,
+                                                          extractor.num_layers, run, defense_plan, jobs, pool,
+                                                          timeline)
         results = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "speech-audit", "version": _version()},
@@ -265,10 +260,56 @@ class AuditPipeline:
         return cfg.workers if second or defense_plan is not None else 1
 
     @staticmethod
-    def _second_pass(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
-                     store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
-                     run: RunContext, cache: JobCache | None = None, pool: WorkerPool | None = None) -> None:
-        """The costly attacks, on the layers their settings name, once the headline layer is known.
+    def _second_pass_and_defenses(cfg: AuditConfig, registry: dict[str, AttackFamily], splits: dict[str, Split],
+                                  store: EmbeddingStore, corpus: Corpus, layer_results: list[dict], num_layers: int,
+                                  run: RunContext, defense_plan: DefensePlan | None, cache: JobCache,
+                                  pool: WorkerPool, timeline: RunTimeline) -> list[dict] | None:
+        """The second pass's layer jobs and the defense comparison's jobs, queued together; the defense entries.
+
+        Both wait for the first pass's headline layer. Queued as one list (the second pass's
+        jobs first, the longest kind first), no worker idles between the two: it takes a
+        defense job as soon as it has nothing left of the second pass. A ``[[defense]]`` at
+        ``"leakiest"`` is planned on the first pass's leakiest layer; should the frame
+        attackers of the second pass move the headline to another layer (or name the first
+        one, when the pooled attackers gave none), that layer's comparison runs afterwards and
+        any first one is discarded, so the comparison always sits at the report's leakiest
+        layer (the timeline shows the extra phase).
+        """
+        leaky = headline(layer_results).get("leakiest_layer")
+        layer_jobs, frame = AuditPipeline._second_pass_jobs(cfg, splits, layer_results, leaky, num_layers)
+        planned = None
+        if defense_plan is not None and (leaky is not None or not defenses_name_leakiest(cfg)):
+            planned = plan_defense_jobs(defense_plan, cfg, num_layers, leaky)
+        jobs = [(attack_one, (job, cfg.settings(job.family), splits[job.family])) for job in layer_jobs]
+        labels = [f"{job.family} layer {job.layer}" for job in layer_jobs]
+        if planned is not None:
+            jobs, labels = jobs + planned.jobs, labels + planned.labels
+        with timeline.phase("second pass and defense comparison"):
+            done = run_jobs(jobs, families=registry, store=store, corpus=corpus, run=run, workers=cfg.workers,
+                            progress=cfg.progress, desc="second pass and defense jobs", cache=cache, pool=pool,
+                            labels=labels)
+        by_index = {la["index"]: la for la in layer_results}
+        for job, (result, seconds) in zip(layer_jobs, done):
+            la = by_index[job.layer]
+            first = la["attack_seconds"].get(job.family, 0.0) if job in frame else 0.0
+            la["attacks"][job.family] = result
+            la["attack_seconds"][job.family] = round(first + seconds, 2)
+        if defense_plan is None:
+            return None
+        parts = done[len(layer_jobs):]
+        final = headline(layer_results).get("leakiest_layer")
+        if planned is None or (planned.uses_leakiest and final != leaky):
+            planned = plan_defense_jobs(defense_plan, cfg, num_layers, final)
+            with timeline.phase("defense comparison at the final leakiest layer"):
+                parts = run_jobs(planned.jobs, families=registry, store=store, corpus=corpus, run=run,
+                                 workers=cfg.workers, progress=cfg.progress, desc="defense jobs", cache=cache,
+                                 pool=pool, labels=planned.labels)
+        return planned.assemble(parts, cfg)
+
+    @staticmethod
+    def _second_pass_jobs(cfg: AuditConfig, splits: dict[str, Split], layer_results: list[dict], leaky: int | None,
+                          num_layers: int) -> tuple[list[LayerJob], list[LayerJob]]:
+        """The costly attacks' jobs on the layers their settings name (all of them, and the frame attackers').
 
         * A family whose settings name ``frame_layers`` ran in the first pass without its frame
           attackers. On a chosen layer the whole family reruns with them (its pooled attackers
@@ -277,13 +318,11 @@ class AuditPipeline:
         * A family whose settings name ``layers`` (inversion) did not run in the first pass; it
           attacks the chosen layers now, and other layers record why it did not run there.
 
-        ``leakiest`` is the first pass's headline layer (the pooled attackers'). The jobs run over
-        the run's ``pool`` (:mod:`audit.jobs`), the longest kind first; with a ``cache``,
-        jobs an interrupted run finished are read back.
+        ``leaky`` is the first pass's headline layer (the pooled attackers'). The notes on the
+        layers not chosen are written into ``layer_results`` now. Returns every job, the longest
+        kind (``layers``) first, and the frame-attacker jobs among them.
         """
-        leaky = headline(layer_results).get("leakiest_layer")
         audited = [la["index"] for la in layer_results]
-        by_index = {la["index"]: la for la in layer_results}
         selected, frame = [], []
         for name in splits:
             settings = cfg.settings(name)
@@ -301,15 +340,7 @@ class AuditPipeline:
                 else:
                     _restate_deferred(la["attacks"][name], f"frame attacker not run on this layer ({where})")
             (selected if key == "layers" else frame).extend(LayerJob(name, i) for i in chosen)
-        jobs = selected + frame
-        done = run_layer_jobs(jobs, families=registry, settings=cfg.settings, splits=splits, store=store,
-                              corpus=corpus, run=run, workers=cfg.workers, progress=cfg.progress, cache=cache,
-                              pool=pool)
-        for job, (result, seconds) in zip(jobs, done):
-            la = by_index[job.layer]
-            first = la["attack_seconds"].get(job.family, 0.0) if job in frame else 0.0
-            la["attacks"][job.family] = result
-            la["attack_seconds"][job.family] = round(first + seconds, 2)
+        return selected + frame, frame
 
     @staticmethod
     def _maps(cfg: AuditConfig, store: EmbeddingStore, corpus: Corpus, summary: dict, out: Path) -> list[dict]:

@@ -140,3 +140,36 @@ def test_defended_layers_resolves_names_once_each():
     with pytest.raises(ConfigError, match="leakiest"):
         defended_layers(["leakiest"], leakiest=None, last=3)
     assert np.all(np.diff(defended_layers([0, 1], None, 1)) > 0)
+
+
+@pytest.mark.parametrize("first_guess", [0, None])
+def test_a_comparison_queued_on_the_first_passs_leakiest_layer_moves_with_the_headline(tmp_path, monkeypatch,
+                                                                                      first_guess):
+    """Queued with the second pass on the first pass's leakiest layer; run again where the final headline lands."""
+    import audit.pipeline as pipeline
+
+    corpus = write_tone_corpus(tmp_path / "c", n_speakers=8, n_utts=4, seconds=0.5)
+    cfg = config_from_dict({
+        "model": "tiny-random-wav2vec2", "corpus": str(corpus), "out": str(tmp_path / "r"),
+        "cache_dir": str(tmp_path / "s"), "progress": False, "layers": [0, 1], "attacks": ["speaker_id"],
+        "speaker_id": {"attackers": ["logreg"], "n_boot": 200}, "utility": "classification:digit",
+        "utility_probe": {"n_boot": 200}, "defense": [{"name": "noise", "sigma": 1.0, "layers": ["leakiest"]}]})
+    real, calls = pipeline.headline, []
+
+    def moved(layers):  # the first pass says layer `first_guess` (None: no figure), the final headline layer 1
+        out = dict(real(layers))
+        out["leakiest_layer"] = first_guess if not calls else 1
+        calls.append(out["leakiest_layer"])
+        return out
+
+    monkeypatch.setattr(pipeline, "headline", moved)
+    results = AuditPipeline(cfg).run()
+    assert [e["layer"] for e in results["defenses"]] == [1, 1] and calls[:2] == [first_guess, 1]
+    phases = [ph["name"] for ph in results["timeline"]["phases"]]
+    assert "defense comparison at the final leakiest layer" in phases
+    queued = {j["job"] for j in results["timeline"]["jobs"] if j["phase"] == "second pass and defense comparison"}
+    rerun = {j["job"] for j in results["timeline"]["jobs"] if j["phase"] == phases[phases.index(
+        "defense comparison at the final leakiest layer")]}
+    assert rerun == {"defense layer 1: undefended attackers", "defense layer 1: noise sigma=1.0"}
+    assert queued == ({"defense layer 0: undefended attackers", "defense layer 0: noise sigma=1.0"}
+                      if first_guess == 0 else set())

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Keys whose values are wall-clock measurements or depend on what a process found in the cache.
 VOLATILE = {"wall_seconds", "attack_seconds", "fit_seconds", "seconds", "created", "cache_hit", "shards_computed",
-            "model_seconds", "audio_seconds", "argv", "invocation", "shards_per_rank", "path", "out", "cache_dir"}
+            "model_seconds", "audio_seconds", "argv", "invocation", "shards_per_rank", "path", "out", "cache_dir",
+            "timeline"}
 
 # Kill points: (module, attribute, which call kills the process).
 KILL_POINTS = {

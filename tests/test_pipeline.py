@@ -274,25 +274,27 @@ def test_jobs_over_two_worker_processes_give_the_in_process_results(tmp_path):
     for la in runs[2]["layers"]:
         ran = la["attacks"]["speaker_id"]["attackers"]["frame"].get("top1") is not None
         assert ran == (la["index"] in chosen) and ("skipped" not in la["attacks"]["inversion"]) == ran
-    # where the time went: the phases in order, and every pooled job once, on a worker (on this process with one)
-    names = ["checks and setup", "store", "first pass", "second pass", "defense comparison", "figures"]
+    # where the time went: the phases in order, and every pooled job once, on a worker (on this process with one);
+    # the second pass and the defense comparison share one queue
+    pooled = "second pass and defense comparison"
+    names = ["checks and setup", "store", "first pass", pooled, "figures"]
+    leaky = runs[1]["summary"]["leakiest_layer"]
     for workers, run in runs.items():
         timeline = run["timeline"]
         assert [ph["name"] for ph in timeline["phases"]] == names
         assert all(a["end"] <= b["start"] + 1e-3 for a, b in zip(timeline["phases"], timeline["phases"][1:]))
-        layer_jobs = sorted(j["job"] for j in timeline["jobs"] if j["phase"] == "second pass")
-        assert layer_jobs == sorted(f"{family} layer {i}" for family in ("speaker_id", "inversion") for i in chosen)
-        assert sorted(j["job"] for j in timeline["jobs"] if j["phase"] == "defense comparison") == [
-            f"defense layer {runs[1]['summary']['leakiest_layer']}: {name}"
-            for name in ("noise sigma=1.0", "pca k=4", "undefended attackers")]
+        assert {j["phase"] for j in timeline["jobs"]} == {pooled}
+        assert sorted(j["job"] for j in timeline["jobs"]) == sorted(
+            [f"{family} layer {i}" for family in ("speaker_id", "inversion") for i in chosen]
+            + [f"defense layer {leaky}: {name}" for name in ("noise sigma=1.0", "pca k=4", "undefended attackers")])
         where = {j["worker"] for j in timeline["jobs"]}
         assert where == {"main"} if workers == 1 else where <= {0, 1}
         assert (timeline["pooled_phases"] == []) == (workers == 1)
-    for ph in runs[2]["timeline"]["pooled_phases"]:
-        assert ph["workers"] == 2 and ph["phase"] in ("second pass", "defense comparison")
-        for busy, idle in zip(ph["busy_seconds"], ph["idle_seconds"]):
-            assert busy + idle == pytest.approx(ph["wall_seconds"], abs=0.01)
+    (ph,) = runs[2]["timeline"]["pooled_phases"]
+    assert ph["workers"] == 2 and ph["phase"] == pooled
+    for busy, idle in zip(ph["busy_seconds"], ph["idle_seconds"]):
+        assert busy + idle == pytest.approx(ph["wall_seconds"], abs=0.01)
     html = (tmp_path / "r2" / "report.html").read_text(encoding="utf-8")
-    assert "wall time per phase (s): checks and setup" in html and "second pass: 2 worker processes, " in html
+    assert "wall time per phase (s): checks and setup" in html and f"{pooled}: 2 worker processes, " in html
     listing = runs[2]["corpus"]["listing_fingerprint"]
     assert listing == runs[1]["corpus"]["listing_fingerprint"] and f"listing fingerprint {listing[:16]}" in html
