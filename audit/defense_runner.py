@@ -161,18 +161,15 @@ def check_defense_layers(cfg: AuditConfig, num_layers: int) -> None:
 
 @dataclass
 class DefenseJobs:
-    """The defense comparison as :mod:`audit.jobs` jobs, for layers resolved with ``leakiest``.
+    """The defense comparison as :mod:`audit.jobs` jobs, on the layers :func:`plan_defense_jobs` resolved.
 
     Per layer, one job trains every attacker on undefended embeddings once (the reference and
     every setting's ignorant and lazy-informed scenarios), then one job per setting fits the
     defense, retrains every attacker on defended embeddings (semi-informed) and probes
     utility. The run may queue these behind other jobs (:meth:`assemble` only needs their
-    results in this order); ``uses_leakiest`` says whether a ``[[defense]]`` table named the
-    leakiest layer, so that jobs planned on an earlier guess of it must be planned again.
+    results in this order).
     """
 
-    leakiest: int | None
-    uses_leakiest: bool
     layers: list[int]
     named: dict[int, list[int]]
     jobs: list[tuple[Any, tuple]]
@@ -206,11 +203,14 @@ def plan_defense_jobs(plan: DefensePlan, cfg: AuditConfig, num_layers: int, leak
             jobs.append((_retrained_part, (plan, cfg, la, k)))
             spec, params, _ = plan.settings[k]
             labels.append(f"defense layer {la}: {setting_label({'name': spec.name, 'params': params})}")
-    return DefenseJobs(leakiest, defenses_name_leakiest(cfg), layers, named, jobs, labels)
+    return DefenseJobs(layers, named, jobs, labels)
 
 
 def defenses_name_leakiest(cfg: AuditConfig) -> bool:
-    """Whether a ``[[defense]]`` table's ``layers`` name ``"leakiest"`` (known only once layers are attacked)."""
+    """Whether a ``[[defense]]`` table's ``layers`` name ``"leakiest"`` (known only once layers are attacked).
+
+    Jobs planned on an earlier guess of that layer must then be planned again once it is known.
+    """
     return any("leakiest" in spec.layers for spec in cfg.defenses)
 
 

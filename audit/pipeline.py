@@ -277,8 +277,9 @@ class AuditPipeline:
         """
         leaky = headline(layer_results).get("leakiest_layer")
         layer_jobs, frame = AuditPipeline._second_pass_jobs(cfg, splits, layer_results, leaky, num_layers)
+        moves = defenses_name_leakiest(cfg)
         planned = None
-        if defense_plan is not None and (leaky is not None or not defenses_name_leakiest(cfg)):
+        if defense_plan is not None and (leaky is not None or not moves):
             planned = plan_defense_jobs(defense_plan, cfg, num_layers, leaky)
         jobs = [(attack_one, (job, cfg.settings(job.family), splits[job.family])) for job in layer_jobs]
         labels = [f"{job.family} layer {job.layer}" for job in layer_jobs]
@@ -298,7 +299,7 @@ class AuditPipeline:
             return None
         parts = done[len(layer_jobs):]
         final = headline(layer_results).get("leakiest_layer")
-        if planned is None or (planned.uses_leakiest and final != leaky):
+        if planned is None or (moves and final != leaky):
             planned = plan_defense_jobs(defense_plan, cfg, num_layers, final)
             with timeline.phase("defense comparison at the final leakiest layer"):
                 parts = run_jobs(planned.jobs, families=registry, store=store, corpus=corpus, run=run,
