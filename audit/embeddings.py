@@ -83,7 +83,9 @@ class EmbeddingSet:
 
         Two sets with the same fingerprint hold the same data, so an attacker fitted on one is
         the attacker fitted on the other (see :meth:`audit.family.RunContext.fitted`). ``frames``
-        also hashes every row's frame-level states (for attackers that read them).
+        also hashes every row's frame-level states (for attackers that read them). Recordings
+        and sessions enter by their sorted rank, which is all a split reads of them, so a corpus
+        whose recording ids are file paths hashes alike in any folder.
         """
         h = hashlib.sha256()
 
@@ -97,7 +99,7 @@ class EmbeddingSet:
         add("utt_ids", "\0".join(self.utt_ids).encode())
         add("layer", repr(self.layer).encode())
         g = self.grouping
-        add("grouping", "\0".join(map(str, g.recordings)).encode() + b"\1" + "\0".join(map(str, g.sessions)).encode()
+        add("grouping", _ranks(g.recordings) + b"\1" + _ranks(g.sessions)
             + b"\1" + np.asarray(g.starts, dtype=np.float64).tobytes())
         for name in sorted(self.attributes):
             add(f"attribute {name}", repr(list(self.attributes[name])).encode())
@@ -122,6 +124,11 @@ class EmbeddingSet:
             raise StoreError(f"with_pooled: {pooled.shape[0]} rows for a set of {len(self)}")
         return EmbeddingSet(pooled, self.speakers, self.utt_ids, self.attributes, None, self.layer,
                             self.transcripts, self.audio_source, self.grouping)
+
+
+def _ranks(labels: np.ndarray) -> bytes:
+    """Each label's rank among the sorted distinct labels, as bytes: the grouping without its names."""
+    return np.unique(np.asarray(labels).astype(str), return_inverse=True)[1].astype(np.int64).tobytes()
 
 
 def splice(base: EmbeddingSet, other: EmbeddingSet, rows: Sequence[int] | np.ndarray) -> EmbeddingSet:
