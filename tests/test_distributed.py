@@ -148,6 +148,7 @@ def test_two_gloo_processes_build_the_one_process_store_byte_for_byte(tmp_path, 
     assert [name for name in one if one[name] != two[name]] == []
 
 
+@pytest.mark.slow  # two torchrun launches of three processes each: 31 s in the fast suite on 2 cores
 def test_killed_rank_is_resumed_by_a_rerun(tmp_path, reference):
     corpus, one = reference
     cache = tmp_path / "two"
@@ -162,6 +163,7 @@ def test_killed_rank_is_resumed_by_a_rerun(tmp_path, reference):
     assert _store_files(cache) == one
 
 
+@pytest.mark.slow  # a whole audit under torchrun: 23 s in the fast suite on 2 cores
 def test_run_under_torchrun_reports_once_from_rank_0(tmp_path, reference):
     corpus, _ = reference
     config = tmp_path / "audit.toml"

@@ -12,6 +12,7 @@ from audit.extractor import build_extractor
 from audit.family import RunContext
 from audit.jobs import WorkerPool, run_jobs
 from audit.store import EmbeddingStore
+from tests.conftest import write_tone_corpus
 
 
 def remembered(families, store, corpus, run, k):
@@ -27,13 +28,28 @@ def small_store(tone_corpus, tmp_path):
     return store, corpus
 
 
-def test_one_pool_serves_every_call_and_each_worker_keeps_its_run_context(small_store):
-    store, corpus = small_store
-    run = RunContext(seed=7)
+@pytest.fixture(scope="module")
+def pool_calls(tmp_path_factory):
+    """Two run_jobs calls over one 2-worker pool with a timeline (one spawn for the tests that read them)."""
+    from audit.timeline import RunTimeline
+
+    root = tmp_path_factory.mktemp("pool")
+    corpus = load_manifest(write_tone_corpus(root / "c", n_speakers=2, n_utts=2))
+    store = EmbeddingStore.build(build_extractor("tiny-random-wav2vec2"), corpus, cache_dir=root / "s", progress=False)
+    run, timeline = RunContext(seed=7), RunTimeline(workers=2)
     jobs = [(remembered, (k,)) for k in range(6)]
-    with WorkerPool(2, store, corpus, run) as pool:
-        first = run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool)
+    with WorkerPool(2, store, corpus, run, timeline) as pool:
+        with pytest.raises(ValueError, match="5 labels for 6 jobs"):
+            run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool, labels=list("abcde"))
+        with timeline.phase("layer jobs"):
+            first = run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool,
+                             labels=[f"job {k}" for k in range(6)])
         second = run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool)
+    return store, corpus, run, timeline, first, second
+
+
+def test_one_pool_serves_every_call_and_each_worker_keeps_its_run_context(pool_calls):
+    store, corpus, run, _, first, second = pool_calls
     pids = {pid for pid, *_ in first}
     assert {pid for pid, *_ in second} <= pids and os.getpid() not in pids and len(pids) <= 2
     kept = {}
@@ -64,6 +80,7 @@ def test_a_pool_for_another_store_is_refused(small_store, tmp_path):
                  pool=WorkerPool(2, other, corpus, run))
 
 
+@pytest.mark.slow  # spawns a pool of its own (9 s); the pipeline always hands run_jobs its one pool
 def test_a_call_without_a_pool_runs_its_jobs_over_workers_of_its_own(small_store):
     store, corpus = small_store
     run = RunContext(seed=7)
@@ -83,20 +100,11 @@ def test_a_worker_that_cannot_open_the_store_raises_its_cause_in_this_process(sm
         run_jobs([(remembered, (0,))] * 2, families={}, store=broken, corpus=corpus, run=run, workers=2)
 
 
-def test_a_pool_with_a_timeline_records_where_and_when_each_job_ran(small_store):
-    from audit.timeline import RunTimeline
-
-    store, corpus = small_store
-    run, timeline = RunContext(seed=7), RunTimeline(workers=2)
-    jobs = [(remembered, (k,)) for k in range(4)]
-    with WorkerPool(2, store, corpus, run, timeline) as pool:
-        with pytest.raises(ValueError, match="3 labels for 4 jobs"):
-            run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool, labels=["a", "b", "c"])
-        with timeline.phase("layer jobs"):
-            out = run_jobs(jobs, families={}, store=store, corpus=corpus, run=run, pool=pool,
-                           labels=[f"job {k}" for k in range(4)])
+def test_a_pool_with_a_timeline_records_where_and_when_each_job_ran(pool_calls):
+    *_, timeline, first, _ = pool_calls
     recorded = timeline.to_dict()["jobs"]
-    assert sorted(j["job"] for j in recorded) == [f"job {k}" for k in range(4)]
-    assert {j["phase"] for j in recorded} == {"layer jobs"} and {j["worker"] for j in recorded} <= {0, 1}
-    assert len({j["worker"] for j in recorded}) == len({pid for pid, *_ in out})  # one number per worker process
+    labelled = [j for j in recorded if j["phase"] == "layer jobs"]
+    assert sorted(j["job"] for j in labelled) == [f"job {k}" for k in range(6)]
+    assert {j["worker"] for j in recorded} <= {0, 1}
+    assert len({j["worker"] for j in labelled}) == len({pid for pid, *_ in first})  # one number per worker process
     assert all(0 <= j["start"] <= j["end"] and j["seconds"] >= 0 for j in recorded)
