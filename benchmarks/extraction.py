@@ -4,6 +4,7 @@ Prints measured figures (nothing is asserted): seconds of compute per second of 
 
 * the bare model forward on in-memory audio (the extractor called on pre-decoded clips),
 * the full pipeline into a cold store (decode + forward + float16 + atomic shard writes + consolidation),
+  timed alternately with the bare forward over a few rounds and quoted as medians,
 * a warm store (same key: no model work),
 
 and the peak resident memory of a fresh process extracting 1x and 4x the audio.
@@ -66,32 +67,60 @@ def child_peak_rss(model: str, spec: str, n: int, repeat: int, batch_size: int, 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(model: str, corpus: Corpus, spec: str, n: int, batch_size: int, device: str) -> None:
-    """Print the bare-forward, cold, warm and peak-memory lines of one device."""
+def measure(model: str, corpus: Corpus, spec: str, n: int, batch_size: int, device: str, rounds: int = 3) -> None:
+    """Print the bare-forward, cold, warm and peak-memory lines of one device.
+
+    The bare forward and the cold build are timed ``rounds`` times each, alternating (bare,
+    cold, then cold, bare, ...), each cold build into an empty cache: one pair of single runs
+    swung from -23% to +15% between sessions on this 2-core machine, so the overhead is quoted
+    from the medians, with every round's figure beside it. Each cold build also times its own
+    model calls, which splits its wall time into model and the rest (decode, checks, float16,
+    atomic writes, consolidation) within the same run.
+    """
+    from statistics import median
+
     audio_s = corpus.total_seconds
     ext = build_extractor(model, device=device).load()
     wavs = [load_audio(u.path, start=u.start, end=u.end) for u in corpus]
     ext(wavs[:1])  # warm-up: first-call allocations are not what we measure
-    t = time.perf_counter()
-    for batch in _batches([w.size for w in wavs], batch_size, ext.can_pad_batch):
-        ext([wavs[i] for i in batch])
-    bare = time.perf_counter() - t
 
-    with tempfile.TemporaryDirectory() as cache:
+    def bare_forward() -> float:
         t = time.perf_counter()
-        EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=batch_size, progress=False)
-        cold = time.perf_counter() - t
+        for batch in _batches([w.size for w in wavs], batch_size, ext.can_pad_batch):
+            ext([wavs[i] for i in batch])
+        return time.perf_counter() - t
+
+    def cold_build(cache: str) -> tuple[float, float]:
         t = time.perf_counter()
-        warm_store = EmbeddingStore.build(build_extractor(model, device=device), corpus, cache_dir=cache,
-                                          progress=False)
+        store = EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=batch_size, progress=False)
+        return time.perf_counter() - t, store.stats.model_seconds
+
+    bares, colds = [], []
+    with tempfile.TemporaryDirectory() as root:
+        for r in range(rounds):
+            for kind in (("bare", "cold") if r % 2 == 0 else ("cold", "bare")):
+                if kind == "bare":
+                    bares.append(bare_forward())
+                else:
+                    colds.append(cold_build(f"{root}/round{r}"))
+        t = time.perf_counter()
+        warm_store = EmbeddingStore.build(build_extractor(model, device=device), corpus,
+                                          cache_dir=f"{root}/round{rounds - 1}", progress=False)
         warm = time.perf_counter() - t
-    print(f"[{device}] audio: {len(corpus)} utterances, {audio_s:.1f} s")
-    print(f"[{device}] bare model forward : {bare:7.2f} s  = {bare / audio_s:.4f} s per audio-second")
+    bare, cold = median(bares), median(c for c, _ in colds)
+    in_model, outside = median(m for _, m in colds), median(c - m for c, m in colds)
+    each = ", ".join(f"{100 * (c - b) / b:+.1f}%" for b, (c, _) in zip(bares, colds))
+    print(f"[{device}] audio: {len(corpus)} utterances, {audio_s:.1f} s; {rounds} rounds, bare and cold alternating")
+    print(f"[{device}] bare model forward : {bare:7.2f} s  = {bare / audio_s:.4f} s per audio-second "
+          f"(median; rounds {', '.join(f'{b:.2f}' for b in bares)} s)")
     target = "target < 10%" if device == "cpu" else f"throughput {bare / cold:.2f}x the bare forward's; target >= 0.8"
     print(f"[{device}] pipeline, cold     : {cold:7.2f} s  = {cold / audio_s:.4f} s per audio-second "
-          f"(overhead {100 * (cold - bare) / bare:+.1f}% vs bare; {target})")
+          f"(median; overhead {100 * (cold - bare) / bare:+.1f}% vs bare, per round {each}; {target})")
+    print(f"[{device}]   inside the cold builds: {in_model:.2f} s in the model, {outside:.2f} s outside it "
+          f"({100 * outside / in_model:+.1f}% on top of its own model time; medians)")
     print(f"[{device}] pipeline, warm     : {warm:7.3f} s  = {warm / audio_s:.5f} s per audio-second "
-          f"(cache hit: {warm_store.stats.cache_hit}; {cold / max(warm, 1e-9):.0f}x faster than cold)")
+          f"(cache hit: {warm_store.stats.cache_hit}; {colds[-1][0] / max(warm, 1e-9):.0f}x faster than its cold "
+          f"build, {colds[-1][0]:.2f} s)")
     one = child_peak_rss(model, spec, n, 1, batch_size, device)
     four = child_peak_rss(model, spec, n, 4, batch_size, device)
     growth = 100 * (four["rss_mib"] - one["rss_mib"]) / one["rss_mib"]
@@ -109,6 +138,7 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     parser.add_argument("--n", type=int, default=24, help="utterances in the 1x corpus")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/cold rounds (median quoted)")
     parser.add_argument("--devices", help="comma-separated devices (default: cpu, plus cuda when torch sees a GPU)")
     args = parser.parse_args()
     if args.corpus == str(DEFAULT_CORPUS) and not DEFAULT_CORPUS.exists():
@@ -122,7 +152,7 @@ def main() -> None:
           f"devices {', '.join(devices)}")
     corpus = pick_corpus(args.corpus, args.n)
     for device in devices:
-        measure(args.model, corpus, args.corpus, args.n, args.batch_size, device)
+        measure(args.model, corpus, args.corpus, args.n, args.batch_size, device, args.rounds)
     if not torch.cuda.is_available():
         print("GPU: none here (torch.cuda.is_available() is False): the GPU lines were not measured")
 
