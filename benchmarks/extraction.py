@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/cold rounds (median quoted)")
     parser.add_argument("--devices", help="comma-separated devices (default: cpu, plus cuda when torch sees a GPU)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: need at least 1")
     if args.corpus == str(DEFAULT_CORPUS) and not DEFAULT_CORPUS.exists():
         print(f"skipped: corpus {args.corpus} not present (the shared LibriSpeech subset is needed; "
               "or pass --corpus)")
