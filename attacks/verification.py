@@ -18,13 +18,15 @@ Backends (all on standardised pooled embeddings):
 Reported: EER (speechbrain definition, :func:`audit.metrics.eer`) with a speaker-level
 bootstrap 95% CI (:func:`speaker_bootstrap_ci`), minDCF with its prior and costs, linkability
 ``D_sys``, score histograms, the training budget and a learning curve over 25/50/100% of the
-training speakers.
+training speakers. The ``frame`` scorer (:class:`FrameVerification`) learns its features too, so
+its curve retrains its ECAPA encoder at every point, not only the scorer.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 import numpy as np
@@ -32,7 +34,7 @@ from scipy.linalg import cholesky, solve_triangular
 from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.preprocessing import StandardScaler
 
-from attacks.frame_speaker_id import budgeted_frame_attacker, check_frame_budget
+from attacks.frame_speaker_id import FrameSpeakerID, budgeted_frame_attacker, check_frame_budget
 from audit.embeddings import EmbeddingSet, splice
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import CURVE_FRACTIONS, check_is_fitted
@@ -265,6 +267,14 @@ def score_trials(Z: np.ndarray, design: TrialDesign, plda: TwoCovariancePLDA | N
     return trials @ models.T
 
 
+def curve_speaker_rows(speakers: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Rows of a seeded ``fraction`` of the speakers (at least 2; nested: a larger fraction keeps the smaller's)."""
+    names = np.unique(speakers)
+    names = names[np.random.default_rng(seed).permutation(names.size)]
+    keep = names[: max(2, int(round(fraction * names.size)))]
+    return np.flatnonzero(np.isin(speakers, keep))
+
+
 class SpeakerVerification:
     """Open-set speaker verification attacker (train speakers disjoint from test speakers).
 
@@ -364,15 +374,26 @@ class SpeakerVerification:
         self.fit_seconds_ = time.perf_counter() - t0
         # The learning curve's scorers (25/50% of the training speakers, the chosen dimension) are part
         # of the fit, so a fitted scorer can be evaluated on several test sets without refitting.
-        self.curve_scorers_: dict[float, tuple[SpeakerVerification, int]] = {}
+        self.curve_scorers_: dict[float, tuple[Any, int]] = {}
         if self.learning_curve:
             params = {**self.get_params(), "learning_curve": False,
                       "n_components": self.dims_ if self.scalings_ is not None else None}
             for fraction in CURVE_FRACTIONS:
                 if fraction < 1.0:
-                    rows = self._curve_subset(fraction)
+                    rows = curve_speaker_rows(train.speakers, fraction, self.seed)
                     self.curve_scorers_[fraction] = (type(self)(**params).fit(train.subset(rows)),
                                                      int(np.unique(train.speakers[rows]).size))
+        return self
+
+    def use_curve(self, points: dict[float, tuple[Any, int]]) -> "SpeakerVerification":
+        """Score the learning curve with ``points`` instead: fraction -> (fitted scorer, its training speakers).
+
+        A point needs ``score_matrix(test, design)``. For an attacker whose features are learned
+        too (:class:`FrameVerification`), refitting this scorer alone on fewer speakers would
+        reuse features learned from all of them; its points refit the features as well.
+        """
+        check_is_fitted(self, "scaler_")
+        self.curve_scorers_ = dict(points)
         return self
 
     def _select_dims(self, Z: np.ndarray, grouping: Grouping, cap: int) -> tuple[int, str]:
@@ -411,13 +432,6 @@ class SpeakerVerification:
     def score_matrix(self, test: EmbeddingSet, design: TrialDesign) -> np.ndarray:
         """Scores ``(n_trials, n_models)`` of a trial design on ``test`` (see :func:`score_trials`)."""
         return score_trials(self.transform(test.pooled), design, self.plda_)
-
-    def _curve_subset(self, fraction: float) -> np.ndarray:
-        """Rows of a seeded ``fraction`` of the training speakers (at least 2; nested)."""
-        names = np.unique(self.train_.speakers)
-        names = names[np.random.default_rng(self.seed).permutation(names.size)]
-        keep = names[: max(2, int(round(fraction * names.size)))]
-        return np.flatnonzero(np.isin(self.train_.speakers, keep))
 
     def evaluate(self, test: EmbeddingSet) -> AttackResult:
         """EER, minDCF and linkability of trials among the (unseen) test speakers.
@@ -463,7 +477,7 @@ class SpeakerVerification:
         for frac, (sub, n_spk) in sorted(self.curve_scorers_.items()):
             curve.append({"fraction": frac, "n_train_speakers": n_spk,
                           "eer": eer(*trial_scores(sub.score_matrix(test, design), design.trial_model))[0]})
-        if self.learning_curve:
+        if self.curve_scorers_:
             curve.append({"fraction": 1.0, "n_train_speakers": self.train_.n_speakers, "eer": value})
         converged = bool(curve[-2]["eer"] - curve[-1]["eer"] <= 0.02) if len(curve) > 1 else None
         return AttackResult(self.attack, self.backend, metrics, chance=0.5, budget=self._budget(design),
@@ -492,9 +506,10 @@ class VerificationSettings(FamilySettings):
     """Open-set verification settings (TOML section ``[verification]``).
 
     ``scorers``: projections learned on the training speakers (``lda``, ``plda``, ``cosine``)
-    and ``frame``, the cosine of a frame-level ECAPA attacker's embedding trained on the
-    training speakers. The headline is the scorer with the lowest test EER (the worst case for
-    privacy, as for speaker ID); every scorer is listed beside it. ``frame_layers`` (None: every
+    and ``frame`` (:class:`FrameVerification`), the cosine of a frame-level ECAPA attacker's
+    embedding trained on the training speakers (its learning curve retrains the encoder). The
+    headline is the scorer with the lowest test EER (the worst case for privacy, as for speaker
+    ID); every scorer is listed beside it. ``frame_layers`` (None: every
     layer) runs the ``frame`` scorer only on the layers it names, as in ``[speaker_id]``.
     """
 
@@ -572,26 +587,120 @@ def attack_verification(train: EmbeddingSet, test: EmbeddingSet, settings: Verif
     return headline
 
 
+class FrameVerification:
+    """Cosine verification on the embeddings of a frame-level ECAPA attacker trained on the attacker's speakers.
+
+    :meth:`fit` trains the encoder (:class:`~attacks.frame_speaker_id.FrameSpeakerID`) on the
+    training speakers' frames, then a cosine scorer on its embeddings. The learning curve
+    retrains the *encoder* on the nested 25% and 50% speaker subsets the other scorers use
+    (:func:`curve_speaker_rows`), with the same budget: refitting the cosine scorer alone would
+    score every point with an encoder that had learned from all the speakers, a curve flat by
+    construction. ``converged`` in :meth:`evaluate` needs both the encoder's early stop and a
+    curve that gains at most 0.02 EER from half to all the speakers.
+
+    Parameters
+    ----------
+    frame_rate : float
+        Frames per second of the layer.
+    frame_max_epochs, frame_channels, frame_max_train_frames : int
+        The encoder's budget, as the keys of ``[verification]`` (read by
+        :func:`~attacks.frame_speaker_id.budgeted_frame_attacker`, as speaker ID's are).
+    enroll_fraction, p_target, seed, n_boot, n_comparisons
+        As for :class:`SpeakerVerification`.
+    learning_curve : bool, default=True
+    device, precision : str
+        Where and in what precision the encoders train and embed.
+    """
+
+    attack = "verification"
+
+    def __init__(self, *, frame_rate: float, frame_max_epochs: int = 20, frame_channels: int = 128,
+                 frame_max_train_frames: int | None = 200_000, enroll_fraction: float = 0.5, p_target: float = 0.01,
+                 seed: int = 0, n_boot: int = 1000, n_comparisons: int = 1, learning_curve: bool = True,
+                 device: str = "cpu", precision: str = "float32") -> None:
+        self.frame_rate = frame_rate
+        self.frame_max_epochs = frame_max_epochs
+        self.frame_channels = frame_channels
+        self.frame_max_train_frames = frame_max_train_frames
+        self.enroll_fraction = enroll_fraction
+        self.p_target = p_target
+        self.seed = seed
+        self.n_boot = n_boot
+        self.n_comparisons = n_comparisons
+        self.learning_curve = learning_curve
+        self.device = device
+        self.precision = precision
+
+    def _fit_point(self, train: EmbeddingSet) -> tuple[FrameSpeakerID, SpeakerVerification]:
+        """An encoder trained on ``train``'s frames and a cosine scorer (no curve of its own) on its embeddings."""
+        encoder = budgeted_frame_attacker(self, seed=self.seed, frame_rate=self.frame_rate, learning_curve=False,
+                                          n_boot=self.n_boot, device=self.device, precision=self.precision).fit(train)
+        scorer = SpeakerVerification(backend="cosine", enroll_fraction=self.enroll_fraction, p_target=self.p_target,
+                                     seed=self.seed, n_boot=self.n_boot, n_comparisons=self.n_comparisons,
+                                     learning_curve=False).fit(train.with_pooled(encoder.transform(train)))
+        return encoder, scorer
+
+    def fit(self, train: EmbeddingSet) -> "FrameVerification":
+        """Train the encoder and scorer on ``train``, and each learning-curve point on its speaker subset."""
+        self.encoder_, self.scorer_ = self._fit_point(train)
+        t0 = time.perf_counter()
+        self.curve_encoders_: dict[float, FrameSpeakerID] = {}
+        points = {}
+        if self.learning_curve:
+            for fraction in CURVE_FRACTIONS:
+                if fraction < 1.0:
+                    rows = curve_speaker_rows(train.speakers, fraction, self.seed)
+                    encoder, scorer = self._fit_point(train.subset(rows))
+                    self.curve_encoders_[fraction] = encoder
+                    points[fraction] = (_EncodedScorer(encoder, scorer), int(np.unique(train.speakers[rows]).size))
+        self.scorer_.use_curve(points)
+        self.curve_seconds_ = time.perf_counter() - t0
+        return self
+
+    def evaluate(self, test: EmbeddingSet) -> AttackResult:
+        """The cosine scorer's EER, minDCF and linkability on ``test``'s speakers, with the retrained curve."""
+        check_is_fitted(self, "encoder_")
+        # the frames stay with the embeddings: each curve point embeds the test rows with its own encoder
+        result = self.scorer_.evaluate(test.with_pooled(self.encoder_.transform(test), keep_frames=True))
+        result.attacker = "frame-ecapa+cosine"
+        result.converged = bool(self.encoder_.converged_ and result.converged is not False)
+        result.budget["encoder"] = _encoder_budget(self.encoder_)
+        result.budget["curve_encoders"] = {str(f): _encoder_budget(e) for f, e in sorted(self.curve_encoders_.items())}
+        result.budget["curve_fit_seconds"] = round(self.curve_seconds_, 2)
+        return result
+
+
+class _EncodedScorer:
+    """One learning-curve point of :class:`FrameVerification`: its own encoder and a scorer of its embeddings."""
+
+    def __init__(self, encoder: FrameSpeakerID, scorer: SpeakerVerification) -> None:
+        self.encoder = encoder
+        self.scorer = scorer
+
+    def score_matrix(self, test: EmbeddingSet, design: TrialDesign) -> np.ndarray:
+        """Scores of ``design``'s trials on ``test`` embedded by this point's encoder."""
+        return self.scorer.score_matrix(test.with_pooled(self.encoder.transform(test)), design)
+
+
+def _encoder_budget(encoder: FrameSpeakerID) -> dict:
+    """What one trained encoder cost and whether its early stop fired."""
+    return {"epochs": len(encoder.history_), "best_epoch": encoder.record_["best_epoch"],
+            "converged": encoder.converged_, "n_train_speakers": int(encoder.classes_.size),
+            "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2),
+            "precision": encoder.precision}
+
+
 def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings, common: dict,
                   ctx: LayerContext) -> dict:
-    """Cosine verification on the embedding of a frame-level attacker trained on the training speakers.
-
-    The attacker runs on the run's device and precision (``ctx.device``, ``ctx.attacker_precision``).
-    """
+    """:class:`FrameVerification` on the layer, on the run's ``device`` and ``attacker_precision``."""
     if train.frame_source is None or ctx.frame_skip:
         reason = ctx.frame_skip or "pooled-only layer: no frames"
         return AttackResult.skip("verification", "frame-ecapa", reason).to_dict()
-    encoder = ctx.run.fitted(budgeted_frame_attacker(settings, seed=ctx.seed, frame_rate=ctx.frame_rate,
-                                                     learning_curve=False, device=ctx.device,
-                                                     precision=ctx.attacker_precision), train, frames=True)
-    scorer = ctx.run.fitted(SpeakerVerification(backend="cosine", **common),
-                            train.with_pooled(encoder.transform(train)))
-    result = scorer.evaluate(test.with_pooled(encoder.transform(test)))
-    result.attacker = "frame-ecapa+cosine"
-    result.budget["encoder"] = {"epochs": len(encoder.history_), "converged": encoder.converged_,
-                                "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2),
-                                "precision": encoder.precision}
-    return result.to_dict()
+    attacker = FrameVerification(frame_rate=ctx.frame_rate, frame_max_epochs=settings.frame_max_epochs,
+                                 frame_channels=settings.frame_channels,
+                                 frame_max_train_frames=settings.frame_max_train_frames, device=ctx.device,
+                                 precision=ctx.attacker_precision, **common)
+    return ctx.run.fitted(attacker, train, frames=True).evaluate(test).to_dict()
 
 
 def ignorant_test(clean: EmbeddingSet, defended: EmbeddingSet, settings: VerificationSettings,

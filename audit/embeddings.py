@@ -118,12 +118,17 @@ class EmbeddingSet:
                             self.layer, None if self.transcripts is None else self.transcripts[index],
                             _reindexed(self.audio_source, index), self.grouping.subset(index))
 
-    def with_pooled(self, pooled: np.ndarray) -> "EmbeddingSet":
-        """The same rows and labels with other pooled vectors and no frames (e.g. an attacker's embeddings)."""
+    def with_pooled(self, pooled: np.ndarray, *, keep_frames: bool = False) -> "EmbeddingSet":
+        """The same rows and labels with other pooled vectors (e.g. an attacker's embeddings).
+
+        The frames are dropped unless ``keep_frames``: a scorer of an encoder's embeddings whose
+        learning-curve points retrain the encoder needs them to embed the rows again.
+        """
         if pooled.shape[0] != len(self):
             raise StoreError(f"with_pooled: {pooled.shape[0]} rows for a set of {len(self)}")
-        return EmbeddingSet(pooled, self.speakers, self.utt_ids, self.attributes, None, self.layer,
-                            self.transcripts, self.audio_source, self.grouping)
+        return EmbeddingSet(pooled, self.speakers, self.utt_ids, self.attributes,
+                            self.frame_source if keep_frames else None, self.layer, self.transcripts,
+                            self.audio_source, self.grouping)
 
 
 def _ranks(labels: np.ndarray) -> bytes:

@@ -150,3 +150,26 @@ def test_speaker_bootstrap_ci_is_seeded_and_stratified():
     strata = np.array([0] * 5 + [1] * 5)
     both = lambda counts: float(counts[:5].sum() == 5 and counts[5:].sum() == 5)  # noqa: E731
     assert speaker_bootstrap_ci(both, 10, strata=strata, n_boot=50) == (1.0, 1.0)
+
+
+def test_frame_verifier_retrains_its_encoder_for_every_learning_curve_point():
+    from attacks.verification import FrameVerification, curve_speaker_rows
+    from tests.test_frame_speaker_id import frame_set
+
+    data = frame_set(n_speakers=10, n_utts=4, signal=1.5)
+    is_train = np.isin(data.speakers, np.unique(data.speakers)[:6])
+    train, test = data.subset(np.flatnonzero(is_train)), data.subset(np.flatnonzero(~is_train))
+    attacker = FrameVerification(frame_rate=50.0, frame_max_epochs=2, frame_channels=16, n_boot=100).fit(train)
+    result = attacker.evaluate(test)
+    curve = result.learning_curve
+    assert [row["fraction"] for row in curve] == [0.25, 0.5, 1.0]
+    for row in curve[:-1]:
+        encoder = attacker.curve_encoders_[row["fraction"]]
+        seen = np.unique(train.speakers[curve_speaker_rows(train.speakers, row["fraction"], 0)])
+        # the point's encoder learned from its own speakers only, not from all six
+        assert list(encoder.classes_) == list(seen) and encoder.classes_.size == row["n_train_speakers"] < 6
+    assert attacker.encoder_.classes_.size == curve[-1]["n_train_speakers"] == 6
+    assert set(result.budget["curve_encoders"]) == {"0.25", "0.5"}
+    assert result.attacker == "frame-ecapa+cosine"
+    # two epochs cannot trigger a patience of six: the encoder ran out of epochs, so the attacker has not converged
+    assert not attacker.encoder_.converged_ and result.converged is False
