@@ -65,6 +65,12 @@ def _inversion_cell(entry: dict) -> str:
     return ", ".join(parts)
 
 
+def _probe_capped(entry: dict) -> dict | None:
+    """The utility probe's budget when its training hit its cap (epochs or solver iterations), else None."""
+    budget = (entry.get("utility") or {}).get("budget") or {}
+    return budget if budget.get("converged") is False else None
+
+
 def _utility_cell(entry: dict) -> tuple[str, str]:
     u = entry.get("utility")
     if not u:
@@ -73,6 +79,8 @@ def _utility_cell(entry: dict) -> tuple[str, str]:
     value = f"{u['metric']} {fmt_pct(u['value']) if is_rate else fmt_num(u['value'])} {fmt_ci(u.get('ci95'))}"
     if "wer" in (u.get("extra") or {}):
         value += f"; wer {fmt_pct(u['extra']['wer'])}"
+    if _probe_capped(entry):
+        value += " (probe at its training cap)"
     kept = "1 (reference)" if entry["name"] == "none" else (
         f"{fmt_num(u.get('retained'), '.3f')} {fmt_ci(u.get('retained_ci95'), 1, '.3f')}"
         if u.get("retained") is not None else "n/a")
@@ -177,6 +185,14 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
                      f"{100 * STILL_LEARNING_GAIN:.0f} points towards leakage from half to all of its training "
                      "data, so an attacker with more data would read more leakage than the row shows (a defense "
                      "then protects less than it seems to): " + "; ".join(learning) + ".")
+    capped = [f"layer {e['layer']} {setting_label(e)}"
+              + (f" (best epoch {b['best_epoch']} of {b['epochs']})" if "best_epoch" in b else "")
+              for e in entries if e.get("status") == "ok" for b in [_probe_capped(e)] if b]
+    if capped:
+        notes.append("Utility probe at its training cap: it stopped at its limit (utility_probe.ctc_epochs for the "
+                     "ctc probe, the solver's iterations for a classifier), not by its early stop, so it may still "
+                     "have been improving; its figure, and the share retained built on it, may understate what "
+                     "the embeddings support: " + "; ".join(capped) + ".")
     disagree = [e for e in entries if e.get("training_adversary") and (e.get("strongest") or {}).get("top1")]
     for e in disagree:
         adv, top1 = e["training_adversary"], e["strongest"]["top1"]

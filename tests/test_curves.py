@@ -83,3 +83,17 @@ def test_headlines_carry_the_verdict_and_the_defense_table_says_so() -> None:
     assert cells["noise"].endswith("(still learning)") and "still learning" not in cells["leace"]
     note = next(n for n in table.notes if n.startswith("Still learning"))
     assert "layer 1 noise: speaker-ID (logreg, semi), top1 60.0% → 85.0%" in note and "leace" not in note
+
+
+def test_a_utility_probe_stopped_by_its_cap_is_flagged_in_the_defense_table() -> None:
+    def entry(name: str, converged: bool) -> dict:
+        utility = {"metric": "cer", "value": 0.2, "ci95": [0.1, 0.3], "retained": 0.9, "retained_ci95": [0.8, 1.0],
+                   "budget": {"epochs": 30, "best_epoch": 30 if not converged else 12, "converged": converged}}
+        return {"name": name, "params": {}, "layer": 1, "status": "ok", "strongest": {}, "scenarios": {},
+                "utility": utility, "wall_seconds": 1.0}
+
+    table = defense_table({"defenses": [entry("noise", False), entry("leace", True)]})
+    cells = {row[1]: row[6] for row in table.rows}
+    assert cells["noise"].endswith("(probe at its training cap)") and "cap" not in cells["leace"]
+    note = next(n for n in table.notes if n.startswith("Utility probe at its training cap"))
+    assert "layer 1 noise (best epoch 30 of 30)" in note and "leace" not in note
