@@ -11,10 +11,14 @@ Prints measured figures side by side (nothing is asserted):
   family (split, attacker, CIs as in an audit): top-1 with its 95% CI for float32 and int8, and
   whether the CIs overlap, next to the relative error of the int8 frames.
 
+The cold store builds alternate over ``--rounds`` (3) and their medians are quoted with every
+round's figure.
+
 Defaults: whisper-tiny.en on the test-other utterances of ``../shared/data/librispeech_subset``
 (skipped with a message when absent); pooled logistic regression only.
 
-Usage: ``python benchmarks/int8.py [--model whisper-tiny.en] [--corpus PATH] [--speed-n 24] [--batch-size 8]``
+Usage: ``python benchmarks/int8.py [--model whisper-tiny.en] [--corpus PATH] [--speed-n 24] [--batch-size 8]
+[--rounds 3]``
 """
 
 from __future__ import annotations
@@ -115,7 +119,10 @@ def main() -> None:
     parser.add_argument("--speed-n", type=int, default=24, help="utterances in the alternating speed run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="cold store builds of each model, alternating")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: need at least 1")
     if not Path(args.corpus).exists():
         print(f"skipped: corpus {args.corpus} not present (the shared LibriSpeech subset is needed)")
         return
@@ -149,17 +156,27 @@ def main() -> None:
     print(f"    the other {100 * (1 - frac):.0f}% of the fp32 forward stays float32, so even free Linear layers would "
           f"give at most {1 / (1 - frac):.2f}x (Amdahl)")
 
+    stores: dict[str, EmbeddingStore] = {}
     with tempfile.TemporaryDirectory() as cache:
-        stores = {name: EmbeddingStore.build(ext, corpus, cache_dir=cache, batch_size=args.batch_size, progress=False)
-                  for name, ext in extractors.items()}
+        # Cold builds alternate (fp32 first, then int8 first, ...), each into an empty cache: one build of
+        # each read 1.32x on one run and 1.48x on the next, so the medians of the rounds are quoted.
+        model_s: dict[str, list[float]] = {name: [] for name in extractors}
+        for r in range(args.rounds):
+            for name in list(extractors) if r % 2 == 0 else list(extractors)[::-1]:
+                store = EmbeddingStore.build(extractors[name], corpus, cache_dir=f"{cache}/{name}{r}",
+                                             batch_size=args.batch_size, progress=False)
+                model_s[name].append(store.stats.model_seconds)
+                stores[name] = store
         keys = {name: store_key(ext, corpus) for name, ext in extractors.items()}
-        print(f"\nstore builds, {len(corpus)} clips, {corpus.total_seconds:.0f} s audio "
-              f"(store keys differ: {keys['fp32'] != keys['int8']}):")
+        print(f"\nstore builds, {len(corpus)} clips, {corpus.total_seconds:.0f} s audio, {args.rounds} cold builds "
+              f"each, alternating (store keys differ: {keys['fp32'] != keys['int8']}):")
         for name, store in stores.items():
-            st = store.stats
-            print(f"  {name}: model {st.model_seconds:7.2f} s = {st.audio_seconds / st.model_seconds:6.1f} "
-                  f"audio-s per s (wall {st.wall_seconds:.1f} s)")
-        print(f"  int8 / fp32 speed: {stores['fp32'].stats.model_seconds / stores['int8'].stats.model_seconds:.2f}x")
+            median = float(np.median(model_s[name]))
+            print(f"  {name}: model {median:7.2f} s = {store.stats.audio_seconds / median:6.1f} audio-s per s "
+                  f"(median; rounds {', '.join(f'{x:.2f}' for x in model_s[name])} s)")
+        ratios = [f / q for f, q in zip(model_s["fp32"], model_s["int8"])]
+        print(f"  int8 / fp32 speed: {np.median(model_s['fp32']) / np.median(model_s['int8']):.2f}x (medians; per "
+              f"round {', '.join(f'{x:.2f}' for x in ratios)}x)")
 
         settings = SpeakerIDSettings(attackers=list(ATTACKERS))
         labels = corpus_labels(corpus)
