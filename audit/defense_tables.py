@@ -185,9 +185,12 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
                      f"{100 * STILL_LEARNING_GAIN:.0f} points towards leakage from half to all of its training "
                      "data, so an attacker with more data would read more leakage than the row shows (a defense "
                      "then protects less than it seems to): " + "; ".join(learning) + ".")
-    capped = [f"layer {e['layer']} {setting_label(e)}"
-              + (f" (best epoch {b['best_epoch']} of {b['epochs']})" if "best_epoch" in b else "")
-              for e in entries if e.get("status") == "ok" for b in [_probe_capped(e)] if b]
+    capped = []
+    for e in entries:
+        budget = _probe_capped(e) if e.get("status") == "ok" else None
+        if budget:
+            capped.append(f"layer {e['layer']} {setting_label(e)}" + (
+                f" (best epoch {budget['best_epoch']} of {budget['epochs']})" if "best_epoch" in budget else ""))
     if capped:
         notes.append("Utility probe at its training cap: it stopped at its limit (utility_probe.ctc_epochs for the "
                      "ctc probe, the solver's iterations for a classifier), not by its early stop, so it may still "

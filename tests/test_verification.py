@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks.verification import SpeakerVerification, shrinkage_lda, trial_design, trial_scores
+from attacks.verification import (FrameVerification, SpeakerVerification, curve_speaker_rows, shrinkage_lda,
+                                  trial_design, trial_scores)
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
 from audit.metrics import speaker_bootstrap_ci
+from tests.test_frame_speaker_id import frame_set
 
 
 def make_set(n_speakers: int, n_utts: int, *, leak: float, dim: int = 16, seed: int = 0,
@@ -153,9 +155,6 @@ def test_speaker_bootstrap_ci_is_seeded_and_stratified():
 
 
 def test_frame_verifier_retrains_its_encoder_for_every_learning_curve_point():
-    from attacks.verification import FrameVerification, curve_speaker_rows
-    from tests.test_frame_speaker_id import frame_set
-
     data = frame_set(n_speakers=10, n_utts=4, signal=1.5)
     is_train = np.isin(data.speakers, np.unique(data.speakers)[:6])
     train, test = data.subset(np.flatnonzero(is_train)), data.subset(np.flatnonzero(~is_train))
