@@ -641,7 +641,13 @@ class FrameSpeakerID:
                 "head": f"AAM-softmax (margin={self.margin}, scale={self.scale})", "precision": self.precision,
                 "max_epochs": self.max_epochs, "patience": self.patience, "epochs": rec["epochs"],
                 "best_epoch": rec["best_epoch"], "steps": rec["steps"], "val_top1": rec["val_top1"],
-                "fit_seconds": round(self.fit_seconds_, 3), "curve_fit_seconds": round(self.curve_seconds_, 3)}
+                "fit_seconds": round(self.fit_seconds_, 3), "curve_fit_seconds": round(self.curve_seconds_, 3),
+                "history": epoch_history(self.history_)}
+
+
+def epoch_history(history: list[dict]) -> list[dict]:
+    """Per-epoch training loss and validation top-1 / loss, rounded for ``results.json`` (the convergence evidence)."""
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in history]
 
 
 def check_frame_budget(settings: Any, prefix: str) -> None:

@@ -34,7 +34,7 @@ from scipy.linalg import cholesky, solve_triangular
 from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.preprocessing import StandardScaler
 
-from attacks.frame_speaker_id import FrameSpeakerID, budgeted_frame_attacker, check_frame_budget
+from attacks.frame_speaker_id import FrameSpeakerID, budgeted_frame_attacker, check_frame_budget, epoch_history
 from audit.embeddings import EmbeddingSet, splice
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import CURVE_FRACTIONS, check_is_fitted
@@ -683,11 +683,11 @@ class _EncodedScorer:
 
 
 def _encoder_budget(encoder: FrameSpeakerID) -> dict:
-    """What one trained encoder cost and whether its early stop fired."""
+    """What one trained encoder cost, whether its early stop fired, and its per-epoch curve."""
     return {"epochs": len(encoder.history_), "best_epoch": encoder.record_["best_epoch"],
             "converged": encoder.converged_, "n_train_speakers": int(encoder.classes_.size),
             "n_params": encoder.n_params_, "fit_seconds": round(encoder.fit_seconds_, 2),
-            "precision": encoder.precision}
+            "precision": encoder.precision, "history": epoch_history(encoder.history_)}
 
 
 def _frame_scorer(train: EmbeddingSet, test: EmbeddingSet, settings: VerificationSettings, common: dict,

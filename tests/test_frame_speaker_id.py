@@ -104,6 +104,10 @@ def test_learning_curve_and_sequences_shorter_than_receptive_field():
     result = attacker.evaluate(data)
     assert result.attacker == "frame-xvector"
     assert [row["fraction"] for row in result.learning_curve] == [0.25, 0.5, 1.0]
+    # the epoch curve behind `converged` is recorded, one row per epoch run
+    history = result.budget["history"]
+    assert [row["epoch"] for row in history] == [1, 2] == list(range(1, result.budget["epochs"] + 1))
+    assert all(0.0 <= row["val_top1"] <= 1.0 and row["train_loss"] > 0 for row in history)
 
 
 def test_max_train_frames_caps_the_cache(signal_sets):

@@ -169,6 +169,7 @@ def test_frame_verifier_retrains_its_encoder_for_every_learning_curve_point():
         assert list(encoder.classes_) == list(seen) and encoder.classes_.size == row["n_train_speakers"] < 6
     assert attacker.encoder_.classes_.size == curve[-1]["n_train_speakers"] == 6
     assert set(result.budget["curve_encoders"]) == {"0.25", "0.5"}
+    assert [row["epoch"] for row in result.budget["encoder"]["history"]] == [1, 2]
     assert result.attacker == "frame-ecapa+cosine"
     # two epochs cannot trigger a patience of six: the encoder ran out of epochs, so the attacker has not converged
     assert not attacker.encoder_.converged_ and result.converged is False
