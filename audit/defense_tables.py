@@ -187,7 +187,7 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
                      "then protects less than it seems to): " + "; ".join(learning) + ".")
     capped = []
     for e in entries:
-        budget = _probe_capped(e) if e.get("status") == "ok" else None
+        budget = _probe_capped(e)
         if budget:
             capped.append(f"layer {e['layer']} {setting_label(e)}" + (
                 f" (best epoch {budget['best_epoch']} of {budget['epochs']})" if "best_epoch" in budget else ""))
