@@ -181,6 +181,32 @@ def learning_curves(path: Path, curves: dict[str, list[dict]], *, metric: str, t
     return path
 
 
+def epoch_curves(path: Path, panels: Sequence[dict], *, title: str) -> Path:
+    """Validation metric per training epoch, one panel per kind of network, each kept epoch circled.
+
+    ``panels`` holds ``{"title", "ylabel", "lines"}``; ``lines`` maps a label to
+    ``{"epochs": [...], "values": [...], "best_epoch": int | None}``.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for label, line in panel["lines"].items():
+            drawn, = ax.plot(line["epochs"], line["values"], "-", lw=1.2, label=label)
+            if line.get("best_epoch") in line["epochs"]:
+                y = line["values"][line["epochs"].index(line["best_epoch"])]
+                ax.plot([line["best_epoch"]], [y], "o", ms=6, mfc="none", color=drawn.get_color())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(panel["ylabel"])
+        ax.set_title(panel["title"], fontsize=8)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
 def mel_comparison(path: Path, true_mel: np.ndarray, pred_mel: np.ndarray, *, title: str) -> Path:
     """Original and reconstructed log-mel spectrograms (``(T, n_mels)``) one above the other."""
     plt = _pyplot()

@@ -76,6 +76,17 @@ def test_run_writes_every_report_file(run_dir):
     assert len((run_dir / "summary.md").read_text()) < 65_536  # GitHub's limit for a pull-request comment
 
 
+def test_training_curves_name_the_decoders_that_ran_out_of_epochs(run_dir):
+    """The config caps the decoders at 2 epochs: the report's training figure must say they hit that cap."""
+    results = json.loads((run_dir / "results.json").read_text())
+    capped = [la["index"] for la in results["layers"] if not la["attacks"]["inversion"]["frame"]["converged"]]
+    assert capped and (run_dir / "training_curves.png").stat().st_size > 1000
+    html = (run_dir / "report.html").read_text()
+    for index in capped:
+        assert f"L{index} inversion decoder (best epoch" in html.split("Stopped at their epoch cap")[1]
+    assert "val_loss 1: " in html  # the budget table reads the decoder's curve on held-out data
+
+
 def test_manifest_text_is_escaped_in_html_and_markdown(run_dir):
     html = (run_dir / "report.html").read_text()
     summary = (run_dir / "summary.md").read_text()

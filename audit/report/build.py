@@ -265,7 +265,9 @@ def _curve_cell(curve: Any) -> str:
     if not isinstance(curve, list) or not curve:
         return "n/a"
     skip = {"fraction", "epoch", "n_train_speakers", "n_train"}
-    metric = next((k for k in curve[0] if k not in skip and isinstance(curve[0][k], (int, float))), None)
+    numeric = [k for k in curve[0] if k not in skip and isinstance(curve[0][k], (int, float))]
+    # A per-epoch curve is judged on held-out data: its validation metric, not the training loss.
+    metric = next((k for k in numeric if k.startswith("val_")), numeric[0] if numeric else None)
     if metric is None:
         return "n/a"
     pts = curve if len(curve) <= 5 else curve[:2] + curve[-2:]

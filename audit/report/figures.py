@@ -128,6 +128,65 @@ def _learning_figure(results: dict, out: Path) -> list[Figure]:
                    topic="methodology")]
 
 
+# Networks an audit trains epoch by epoch, each early-stopped on validation data: panel title, y label,
+# the per-epoch metric, and where the result sits under a layer's ``attacks``.
+_TRAINED_NETWORKS = (
+    ("inversion decoders", "validation loss (lower is closer)", "val_loss", ("inversion", "frame")),
+    ("frame speaker-ID networks", "validation top-1", "val_top1", ("speaker_id", "attackers", "frame")),
+    ("frame verification encoders", "validation top-1 (training speakers)", "val_top1",
+     ("verification", "scorers", "frame")),
+)
+
+
+def _epoch_record(path: tuple, result: dict) -> dict:
+    """Per-epoch rows, best epoch and early stop of one trained network, from its result alone."""
+    budget = result.get("budget") or {}
+    if path[0] == "inversion":
+        return {"rows": result.get("learning_curve") or [], "best_epoch": budget.get("best_epoch"),
+                "stopped": bool(result.get("converged"))}
+    if path[0] == "verification":
+        encoder = budget.get("encoder") or {}
+        return {"rows": encoder.get("history") or [], "best_epoch": encoder.get("best_epoch"),
+                "stopped": bool(encoder.get("converged"))}
+    return {"rows": budget.get("history") or [], "best_epoch": budget.get("best_epoch"),
+            "stopped": bool(result.get("converged"))}
+
+
+def _training_figure(results: dict, out: Path) -> list[Figure]:
+    """Validation curves per epoch of every network the audit trained: the evidence behind ``converged``."""
+    panels, early, capped = [], [], []
+    for title, ylabel, metric, path in _TRAINED_NETWORKS:
+        lines = {}
+        for la in results["layers"]:
+            result = layer_attack(la, *path)
+            if not is_ok(result):
+                continue
+            rec = _epoch_record(path, result)
+            rows = [r for r in rec["rows"] if isinstance(r.get(metric), (int, float)) and "epoch" in r]
+            if not rows:
+                continue
+            name = f"L{la['index']} {title[:-1]}"
+            said = f"{name} (best epoch {rec['best_epoch']} of {len(rows)})"
+            (early if rec["stopped"] else capped).append(said)
+            lines[f"L{la['index']}" + ("" if rec["stopped"] else " (epoch cap)")] = {
+                "epochs": [r["epoch"] for r in rows], "values": [r[metric] for r in rows],
+                "best_epoch": rec["best_epoch"]}
+        if lines:
+            panels.append({"title": title, "ylabel": ylabel, "lines": lines})
+    if not panels:
+        return []
+    plots.epoch_curves(out / "training_curves.png", panels,
+                       title="networks trained by the audit: validation per epoch (circle = weights kept)")
+    alt = (f"Line plots of the validation metric per training epoch of {len(early) + len(capped)} networks "
+           f"({', '.join(p['title'] for p in panels)}), the kept epoch circled. "
+           + (f"Stopped early, validation no longer improving: {', '.join(early)}. " if early else "")
+           + (f"Stopped at their epoch cap, so more epochs might make them stronger: {', '.join(capped)}."
+              if capped else "None stopped at its epoch cap."))
+    return [Figure("training_curves.png", alt.strip(),
+                   "Training curves: a network that stopped at its epoch cap may be understated.",
+                   topic="methodology")]
+
+
 def _pareto_figures(results: dict, out: Path, spec: str) -> list[Figure]:
     figures = []
     for layer in sorted({e["layer"] for e in results.get("defenses") or []}):
@@ -151,7 +210,7 @@ def write_figures(results: dict, out: Path) -> list[Figure]:
     names = [la["name"] for la in results["layers"]]
     spec = results["model"].get("spec", "?")
     return (_identity_figures(results, out, spec, layers, names) + _attribute_figure(results, out, spec, layers, names)
-            + _learning_figure(results, out) + _pareto_figures(results, out, spec))
+            + _learning_figure(results, out) + _training_figure(results, out) + _pareto_figures(results, out, spec))
 
 
 __all__ = ["series", "write_figures"]
