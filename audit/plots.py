@@ -1,4 +1,4 @@
-"""Plots a reviewer looks at: metric-vs-layer curves with CI bands, embedding maps, score histograms.
+"""Plots a reviewer looks at: metric-vs-layer curves with CI bands, embedding maps, score histograms, training curves.
 
 Every function takes plain numbers (from ``results.json`` or arrays) and writes one PNG; none
 recomputes a metric.
