@@ -1,4 +1,4 @@
-"""Judging an attacker's data learning curve: was it still gaining when its training data ran out?
+"""Judging whether an attacker was still gaining when its training data, or its epochs, ran out.
 
 Every attack result carries ``learning_curve`` rows ``{"fraction", <metric>, ...}``: the
 attacker's figure refitted on 25% and 50% of its training data, and the figure at 100%. A figure
@@ -53,4 +53,30 @@ def still_learning(result: Any, margin: float = STILL_LEARNING_GAIN) -> dict[str
             "values": [prev[metric], last[metric]], "gain": gain, "margin": margin}
 
 
-__all__ = ["LOWER_IS_LEAKIER", "STILL_LEARNING_GAIN", "still_learning"]
+def epoch_capped(result: Any) -> dict[str, Any] | None:
+    """``epochs`` and ``best_epoch`` of ``result``'s network when it stopped at its epoch cap, else None.
+
+    A network trained epoch by epoch stops early once validation stops improving; one that ran
+    its last allowed epoch instead may still have been improving, so its figure may understate
+    leakage. Such networks record ``epochs`` and ``max_epochs`` in their budget, with
+    ``converged`` saying whether the early stop fired (frame speaker ID, inversion decoder), or
+    an ``encoder`` record with its own ``converged`` (frame verification, whose result-level
+    ``converged`` also asks for a flat curve). Other attackers (closed-form, solver-based) are
+    not judged here (None).
+    """
+    if not isinstance(result, dict) or not isinstance(result.get("budget"), dict):
+        return None
+    budget = result["budget"]
+    encoder = budget.get("encoder")
+    if isinstance(encoder, dict) and isinstance(encoder.get("epochs"), int):
+        net, stopped = encoder, encoder.get("converged")
+    elif isinstance(budget.get("epochs"), int) and isinstance(budget.get("max_epochs"), int):
+        net, stopped = budget, result.get("converged")
+    else:
+        return None
+    if stopped is not False:
+        return None
+    return {"epochs": net["epochs"], "best_epoch": net.get("best_epoch")}
+
+
+__all__ = ["LOWER_IS_LEAKIER", "STILL_LEARNING_GAIN", "epoch_capped", "still_learning"]

@@ -31,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from audit.config import AuditConfig, DefenseSpec
-from audit.curves import still_learning
+from audit.curves import epoch_capped, still_learning
 from audit.defense import DefenseContext, DefenseFailed, DefenseFamily
 from audit.defense_tables import setting_label
 from audit.embeddings import EmbeddingSet, layer_set
@@ -396,14 +396,16 @@ class _LayerComparison:
 
 
 def _leak(result: dict | None, metric: str) -> dict | None:
-    """``metric`` of an attack result with its CI, chance, attacker and whether that attacker was still learning.
+    """``metric`` of an attack result with its CI, chance, attacker, and whether that attacker was still learning
+    or stopped at its epoch cap.
 
     None when it was not measured.
     """
     if not result or result.get("skipped") or result.get(metric) is None:
         return None
     return {"value": result[metric], "ci95": result.get("ci95"), "chance": result.get("chance"),
-            "attacker": result.get("attacker"), "still_learning": still_learning(result)}
+            "attacker": result.get("attacker"), "still_learning": still_learning(result),
+            "epoch_capped": epoch_capped(result)}
 
 
 def strongest(scenarios: dict) -> dict:

@@ -8,7 +8,7 @@ retained utility (higher is better).
 
 from __future__ import annotations
 
-from audit.curves import STILL_LEARNING_GAIN
+from audit.curves import STILL_LEARNING_GAIN, epoch_capped
 from audit.results import MetricSpec, Table, fmt_ci, fmt_num, fmt_pct, fmt_still_learning, is_ok
 
 #: Metrics of a ``defenses`` entry a gate rule may name (``defenses.<pattern>``): the strongest
@@ -35,7 +35,8 @@ def _leak_cell(leak: dict | None) -> str:
         return "n/a"
     return (f"{fmt_pct(leak['value'])} {fmt_ci(leak.get('ci95'))} "
             f"[{SCENARIO_SHORT.get(leak.get('scenario'), leak.get('scenario'))}]"
-            + (" (still learning)" if leak.get("still_learning") else ""))
+            + (" (still learning)" if leak.get("still_learning") else "")
+            + (" (epoch cap)" if leak.get("epoch_capped") else ""))
 
 
 def _family(entry: dict, scenario: str, family: str) -> dict | None:
@@ -63,6 +64,24 @@ def _inversion_cell(entry: dict) -> str:
     if isinstance(spk, dict):
         parts.append(f"judge EER {fmt_pct(spk.get('eer'))}")
     return ", ".join(parts)
+
+
+def _capped_attackers(entry: dict) -> list[str]:
+    """Every attacker of ``entry``'s scenarios whose network stopped at its epoch cap, in words."""
+    found = []
+    for scenario, attacks in (entry.get("scenarios") or {}).items():
+        for family, node in (attacks.items() if isinstance(attacks, dict) else ()):
+            if not isinstance(node, dict) or not is_ok(node):
+                continue
+            members = node.get("attackers") or node.get("scorers") or {
+                key: value for key, value in node.items() if isinstance(value, dict) and "budget" in value}
+            for name, result in members.items():
+                cap = epoch_capped(result)
+                if cap:
+                    found.append(f"{family} {result.get('attacker', name)} "
+                                 f"[{SCENARIO_SHORT.get(scenario, scenario)}] (best epoch {cap['best_epoch']} of "
+                                 f"{cap['epochs']})")
+    return found
 
 
 def _probe_capped(entry: dict) -> dict | None:
@@ -185,6 +204,14 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
                      f"{100 * STILL_LEARNING_GAIN:.0f} points towards leakage from half to all of its training "
                      "data, so an attacker with more data would read more leakage than the row shows (a defense "
                      "then protects less than it seems to): " + "; ".join(learning) + ".")
+    at_cap = [f"layer {e['layer']} {setting_label(e)}: " + ", ".join(found)
+              for e in entries if e.get("status") == "ok" for found in [_capped_attackers(e)] if found]
+    if at_cap:
+        notes.append("Attacker at its epoch cap: its network ran its last allowed epoch (frame_max_epochs for the "
+                     "frame attackers, max_epochs for an inversion decoder) instead of stopping early, so it may "
+                     "still have been improving. Where it gives the row's figure (marked 'epoch cap') the row "
+                     "understates leakage; where it does not, a longer-trained one might have: "
+                     + "; ".join(at_cap) + ".")
     capped = []
     for e in entries:
         budget = _probe_capped(e)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.curves import still_learning
+from audit.curves import epoch_capped, still_learning
 from audit.defense_tables import DEFENSE_METRICS, setting_label
 from audit.errors import SpeechAuditError
 from audit.family import AttackFamily
@@ -267,12 +267,14 @@ class Measurement:
     missing: str = ""
     #: :func:`audit.curves.still_learning` of the attacker behind the value (None: its curve had flattened).
     still_learning: dict | None = None
+    #: :func:`audit.curves.epoch_capped` of the attacker behind the value (None: it stopped early, or is no network).
+    epoch_capped: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
         return {"where": self.where, "value": self.value, "judged": self.judged, "ci95": self.ci95,
                 "chance": self.chance, "limit": self.limit, "ok": self.ok, "missing": self.missing or None,
-                "still_learning": self.still_learning}
+                "still_learning": self.still_learning, "epoch_capped": self.epoch_capped}
 
 
 @dataclass
@@ -320,26 +322,30 @@ class Verdict:
                 "rules": [o.to_dict() for o in self.outcomes]}
 
 
-def _read(node: Any, path: str, spec: MetricSpec) -> tuple[float | None, list | None, float | None, str, dict | None]:
-    """(value, ci, chance, why-missing, still-learning verdict of the attacker behind it) of ``path`` below ``node``."""
+def _read(node: Any, path: str, spec: MetricSpec) -> tuple[float | None, list | None, float | None, str, tuple]:
+    """(value, ci, chance, why-missing, caveats) of ``path`` below ``node``.
+
+    The caveats are the still-learning and epoch-cap verdicts of the attacker behind the value.
+    """
     keys = path.split(".")
     parent = node
     for key in keys[:-1]:
         parent = parent.get(key) if isinstance(parent, dict) else None
     if not isinstance(parent, dict):
-        return None, None, None, "not computed" if parent is None else f"not computed ({parent})", None
+        return None, None, None, "not computed" if parent is None else f"not computed ({parent})", (None, None)
     if parent.get("skipped"):
-        return None, None, None, f"skipped: {parent['skipped']}", None
+        return None, None, None, f"skipped: {parent['skipped']}", (None, None)
     leaf = parent.get(keys[-1])
     holder = leaf if isinstance(leaf, dict) else parent
     value = leaf.get("value") if isinstance(leaf, dict) else leaf
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None, None, None, "not computed" if value is None else f"not a number ({value!r})", None
+        return None, None, None, "not computed" if value is None else f"not a number ({value!r})", (None, None)
     ci = holder.get(spec.ci) if spec.ci else None
     chance = holder.get(spec.chance) if spec.chance else None
-    # a defense's strongest figure carries its verdict; a layer's attack result carries the curve itself
+    # a defense's strongest figure carries its verdicts; a layer's attack result carries the curve and budget
     learning = holder.get("still_learning") if "still_learning" in holder else still_learning(holder)
-    return float(value), ci if isinstance(ci, list) and len(ci) == 2 else None, chance, "", learning
+    capped = holder.get("epoch_capped") if "epoch_capped" in holder else epoch_capped(holder)
+    return float(value), ci if isinstance(ci, list) and len(ci) == 2 else None, chance, "", (learning, capped)
 
 
 def _targets(rule: Rule, results: dict) -> list[tuple[str, Any]]:
@@ -370,24 +376,26 @@ def _layer_index(rule: Rule, results: dict) -> int | None:
 
 
 def _measure(rule: Rule, label: str, node: Any) -> Measurement:
-    value, ci, chance, missing, learning = _read(node, rule.path, rule.spec) if isinstance(node, dict) else \
-        (None, None, None, "not computed", None)
+    value, ci, chance, missing, (learning, capped) = _read(node, rule.path, rule.spec) \
+        if isinstance(node, dict) else (None, None, None, "not computed", (None, None))
     if missing:
         return Measurement(label, None, None, None, None, None, None, missing)
     bound = rule.effective_bound
     if bound != "value" and ci is None:
         if rule.bound != "worst":
-            return Measurement(label, value, None, None, chance, None, None, f"no CI for bound {bound}", learning)
+            return Measurement(label, value, None, None, chance, None, None, f"no CI for bound {bound}",
+                               still_learning=learning, epoch_capped=capped)
         bound = "value"
     judged = value if bound == "value" else ci[1] if bound == "ci_upper" else ci[0]
     if rule.ratio:
         if not isinstance(chance, (int, float)) or chance <= 0:
-            return Measurement(label, value, judged, ci, None, None, None, "no chance level recorded", learning)
+            return Measurement(label, value, judged, ci, None, None, None, "no chance level recorded",
+                               still_learning=learning, epoch_capped=capped)
         limit = rule.threshold * chance
     else:
         limit = rule.threshold
     ok = judged <= limit if rule.op == "max" else judged >= limit
-    return Measurement(label, value, judged, ci, chance, limit, ok, still_learning=learning)
+    return Measurement(label, value, judged, ci, chance, limit, ok, still_learning=learning, epoch_capped=capped)
 
 
 def _missing_message(rule: Rule, missing: list[Measurement], results: dict) -> str:
@@ -436,6 +444,9 @@ def evaluate_rule(rule: Rule, results: dict) -> RuleOutcome:
     if worst.still_learning:
         message += (f"; the attacker there was still learning ({fmt_still_learning(worst.still_learning)}): "
                     "one with more data would read more leakage")
+    if worst.epoch_capped:
+        message += (f"; the attacker there stopped at its epoch cap (best epoch {worst.epoch_capped['best_epoch']} of "
+                    f"{worst.epoch_capped['epochs']}): one trained longer might read more leakage")
     return RuleOutcome(rule, status, message, ms)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from audit.errors import SpeechAuditError
 
-SCHEMA_VERSION = "2.9"
+SCHEMA_VERSION = "2.10"
 #: Top-level keys every results file of this schema has (a file without them is not a run's results).
 REQUIRED_KEYS = ("schema_version", "config", "model", "corpus", "layers")
 

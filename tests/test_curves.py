@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attacks.speaker_id import LogisticSpeakerID
-from audit.curves import STILL_LEARNING_GAIN, still_learning
+from audit.curves import STILL_LEARNING_GAIN, epoch_capped, still_learning
 from audit.defense_tables import defense_table
 from audit.embeddings import EmbeddingSet
 from audit.results import fmt_still_learning
@@ -97,3 +97,42 @@ def test_a_utility_probe_stopped_by_its_cap_is_flagged_in_the_defense_table() ->
     assert cells["noise"].endswith("(probe at its training cap)") and "cap" not in cells["leace"]
     note = next(n for n in table.notes if n.startswith("Utility probe at its training cap"))
     assert "layer 1 noise (best epoch 30 of 30)" in note and "leace" not in note
+
+
+def test_only_networks_that_ran_out_of_epochs_read_as_capped() -> None:
+    frame = {"attacker": "frame-ecapa", "budget": {"epochs": 20, "max_epochs": 20, "best_epoch": 17}}
+    assert epoch_capped({**frame, "converged": False}) == {"epochs": 20, "best_epoch": 17}
+    # the patience ran out on the last allowed epoch: an early stop, not a cap
+    assert epoch_capped({**frame, "converged": True}) is None
+    # pooled attackers: closed-form or solver-based, their "converged" is about the data curve
+    assert epoch_capped({"attacker": "logreg", "converged": False, "budget": {"C": 1.0, "max_iter": 500}}) is None
+    assert epoch_capped({"attacker": "mlp", "converged": False, "budget": {"epochs": 15}}) is None
+    # frame verification: the encoder's own early stop decides, not the scorer's curve-aware flag
+    verifier = {"attacker": "frame-ecapa+cosine", "converged": False,
+                "budget": {"encoder": {"epochs": 19, "best_epoch": 13, "converged": True}}}
+    assert epoch_capped(verifier) is None
+    verifier["budget"]["encoder"]["converged"] = False
+    assert epoch_capped(verifier) == {"epochs": 19, "best_epoch": 13}
+
+
+def test_a_defense_judged_by_a_capped_attacker_says_so() -> None:
+    capped = {"attacker": "frame-ecapa", "top1": 0.9, "converged": False,
+              "budget": {"epochs": 20, "max_epochs": 20, "best_epoch": 20}}
+    logreg = {"attacker": "logreg", "top1": 0.5, "converged": True, "budget": {"C": 1.0}}
+
+    def entry(name: str, top1: dict, attackers: dict) -> dict:
+        return {"name": name, "params": {}, "layer": 1, "status": "ok", "wall_seconds": 1.0,
+                "strongest": {"top1": {"value": top1["top1"], "ci95": [0.4, 0.95], "chance": 0.1,
+                                       "attacker": top1["attacker"], "scenario": "semi_informed",
+                                       "still_learning": None, "epoch_capped": epoch_capped(top1)}},
+                "scenarios": {"semi_informed": {"speaker_id": {**top1, "attackers": attackers}}}}
+
+    table = defense_table({"defenses": [entry("noise", capped, {"frame": capped, "logreg": logreg}),
+                                        entry("leace", logreg, {"logreg": logreg, "frame": capped}),
+                                        entry("pca", logreg, {"logreg": logreg})]})
+    cells = {row[1]: row[2] for row in table.rows}
+    assert cells["noise"].endswith("(epoch cap)") and "cap" not in cells["leace"] + cells["pca"]
+    note = next(n for n in table.notes if n.startswith("Attacker at its epoch cap"))
+    # a capped attacker that is not the strongest is named too: trained longer, it might have been
+    assert "layer 1 noise: speaker_id frame-ecapa [semi] (best epoch 20 of 20)" in note
+    assert "layer 1 leace: speaker_id frame-ecapa [semi]" in note and "pca" not in note

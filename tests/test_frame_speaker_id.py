@@ -8,6 +8,7 @@ import torch
 
 from attacks.frame_speaker_id import FrameSpeakerID, receptive_field
 from attacks.speaker_id import LogisticSpeakerID
+from audit.curves import epoch_capped
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, StoreError
 from audit.splits import utterance_split
@@ -108,6 +109,16 @@ def test_learning_curve_and_sequences_shorter_than_receptive_field():
     history = result.budget["history"]
     assert [row["epoch"] for row in history] == [1, 2] == list(range(1, result.budget["epochs"] + 1))
     assert all(0.0 <= row["val_top1"] <= 1.0 and row["train_loss"] > 0 for row in history)
+
+
+def test_an_attacker_cut_off_by_max_epochs_reads_as_epoch_capped(signal_sets):
+    train, test = signal_sets
+    cut = FrameSpeakerID(**{**TINY, "max_epochs": 1}).fit(train).evaluate(test).to_dict()
+    assert cut["converged"] is False and epoch_capped(cut) == {"epochs": 1, "best_epoch": 1}
+    # the early stop fired (patience 1 within 8 epochs): not capped, even with the same budget keys
+    early = FrameSpeakerID(**{**TINY, "patience": 1}).fit(train)
+    assert early.converged_ and epoch_capped(early.evaluate(test).to_dict()) is None
+    assert early.record_["epochs"] < 8
 
 
 def test_max_train_frames_caps_the_cache(signal_sets):

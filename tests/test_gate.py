@@ -66,6 +66,19 @@ def test_a_rule_judged_on_a_still_learning_attacker_says_so(tmp_path):
     assert settled.to_dict()["measurements"][0]["still_learning"] is None
 
 
+def test_a_rule_judged_on_an_attacker_stopped_at_its_epoch_cap_says_so(tmp_path):
+    pol = load_policy(policy(tmp_path, REID), load_families())
+    capped, early = layer(0, 0.15, [0.12, 0.18]), layer(0, 0.15, [0.12, 0.18])
+    for la, converged in ((capped, False), (early, True)):
+        la["attacks"]["speaker_id"].update(attacker="frame-ecapa", converged=converged,
+                                           budget={"epochs": 20, "max_epochs": 20, "best_epoch": 19})
+    outcome = evaluate(pol, results_with([capped])).outcomes[0]
+    assert outcome.status == "pass" and outcome.measurements[0].epoch_capped == {"epochs": 20, "best_epoch": 19}
+    assert "stopped at its epoch cap (best epoch 19 of 20): one trained longer might read more" in outcome.message
+    settled = evaluate(pol, results_with([early])).outcomes[0]
+    assert "epoch cap" not in settled.message and settled.to_dict()["measurements"][0]["epoch_capped"] is None
+
+
 def test_worst_bound_is_the_ci_upper_for_a_max_rule_and_lenient_bounds_are_marked(tmp_path):
     # value 0.15 is under 2x chance (0.2), but the CI's upper bound 0.3 is not: the worst case fails
     res = results_with([layer(0, 0.15, [0.05, 0.3])])

@@ -7,6 +7,7 @@ import pytest
 
 from attacks.verification import (FrameVerification, SpeakerVerification, curve_speaker_rows, shrinkage_lda,
                                   trial_design, trial_scores)
+from audit.curves import epoch_capped
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
 from audit.metrics import speaker_bootstrap_ci
@@ -173,3 +174,4 @@ def test_frame_verifier_retrains_its_encoder_for_every_learning_curve_point():
     assert result.attacker == "frame-ecapa+cosine"
     # two epochs cannot trigger a patience of six: the encoder ran out of epochs, so the attacker has not converged
     assert not attacker.encoder_.converged_ and result.converged is False
+    assert epoch_capped(result.to_dict()) == {"epochs": 2, "best_epoch": result.budget["encoder"]["best_epoch"]}
