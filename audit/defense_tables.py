@@ -209,8 +209,9 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
     if at_cap:
         notes.append("Attacker at its epoch cap: its network ran its last allowed epoch (frame_max_epochs for the "
                      "frame attackers, max_epochs for an inversion decoder) instead of stopping early, so it may "
-                     "still have been improving. Where it gives the row's figure (marked 'epoch cap') the row "
-                     "understates leakage; where it does not, a longer-trained one might have: "
+                     "still have been improving. Where it gives the row's figure (marked 'epoch cap'), the row may "
+                     "understate leakage; where it does not, trained longer it might have beaten the row's "
+                     "attacker: "
                      + "; ".join(at_cap) + ".")
     capped = []
     for e in entries:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.curves import still_learning
+from audit.curves import epoch_capped, still_learning
 from audit.results import RISK_LEVELS, is_ok, layer_attack
 
 #: (label, path into a layer's attacks, metric, "max" if higher is leakier else "min").
@@ -30,7 +30,8 @@ def leakiest(layers: list[dict]) -> dict[str, dict[str, Any]]:
     ``selection_ci95`` (valid for the pick, where the family computed one), ``chance``,
     ``attacker``, ``n_compared`` (attackers x layers the value was picked from) and
     ``still_learning`` (:func:`audit.curves.still_learning` of that attacker: None when its
-    learning curve had flattened).
+    learning curve had flattened) and ``epoch_capped`` (:func:`audit.curves.epoch_capped`: None
+    unless its network ran its last allowed epoch).
     """
     measures = [(label, path, metric, pick) for label, path, metric, pick in IDENTITY_MEASURES]
     for la in layers:
@@ -51,7 +52,8 @@ def leakiest(layers: list[dict]) -> dict[str, dict[str, Any]]:
                       "ci95": res.get("auc_ci95") if metric == "roc_auc" else res.get("ci95"),
                       "selection_ci95": res.get("selection_ci95"), "chance": res.get("chance"),
                       "attacker": res.get("attacker"), "n_compared": int(per_layer * len(scored)),
-                      "n_layers_compared": len(scored), "still_learning": still_learning(res)}
+                      "n_layers_compared": len(scored), "still_learning": still_learning(res),
+                      "epoch_capped": epoch_capped(res)}
     return out
 
 

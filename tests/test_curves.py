@@ -1,4 +1,4 @@
-"""The still-learning judge on attackers' data learning curves, and where the report says so."""
+"""The still-learning and epoch-cap judges of attackers, and where the report, defense table and gate say so."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from attacks.speaker_id import LogisticSpeakerID
 from audit.curves import STILL_LEARNING_GAIN, epoch_capped, still_learning
 from audit.defense_tables import defense_table
 from audit.embeddings import EmbeddingSet
+from audit.report.build import _leakiest_bullets
 from audit.results import fmt_still_learning
 from audit.summary import leakiest
 
@@ -136,3 +137,16 @@ def test_a_defense_judged_by_a_capped_attacker_says_so() -> None:
     # a capped attacker that is not the strongest is named too: trained longer, it might have been
     assert "layer 1 noise: speaker_id frame-ecapa [semi] (best epoch 20 of 20)" in note
     assert "layer 1 leace: speaker_id frame-ecapa [semi]" in note and "pca" not in note
+
+
+def test_a_headline_from_a_capped_network_says_so() -> None:
+    frame = {"top1": 0.9, "ci95": [0.8, 0.95], "chance": 0.1, "attacker": "frame-ecapa", "converged": False,
+             "budget": {"epochs": 20, "max_epochs": 20, "best_epoch": 18}}
+    layers = [{"index": 1, "name": "layer1", "attacks": {"speaker_id": frame}}]
+    found = leakiest(layers)["identity (speaker-ID top-1)"]
+    assert found["epoch_capped"] == {"epochs": 20, "best_epoch": 18}
+    (bullet,) = _leakiest_bullets({"leakiest": {"identity (speaker-ID top-1)": found}})
+    assert bullet.endswith("frame-ecapa stopped at its epoch cap (best epoch 18 of 20), so one trained longer "
+                           "might read more")
+    early = leakiest([{**layers[0], "attacks": {"speaker_id": {**frame, "converged": True}}}])
+    assert early["identity (speaker-ID top-1)"]["epoch_capped"] is None

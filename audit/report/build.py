@@ -139,8 +139,11 @@ def _leakiest_bullets(results: dict) -> list[str]:
         sel = f", selection-adjusted CI {fmt_ci(v['selection_ci95'])}" if v.get("selection_ci95") else ""
         learning = (f"; still learning ({v.get('attacker')}: {fmt_still_learning(v['still_learning'])}), so "
                     "an attacker with more data would read more" if v.get("still_learning") else "")
+        cap = v.get("epoch_capped")
+        capped = (f"; {v.get('attacker')} stopped at its epoch cap (best epoch {cap['best_epoch']} of "
+                  f"{cap['epochs']}), so one trained longer might read more" if cap else "")
         items.append(f"{label}: layer {v['layer']} ({v['name']}): {value} {ci}{chance}; picked from "
-                     f"{v['n_compared']} attackers x layers{sel}{learning}")
+                     f"{v['n_compared']} attackers x layers{sel}{learning}{capped}")
     return items
 
 
