@@ -9,6 +9,7 @@ import pytest
 
 from attacks.speaker_id import LogisticSpeakerID
 from audit.config import config_from_dict
+from audit.curves import epoch_capped
 from audit.defense_runner import defended_layers, strongest
 from audit.defense_tables import pareto_front
 from audit.errors import ConfigError
@@ -105,6 +106,8 @@ def test_scenarios_strongest_and_dimension_changes(comparison):
     tops = [s["speaker_id"]["top1"] for s in noisy["scenarios"].values() if "speaker_id" in s]
     assert best["top1"]["value"] == max(tops) and best["top1"]["chance"] == pytest.approx(0.25)
     assert best["top1"]["ci95"][0] < best["top1"]["ci95"][1]
+    source = max((s["speaker_id"] for s in noisy["scenarios"].values() if "speaker_id" in s), key=lambda r: r["top1"])
+    assert "epoch_capped" in best["top1"] and best["top1"]["epoch_capped"] == epoch_capped(source)
     assert "not_applicable" in pca["scenarios"]["ignorant"] and pca["dims"]["frames"] == 4
     assert pca["strongest"]["top1"]["scenario"] == "semi_informed"
 
