@@ -13,12 +13,14 @@ def _epochs(values: list[float], metric: str) -> list[dict]:
 
 
 def _layer(index: int, *, decoder_stopped: bool, encoder_stopped: bool) -> dict:
-    decoder = {"attacker": "frame", "converged": decoder_stopped, "budget": {"best_epoch": 2, "max_epochs": 3},
+    decoder = {"attacker": "frame", "converged": decoder_stopped,
+               "budget": {"epochs": 3, "best_epoch": 2, "max_epochs": 3},
                "learning_curve": _epochs([0.5, 0.3, 0.31], "val_loss")}
     speaker = {"attacker": "frame-ecapa", "converged": True,
-               "budget": {"best_epoch": 1, "history": _epochs([0.9, 0.8], "val_top1")}}
+               "budget": {"epochs": 2, "max_epochs": 8, "best_epoch": 1,
+                          "history": _epochs([0.9, 0.8], "val_top1")}}
     verifier = {"attacker": "frame", "converged": False,
-                "budget": {"encoder": {"best_epoch": 3, "converged": encoder_stopped,
+                "budget": {"encoder": {"epochs": 3, "best_epoch": 3, "converged": encoder_stopped,
                                        "history": _epochs([0.2, 0.4, 0.6], "val_top1")}}}
     return {"index": index, "attacks": {"inversion": {"frame": decoder},
                                         "speaker_id": {"attackers": {"frame": speaker}},

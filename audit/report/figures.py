@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from audit import plots
-from audit.curves import STILL_LEARNING_GAIN, still_learning
+from audit.curves import STILL_LEARNING_GAIN, epoch_capped, still_learning
 from audit.defense_tables import pareto_front, privacy_utility_points
 from audit.report.document import Figure
 from audit.results import fmt_pct, is_ok, layer_attack
@@ -139,17 +139,11 @@ _TRAINED_NETWORKS = (
 
 
 def _epoch_record(path: tuple, result: dict) -> dict:
-    """Per-epoch rows, best epoch and early stop of one trained network, from its result alone."""
+    """Per-epoch rows, best epoch and whether one trained network stopped early, from its result alone."""
     budget = result.get("budget") or {}
-    if path[0] == "inversion":
-        return {"rows": result.get("learning_curve") or [], "best_epoch": budget.get("best_epoch"),
-                "stopped": bool(result.get("converged"))}
-    if path[0] == "verification":
-        encoder = budget.get("encoder") or {}
-        return {"rows": encoder.get("history") or [], "best_epoch": encoder.get("best_epoch"),
-                "stopped": bool(encoder.get("converged"))}
-    return {"rows": budget.get("history") or [], "best_epoch": budget.get("best_epoch"),
-            "stopped": bool(result.get("converged"))}
+    net = budget.get("encoder") or {} if path[0] == "verification" else budget
+    rows = result.get("learning_curve") if path[0] == "inversion" else net.get("history")
+    return {"rows": rows or [], "best_epoch": net.get("best_epoch"), "stopped": epoch_capped(result) is None}
 
 
 def _training_figure(results: dict, out: Path) -> list[Figure]:
