@@ -141,7 +141,7 @@ _TRAINED_NETWORKS = (
 def _epoch_record(path: tuple, result: dict) -> dict:
     """Per-epoch rows, best epoch and whether one trained network stopped early, from its result alone."""
     budget = result.get("budget") or {}
-    net = budget.get("encoder") or {} if path[0] == "verification" else budget
+    net = (budget.get("encoder") or {}) if path[0] == "verification" else budget
     rows = result.get("learning_curve") if path[0] == "inversion" else net.get("history")
     return {"rows": rows or [], "best_epoch": net.get("best_epoch"), "stopped": epoch_capped(result) is None}
 
