@@ -9,7 +9,8 @@ retained utility (higher is better).
 from __future__ import annotations
 
 from audit.curves import STILL_LEARNING_GAIN, epoch_capped
-from audit.results import MetricSpec, Table, fmt_ci, fmt_num, fmt_pct, fmt_still_learning, is_ok
+from audit.results import (MetricSpec, Table, attack_results, fmt_ci, fmt_num, fmt_pct, fmt_still_learning,
+                           is_ok)
 
 #: Metrics of a ``defenses`` entry a gate rule may name (``defenses.<pattern>``): the strongest
 #: scenario's attacker and the utility kept.
@@ -71,16 +72,11 @@ def _capped_attackers(entry: dict) -> list[str]:
     found = []
     for scenario, attacks in (entry.get("scenarios") or {}).items():
         for family, node in (attacks.items() if isinstance(attacks, dict) else ()):
-            if not isinstance(node, dict) or not is_ok(node):
-                continue
-            members = node.get("attackers") or node.get("scorers") or {
-                key: value for key, value in node.items() if isinstance(value, dict) and "budget" in value}
-            for name, result in members.items():
+            for result in attack_results(node):
                 cap = epoch_capped(result)
                 if cap:
-                    found.append(f"{family} {result.get('attacker', name)} "
-                                 f"[{SCENARIO_SHORT.get(scenario, scenario)}] (best epoch {cap['best_epoch']} of "
-                                 f"{cap['epochs']})")
+                    found.append(f"{family} {result.get('attacker')} [{SCENARIO_SHORT.get(scenario, scenario)}] "
+                                 f"(best epoch {cap['best_epoch']} of {cap['epochs']})")
     return found
 
 
@@ -204,8 +200,11 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
                      f"{100 * STILL_LEARNING_GAIN:.0f} points towards leakage from half to all of its training "
                      "data, so an attacker with more data would read more leakage than the row shows (a defense "
                      "then protects less than it seems to): " + "; ".join(learning) + ".")
-    at_cap = [f"layer {e['layer']} {setting_label(e)}: " + ", ".join(found)
-              for e in entries if e.get("status") == "ok" for found in [_capped_attackers(e)] if found]
+    at_cap = []
+    for e in entries:
+        found = _capped_attackers(e) if e.get("status") == "ok" else []
+        if found:
+            at_cap.append(f"layer {e['layer']} {setting_label(e)}: " + ", ".join(found))
     if at_cap:
         notes.append("Attacker at its epoch cap: its network ran its last allowed epoch (frame_max_epochs for the "
                      "frame attackers, max_epochs for an inversion decoder) instead of stopping early, so it may "

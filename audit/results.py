@@ -210,6 +210,18 @@ def layer_attack(layer: dict, *path: str) -> dict | None:
     return node
 
 
+def attack_results(node: Any) -> list[dict]:
+    """Every single-attacker result inside a family's result (``attackers``, ``scorers``; not the headline copy)."""
+    if not isinstance(node, dict) or node.get("skipped"):
+        return []
+    for key in ("attackers", "scorers"):
+        if isinstance(node.get(key), dict):
+            return [r for r in node[key].values() if isinstance(r, dict) and not r.get("skipped")]
+    if "budget" in node and "attacker" in node:
+        return [node]
+    return [r for v in node.values() for r in attack_results(v)]
+
+
 @dataclass
 class AttackResult:
     """Outcome of one attacker on one layer.

@@ -17,7 +17,7 @@ from audit.family import AttackFamily
 from audit.gate import verdict_table
 from audit.report.document import (AudioClip, AudioExample, Bullets, Callout, Code, Figure, Paragraph,
                                    ReportDocument, Section)
-from audit.results import (RISK_LEVELS, ResultsError, RiskRating, Table, fmt_ci, fmt_num, fmt_pct,
+from audit.results import (RISK_LEVELS, ResultsError, RiskRating, Table, attack_results, fmt_ci, fmt_num, fmt_pct,
                            fmt_still_learning, is_ok)
 
 #: Attacker scenarios of the threat model, in plain words (VoicePrivacy's names).
@@ -235,25 +235,13 @@ def _budget_rows(results: dict, registry: dict[str, AttackFamily]) -> Table:
                                                            "learning curve", "converged"])
     for la in results["layers"]:
         for name in registry:
-            for res in _attack_results((la.get("attacks") or {}).get(name)):
+            for res in attack_results((la.get("attacks") or {}).get(name)):
                 table.rows.append([str(la["index"]), name, str(res.get("attacker")), _budget_cell(res.get("budget")),
                                    _curve_cell(res.get("learning_curve")), str(res.get("converged"))])
     table.notes.append("Budget: training data and the hyper-parameters chosen on validation data (never the test "
                        "split). Learning curve: the attacker's figure at growing fractions of its training data (or "
                        "per epoch); a flat end means more data would not help the attacker.")
     return table
-
-
-def _attack_results(node: Any) -> list[dict]:
-    """Every single-attacker result inside a family's per-layer result (not the headline copy)."""
-    if not isinstance(node, dict) or node.get("skipped"):
-        return []
-    for key in ("attackers", "scorers"):
-        if isinstance(node.get(key), dict):
-            return [r for r in node[key].values() if isinstance(r, dict) and not r.get("skipped")]
-    if "budget" in node and "attacker" in node:
-        return [node]
-    return [r for v in node.values() for r in _attack_results(v)]
 
 
 def _budget_cell(budget: Any) -> str:
