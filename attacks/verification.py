@@ -48,6 +48,16 @@ BACKENDS = ("lda", "plda", "cosine")
 HISTOGRAM_BINS = 40
 
 
+def fold_eer(value: float) -> float:
+    """``min(EER, 1 - EER)``: an EER above 50% is a scorer with inverted scores, which an attacker flips."""
+    return min(value, 1.0 - value)
+
+
+def mirror_ci(ci: tuple[float, float] | list[float]) -> list[float]:
+    """The CI of ``1 - EER`` from that of the EER: ``[1 - high, 1 - low]``."""
+    return [1.0 - ci[1], 1.0 - ci[0]]
+
+
 def trial_scores(scores: np.ndarray, trial_model: np.ndarray,
                  counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Target and non-target scores of an all-trials-against-all-models score matrix.
@@ -438,7 +448,12 @@ class SpeakerVerification:
 
         Metrics: ``eer`` (speechbrain's definition, :func:`audit.metrics.eer`) with ``ci95``
         from :func:`audit.metrics.leakage_ci` (test speakers resampled, widened to the exact
-        binomial interval of the EER over the target trials); ``min_dcf`` (unnormalised,
+        binomial interval of the EER over the target trials). An EER above 50% means inverted
+        scores, which an attacker flips: ``eer`` is then folded to ``1 - EER`` (accept when the
+        score is at most ``eer_threshold``) with ``ci95`` (and ``selection_ci95``) mirrored,
+        ``eer_inverted`` True, and the unfolded ``eer_raw`` and ``eer_raw_ci95`` kept; minDCF
+        is then that of the flipped scores and the learning curve's EERs are folded alike.
+        ``min_dcf`` (unnormalised,
         speechbrain) with ``p_target``/``c_miss``/``c_fa`` and ``min_dcf_norm`` = ``min_dcf /
         min(c_miss * p_target, c_fa * (1 - p_target))``; ``linkability`` ``D_sys`` (default
         bins, None with fewer than 10 target trials); trial counts; a 40-bin ``histogram`` of
@@ -451,16 +466,22 @@ class SpeakerVerification:
         design = trial_design(test.grouping, enroll_fraction=self.enroll_fraction, seed=self.seed)
         S = self.score_matrix(test, design)
         target, nontarget = trial_scores(S, design.trial_model)
-        value, threshold = eer(target, nontarget)
-        cis = leakage_ci(lambda c: eer(*trial_scores(S, design.trial_model, c))[0], design.speakers.size,
-                         binomial=(int(round(value * target.size)), int(target.size)), n_boot=self.n_boot,
-                         alphas=selection_alphas(self.n_comparisons), seed=self.seed)
+        raw, threshold = eer(target, nontarget)
+        raw_cis = leakage_ci(lambda c: eer(*trial_scores(S, design.trial_model, c))[0], design.speakers.size,
+                             binomial=(int(round(raw * target.size)), int(target.size)), n_boot=self.n_boot,
+                             alphas=selection_alphas(self.n_comparisons), seed=self.seed)
+        inverted = raw > 0.5
+        value, cis = (1.0 - raw, [mirror_ci(c) for c in raw_cis]) if inverted else (raw, raw_cis)
         ci = cis[0]
-        dcf, dcf_threshold = min_dcf(target, nontarget, p_target=self.p_target, c_miss=self.c_miss, c_fa=self.c_fa)
+        sign = -1.0 if inverted else 1.0
+        dcf, dcf_threshold = min_dcf(sign * target, sign * nontarget, p_target=self.p_target, c_miss=self.c_miss,
+                                     c_fa=self.c_fa)
+        dcf_threshold = sign * dcf_threshold
         d_sys = linkability(target, nontarget)[0] if target.size >= 10 else None
         edges = np.histogram_bin_edges(np.concatenate([target, nontarget]), bins=HISTOGRAM_BINS)
         metrics = {
             "eer": value, "ci95": list(ci), "ci_method": CI_METHOD, "eer_threshold": threshold,
+            "eer_inverted": inverted,
             "min_dcf": dcf, "min_dcf_norm": dcf / min(self.c_miss * self.p_target, self.c_fa * (1 - self.p_target)),
             "min_dcf_threshold": dcf_threshold, "p_target": self.p_target, "c_miss": self.c_miss, "c_fa": self.c_fa,
             "linkability": d_sys, "n_target": int(target.size), "n_nontarget": int(nontarget.size),
@@ -469,6 +490,8 @@ class SpeakerVerification:
                           "target": np.histogram(target, bins=edges)[0].tolist(),
                           "nontarget": np.histogram(nontarget, bins=edges)[0].tolist()},
         }
+        if inverted:
+            metrics.update(eer_raw=raw, eer_raw_ci95=list(raw_cis[0]))
         if len(cis) > 1:
             metrics.update(selection_ci95=list(cis[1]), n_comparisons=int(self.n_comparisons))
         if design.same_recording:
@@ -476,7 +499,7 @@ class SpeakerVerification:
         curve = []
         for frac, (sub, n_spk) in sorted(self.curve_scorers_.items()):
             curve.append({"fraction": frac, "n_train_speakers": n_spk,
-                          "eer": eer(*trial_scores(sub.score_matrix(test, design), design.trial_model))[0]})
+                          "eer": fold_eer(eer(*trial_scores(sub.score_matrix(test, design), design.trial_model))[0])})
         if self.curve_scorers_:
             curve.append({"fraction": 1.0, "n_train_speakers": self.train_.n_speakers, "eer": value})
         converged = bool(curve[-2]["eer"] - curve[-1]["eer"] <= 0.02) if len(curve) > 1 else None

@@ -175,3 +175,25 @@ def test_frame_verifier_retrains_its_encoder_for_every_learning_curve_point():
     # two epochs cannot trigger a patience of six: the encoder ran out of epochs, so the attacker has not converged
     assert not attacker.encoder_.converged_ and result.converged is False
     assert epoch_capped(result.to_dict()) == {"epochs": 2, "best_epoch": result.budget["encoder"]["best_epoch"]}
+
+
+def test_an_inverted_scorer_is_folded_with_its_raw_eer_and_a_mirrored_ci(monkeypatch):
+    """Scores that rank impostors above targets: an attacker flips them, so the EER reported is 1 - EER."""
+    train, test = split_sets(leak=3.0, n_test=10)
+    scorer = SpeakerVerification(backend="cosine", n_boot=200, n_comparisons=3).fit(train)
+    plain = scorer.evaluate(test).metrics
+    assert plain["eer"] < 0.3 and plain["eer_inverted"] is False and "eer_raw" not in plain
+    score_matrix = SpeakerVerification.score_matrix
+    monkeypatch.setattr(SpeakerVerification, "score_matrix", lambda self, t, d: -score_matrix(self, t, d))
+    result = scorer.evaluate(test)
+    m = result.metrics
+    assert m["eer_inverted"] is True and m["eer_raw"] > 0.7
+    assert m["eer"] == pytest.approx(1 - m["eer_raw"]) and m["eer"] < 0.3
+    raw_lo, raw_hi = m["eer_raw_ci95"]
+    assert raw_lo <= m["eer_raw"] <= raw_hi
+    assert m["ci95"] == pytest.approx([1 - raw_hi, 1 - raw_lo])
+    assert m["ci95"][0] <= m["eer"] <= m["ci95"][1] and m["selection_ci95"][0] <= m["eer"] <= m["selection_ci95"][1]
+    assert m["selection_ci95"][1] >= m["ci95"][1]
+    assert all(point["eer"] <= 0.5 for point in result.learning_curve)
+    assert result.learning_curve[-1]["eer"] == m["eer"]
+    assert m["min_dcf"] == pytest.approx(plain["min_dcf"], abs=0.05)  # the flipped scores' minDCF, not always-reject
