@@ -320,7 +320,15 @@ class _LayerComparison:
         return self.ctx.run.once(("defense", self.ctx.index, family.name, repr(params), repr(settings)), fit)
 
     def undefended_trained(self, family: DefenseFamily, params: dict, settings: Any) -> dict:
-        """One setting's ignorant and lazy-informed scenarios: attackers trained on undefended embeddings."""
+        """One setting's ignorant and lazy-informed scenarios: attackers trained on undefended embeddings.
+
+        A defense that keeps the frame dimension but pools to another one (k-means: centroid
+        frames, a unit histogram) still releases frames the undefended attackers can read: they
+        get the defended frames, pooled mean+std as the store pools, and each result says so in
+        ``defended_input``. Only a defense that changes the frame dimension is ``not_applicable``.
+        """
+        from audit.defense import meanstd_pool
+
         t0 = time.perf_counter()
         wanted = [name for name in ("ignorant", "lazy_informed") if name in self.cfg.defense_scenarios]
         if not wanted:
@@ -329,16 +337,25 @@ class _LayerComparison:
         if defended is None:
             return {"scenarios": {}, "attack_seconds": {}, "wall_seconds": 0.0, "error": f"{type(err).__name__}: {err}"}
         scenarios, seconds = {}, {}
-        same_dims = defended.pooled.shape[1] == self.clean.pooled.shape[1] and (
-            defended.frames(0).shape[1] == self.clean.frames(0).shape[1])
+        clean_dims, dims = (self.clean.frames(0).shape[1], self.clean.pooled.shape[1]), (
+            defended.frames(0).shape[1], defended.pooled.shape[1])
+        readable, note = defended, None
+        if dims[0] == clean_dims[0] and dims[1] != clean_dims[1] and clean_dims[1] == 2 * clean_dims[0]:
+            pooled = np.stack([meanstd_pool(defended.frames(i)) for i in range(len(defended))])
+            readable = defended.with_pooled(pooled, keep_frames=True)
+            note = (f"the defense's own pooled vector has another dimension ({clean_dims[1]} -> {dims[1]}); "
+                    "the attackers read its frames, pooled mean+std as the store pools")
         for name in wanted:
-            if not same_dims:
+            if readable.pooled.shape[1] != clean_dims[1] or dims[0] != clean_dims[0]:
                 scenarios[name] = {"not_applicable": (
-                    f"the defense changes the dimension ({self.clean.pooled.shape[1]} -> {defended.pooled.shape[1]} "
-                    "pooled): an attacker trained on undefended embeddings cannot read defended ones")}
+                    f"the defense changes the dimension ({clean_dims[1]} -> {dims[1]} pooled, {clean_dims[0]} -> "
+                    f"{dims[0]} per frame): an attacker trained on undefended embeddings cannot read defended ones")}
             else:
-                scenarios[name], seconds[name] = self._attacks(self.clean, defended, ignorant=name == "ignorant",
+                scenarios[name], seconds[name] = self._attacks(self.clean, readable, ignorant=name == "ignorant",
                                                                only_enrolment=name == "lazy_informed")
+                if note:
+                    for result in scenarios[name].values():
+                        result["defended_input"] = note
         return {"scenarios": scenarios, "attack_seconds": seconds, "defended_sha256": defended.fingerprint(),
                 "wall_seconds": round(time.perf_counter() - t0, 2)}
 

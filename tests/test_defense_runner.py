@@ -176,3 +176,53 @@ def test_a_comparison_queued_on_the_first_passs_leakiest_layer_moves_with_the_he
     assert rerun == {"defense layer 1: undefended attackers", "defense layer 1: noise sigma=1.0"}
     assert queued == ({"defense layer 0: undefended attackers", "defense layer 0: noise sigma=1.0"}
                       if first_guess == 0 else set())
+
+
+def _frame_probe(train, test, settings, ctx) -> dict:
+    """A frame-level attacker trained undefended: nearest speaker centroid of mean frames (reads test frames)."""
+    dim = train.checked_frames(0).shape[1]
+    means = np.stack([train.checked_frames(i).mean(0) for i in range(len(train))])
+    speakers = np.unique(train.speakers)
+    centroids = np.stack([means[train.speakers == s].mean(0) for s in speakers])
+    test_means = np.stack([test.checked_frames(i, dim).mean(0) for i in range(len(test))])
+    guess = speakers[np.argmin(((test_means[:, None] - centroids[None]) ** 2).sum(-1), axis=1)]
+    _FRAME_PROBE_SEEN.append(test)
+    return {"top1": float(np.mean(guess == test.speakers)), "ci95": [0.0, 1.0], "chance": 1 / speakers.size,
+            "pooled_dim": int(test.pooled.shape[1])}
+
+
+_FRAME_PROBE_SEEN: list = []
+
+
+def test_kmeans_keeps_the_ignorant_scenario_for_attackers_that_read_frames():
+    """k-means keeps (T, D) frames but pools a k-bin histogram: undefended frame attackers still read its frames."""
+    from types import SimpleNamespace
+
+    from audit.defense_runner import _LayerComparison
+    from audit.family import AttackFamily, RunContext
+    from audit.splits import Split
+    from defenses import kmeans, pca
+    from tests.test_defenses import DIM, N_SPEAKERS, N_UTTS, planted_set
+
+    view = planted_set()
+    rows = np.arange(len(view))
+    test = rows % N_UTTS >= N_UTTS // 2
+    split = Split(train=rows[~test], val=rows[:0], test=rows[test], kind="closed-set", seed=0)
+    family = AttackFamily(name="frame_probe", settings=dict, split=None, attack=_frame_probe, table=None)
+    plan = SimpleNamespace(splits={"frame_probe": split}, eval_rows=rows, fit_rows=rows, task=None)
+    cfg = SimpleNamespace(defense_scenarios=["ignorant", "lazy_informed", "semi_informed"], seed=0, progress=False,
+                          settings=lambda name: {})
+    comparison = _LayerComparison(plan, cfg, {"frame_probe": family}, view, RunContext(seed=0).layer(1, 50.0))
+    _FRAME_PROBE_SEEN.clear()
+    out = comparison.undefended_trained(kmeans.DEFENSE, {"k": 8}, kmeans.KMeansSettings(k=8))
+    result = out["scenarios"]["ignorant"]["frame_probe"]
+    assert "not_applicable" not in out["scenarios"]["ignorant"] and result["top1"] > 1 / N_SPEAKERS
+    assert result["pooled_dim"] == 2 * DIM and "pooled mean+std as the store pools" in result["defended_input"]
+    seen = _FRAME_PROBE_SEEN[0]
+    centers = comparison._fit_defense(kmeans.DEFENSE, {"k": 8}, kmeans.KMeansSettings(k=8))[0].kmeans_.cluster_centers_
+    first = seen.frames(0)
+    assert first.shape[1] == DIM and np.allclose(first, centers[np.argmin(((first[:, None] - centers) ** 2).sum(-1), 1)])
+    assert np.allclose(seen.pooled[0], np.concatenate([first.mean(0), first.std(0)]), atol=1e-5)
+    assert out["scenarios"]["lazy_informed"] == {}  # no family with enrolment: lazy-informed has nothing to run
+    reduced = comparison.undefended_trained(pca.DEFENSE, {"k": 4}, pca.PcaSettings(k=4))
+    assert "not_applicable" in reduced["scenarios"]["ignorant"]  # 16 -> 4 per frame: nothing reads it
