@@ -7,9 +7,10 @@ atomically under ``jobs/<run key>/`` in the store's folder (``$SPEECH_AUDIT_CACH
 ``cache_dir``), and a rerun of the same audit reads it back instead
 of recomputing. The run key covers everything a job's numbers depend on: the store (model
 weights, extractor settings, corpus), the run settings (seed, device, precision, output
-folder), the versions of python, torch, numpy and scikit-learn, and the source of the modules
-that compute (this package and every attack family's module); a job's own key adds its
-function and arguments. A changed input is a different key, never a stale hit. The folder is
+folder), the versions of python and of every numeric library (:data:`NUMERIC_LIBRARIES`, read
+from the installed distributions, a missing one recorded as absent), and the source of the
+modules that compute (this package, every attack family's module and every registered
+defense's module, plugins included); a job's own key adds its function and arguments. A changed input is a different key, never a stale hit. The folder is
 removed when the run completes, so a later run measures afresh: it exists only to resume.
 
 Entries are pickles read back through an allow-list unpickler (plain containers, numpy arrays
@@ -28,6 +29,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,33 @@ ALLOWED = frozenset({
     ("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path"),
     ("audit.utility", "UtilityScore"),
 })
+
+
+#: Distributions whose version can change a job's numbers (their versions enter the run key).
+NUMERIC_LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "torchaudio", "speechbrain", "pystoi", "pysptk",
+                     "jiwer", "concept-erasure", "transformers")
+#: The version recorded for a numeric library that is not installed.
+ABSENT = "absent"
+
+
+def library_versions() -> dict[str, str]:
+    """Each of :data:`NUMERIC_LIBRARIES` with its installed version (:data:`ABSENT` when not installed)."""
+    found = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = ABSENT
+    return found
+
+
+def defense_modules() -> list[Any]:
+    """The modules that define the registered defenses (built-in and ``speech_audit.defenses`` plugins)."""
+    from defenses import load_defenses
+
+    names = {getattr(part, "__module__", None) for family in load_defenses().values()
+             for part in (family.estimator, family.settings)}
+    return [sys.modules[n] for n in sorted(n for n in names if n and n in sys.modules)]
 
 
 class _AllowListUnpickler(pickle.Unpickler):
@@ -114,9 +143,13 @@ class JobCache:
     @classmethod
     def for_run(cls, folder: Path, parts: dict[str, Any], modules: Iterable[Any],
                 out_dir: Path | None) -> "JobCache":
-        """The cache in ``folder`` of the run that ``parts`` (store key, settings, versions) and ``modules`` name."""
+        """The cache in ``folder`` of the run that ``parts`` (store key, settings, versions) and ``modules`` name.
+
+        The key also covers :func:`library_versions` and the source of :func:`defense_modules`.
+        """
         digest = hashlib.sha256(repr(sorted((str(k), repr(v)) for k, v in parts.items())).encode())
-        digest.update(source_fingerprint(modules).encode())
+        digest.update(repr(sorted(library_versions().items())).encode())
+        digest.update(source_fingerprint([*modules, *defense_modules()]).encode())
         return cls(Path(folder) / "jobs" / digest.hexdigest()[:24], out_dir)
 
     @staticmethod
@@ -164,4 +197,5 @@ def family_modules(families: dict[str, Any]) -> list[Any]:
     return [sys.modules[n] for n in sorted(n for n in names if n and n in sys.modules)]
 
 
-__all__ = ["ALLOWED", "JobCache", "canonical", "family_modules", "source_fingerprint"]
+__all__ = ["ABSENT", "ALLOWED", "NUMERIC_LIBRARIES", "JobCache", "canonical", "defense_modules", "family_modules",
+           "library_versions", "source_fingerprint"]

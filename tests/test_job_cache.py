@@ -62,6 +62,70 @@ def test_keys_follow_the_function_the_arguments_and_the_run(tmp_path: Path) -> N
     assert len(roots) == 3 and JobCache.for_run(tmp_path, {"seed": 0}, [], None).root in roots
 
 
+KEYED_DEFENSE = '''
+from dataclasses import dataclass
+
+from audit.defense import Defense, DefenseFamily, DefenseSettings
+
+
+@dataclass
+class KeyedSettings(DefenseSettings):
+    pass
+
+
+class Keyed(Defense):
+    def _fit(self, train):
+        self.fit_done_ = True
+
+    def _frames(self, frames, utt_id):
+        return frames * 0.5
+
+
+DEFENSE = DefenseFamily(name="keyed", settings=KeyedSettings, estimator=Keyed, description="halves frames")
+'''
+
+
+def test_the_run_key_follows_plugin_defense_sources_and_numeric_library_versions(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """A plugin defense edited, or a numeric library upgraded or removed, is another run: never a stale resume."""
+    import audit.job_cache as job_cache
+    from defenses import load_defenses
+
+    root = tmp_path / "plugin"
+    dist = root / "keyed_defense-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (root / "keyed_defense.py").write_text(KEYED_DEFENSE)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: keyed-defense\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[speech_audit.defenses]\nkeyed = keyed_defense:DEFENSE\n")
+    monkeypatch.syspath_prepend(str(root))
+    assert "keyed" in load_defenses()
+
+    def run_key() -> Path:
+        return JobCache.for_run(tmp_path, {"seed": 0}, [], None).root
+
+    first = run_key()
+    assert run_key() == first
+    (root / "keyed_defense.py").write_text(KEYED_DEFENSE.replace("frames * 0.5", "frames * 0.25"))
+    edited = run_key()
+    assert edited != first
+
+    installed = job_cache.version
+    assert set(job_cache.library_versions()) == set(job_cache.NUMERIC_LIBRARIES)
+    assert job_cache.library_versions()["numpy"] == np.__version__
+    monkeypatch.setattr(job_cache, "version", lambda name: "99.0" if name == "scipy" else installed(name))
+    assert job_cache.library_versions()["scipy"] == "99.0" and run_key() not in (first, edited)
+
+    def numpy_missing(name: str) -> str:
+        if name == "numpy":
+            raise job_cache.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(job_cache, "version", numpy_missing)
+    assert job_cache.library_versions()["numpy"] == "absent" and run_key() not in (first, edited)
+    monkeypatch.setattr(job_cache, "version", installed)
+    assert run_key() == edited
+
+
 def test_a_hit_needs_the_example_files_it_lists(tmp_path: Path) -> None:
     cache = JobCache(tmp_path / "run", out_dir=tmp_path / "out")
     key = cache.key(job, (1,))
