@@ -992,9 +992,11 @@ def attack_inversion(train: EmbeddingSet, test: EmbeddingSet, settings: Inversio
         asr, spk = _judges(settings, run)
         refs = [test.transcripts[i] if test.transcripts is not None else None for i in rows]
         if all(refs):
-            metrics["content"] = _strip(content_leakage(asr, originals, recon, refs, n_boot=settings.n_boot, seed=seed))
+            spk_rows = test.speakers[rows]  # the CIs resample speakers
+            metrics["content"] = _strip(content_leakage(asr, originals, recon, refs, speakers=spk_rows,
+                                                        n_boot=settings.n_boot, seed=seed))
             metrics["vocoder_copy_content"] = run.once(("copy-content", key), lambda: _strip(
-                content_leakage(asr, originals, copies, refs, n_boot=settings.n_boot, seed=seed)))
+                content_leakage(asr, originals, copies, refs, speakers=spk_rows, n_boot=settings.n_boot, seed=seed)))
         else:
             metrics["content"] = "skipped: some evaluated utterances have no transcript"
         try:
@@ -1051,6 +1053,13 @@ def _write_examples(out_dir: Path, layer: int | None, test: EmbeddingSet, rows: 
     return examples
 
 
+def _stoi_cell(sig: dict) -> str:
+    """STOI to 3 decimals, with ``(m/n clips)`` when some clips were too short or silent for STOI."""
+    missing, total = sig.get("stoi_not_measurable") or 0, sig.get("stoi_n_utterances")
+    value = fmt_num(sig.get("stoi"), ".3f")
+    return f"{value} ({total - missing}/{total} clips)" if missing and total else value
+
+
 def inversion_table(results: dict) -> Table:
     """One row per layer (signal, judges, voice profile), plus the vocoder-copy reference row."""
     table = Table("Inversion per layer (decoder -> log-mel -> vocoder, unseen speakers)",
@@ -1072,7 +1081,7 @@ def inversion_table(results: dict) -> Table:
         wer_cell = (f"{fmt_pct(content['wer_reconstruction'])} ({fmt_pct(content['wer_original'])})"
                     if isinstance(content, dict) else str(content or "n/a"))
         table.rows.append([str(la["index"]), la["name"], fmt_num(sig.get("mcd_db"), ".2f"),
-                           fmt_num(sig.get("lsd_db"), ".2f"), fmt_num(sig.get("stoi"), ".3f"), wer_cell,
+                           fmt_num(sig.get("lsd_db"), ".2f"), _stoi_cell(sig), wer_cell,
                            fmt_pct(spk.get("eer")) if isinstance(spk, dict) else str(spk or "n/a"),
                            fmt_pct(spk.get("top1")) if isinstance(spk, dict) else "n/a", prof_cell])
         copy = copy or fr
@@ -1086,10 +1095,12 @@ def inversion_table(results: dict) -> Table:
         wer_cell = (f"{fmt_pct(vc['wer_reconstruction'])} ({fmt_pct(vc['wer_original'])})"
                     if isinstance(vc, dict) else "n/a")
         table.rows.append(["copy", "original mel -> vocoder", fmt_num(vs.get("mcd_db"), ".2f"),
-                           fmt_num(vs.get("lsd_db"), ".2f"), fmt_num(vs.get("stoi"), ".3f"), wer_cell, "", "", ""])
+                           fmt_num(vs.get("lsd_db"), ".2f"), _stoi_cell(vs), wer_cell, "", "", ""])
     table.notes.insert(0, "MCD: textbook mel-cepstral distortion in dB (SPTK mel-cepstrum by pysptk, order 24, "
                           "alpha 0.42, c0 excluded, frame-aligned, no DTW), comparable with published figures; LSD: "
-                          "log-spectral distance in dB; STOI via pystoi; judge WER: Whisper tiny.en with Whisper's "
+                          "log-spectral distance in dB; STOI via pystoi, over the clips it can measure (`m/n clips`: "
+                          "the others keep fewer than 30 frames after pystoi's silence removal and are left out, "
+                          "not scored 0); judge WER: Whisper tiny.en with Whisper's "
                           "English text normaliser on references and hypotheses; speaker judge: GE2E cosine to each "
                           "speaker's enrolment (the utterance itself left out). The `copy` row runs the original mel "
                           "through the same vocoder: the vocoder's own loss, separate from the decoder's.")

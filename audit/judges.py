@@ -19,6 +19,7 @@ folder and fail with one clear line when neither is available.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -29,9 +30,9 @@ from audit.audio import as_waveform
 from audit.errors import AudioError, ModelLoadError
 from audit.estimators import full_fp32, torch_device
 from audit.extractor import GE2ENetOnDevice, resolve_hf_folder, speechbrain_source
-from audit.metrics import bootstrap_ci, clopper_pearson, eer, proportion_ci
-from audit.signal_metrics import (MCD_SETTINGS, MEL_SETTINGS, log_spectral_distance, mcd_from_mcep, mel_cepstrum_sptk,
-                                  stoi)
+from audit.metrics import bootstrap_ci, clopper_pearson, eer, leakage_ci, proportion_ci
+from audit.signal_metrics import (MCD_SETTINGS, MEL_SETTINGS, STOI_MIN_FRAMES, log_spectral_distance, mcd_from_mcep,
+                                  mel_cepstrum_sptk, stoi)
 from audit.text import wer_counts
 from audit.whisper_offline import split_even
 
@@ -278,10 +279,30 @@ def _ci(stat_ci: tuple[float, float]) -> list[float]:
     return [float(stat_ci[0]), float(stat_ci[1])]
 
 
-def _corpus_wer_ci(errors: np.ndarray, n_words: np.ndarray, *, n_boot: int, seed: int) -> list[float]:
-    """Bootstrap CI of corpus WER: utterances resampled, ``sum(errors) / sum(words)`` per resample."""
-    return _ci(bootstrap_ci(lambda e, n: e.sum(axis=-1) / n.sum(axis=-1), errors, n_words,
-                            n_boot=n_boot, seed=seed, vectorized=True))
+def _corpus_wer_ci(errors: np.ndarray, n_words: np.ndarray, clusters: np.ndarray, *, n_boot: int,
+                   seed: int) -> list[float]:
+    """95% CI of corpus WER ``sum(errors) / sum(words)``, clustered by speaker and never zero-width.
+
+    :func:`audit.metrics.leakage_ci`, as :func:`audit.utility.rate_ci` uses it: speakers
+    (``clusters``) resampled with replacement, each row of a drawn speaker weighted by its
+    multiplicity, united with the exact Clopper-Pearson interval of ``min(E, N)`` errors in
+    ``N`` reference words. A resample may hold a single speaker (``min_distinct=1``): corpus
+    WER is defined on any speaker's rows, and with two speakers demanding two distinct ones
+    would leave one resample only. No clipping: every resampled WER is >= 0 and may exceed 1
+    (insertions); when ``E > N`` the binomial interval of ``N`` errors in ``N`` words lies
+    below the WER and only widens the interval downwards.
+    """
+    e, n = np.asarray(errors, dtype=np.float64), np.asarray(n_words, dtype=np.float64)
+    _, idx = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+
+    def stat(counts: np.ndarray) -> float:
+        w = counts[idx]
+        return float(w @ e) / float(w @ n)
+
+    total = int(n.sum())
+    ((low, high),) = leakage_ci(stat, int(idx.max()) + 1, binomial=(int(min(e.sum(), total)), total),
+                                n_boot=n_boot, seed=seed, min_distinct=1)
+    return _ci((low, high))
 
 
 def content_leakage(
@@ -290,6 +311,7 @@ def content_leakage(
     reconstructions: Sequence[np.ndarray],
     references: Sequence[str],
     *,
+    speakers: Sequence[Any],
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -301,9 +323,10 @@ def content_leakage(
     the reconstructions against the reference transcripts; ``wer_original``
     the same for the judge's transcripts of the original clips (the floor).
     ``wer_ratio = wer_reconstruction / wer_original`` (None if the floor is 0).
-    95% CIs: percentile bootstrap over utterances (``n_boot`` resamples of the
-    utterances with replacement, corpus WER of each resample), the same
-    resamples for both WERs.
+    95% CIs: speakers resampled, not utterances (one speaker's utterances are
+    correlated), united with an exact binomial interval so that an all-correct
+    or all-wrong set never gets a zero-width CI (:func:`_corpus_wer_ci`); the
+    same speaker resamples for both WERs.
 
     Parameters
     ----------
@@ -313,6 +336,8 @@ def content_leakage(
     references : sequence of str
         Reference transcripts; each must have at least one word after
         :func:`audit.text.normalize_text`.
+    speakers : sequence
+        Speaker label of each utterance: the units the CIs resample.
     n_boot : int, default=1000
     seed : int, default=0
 
@@ -322,13 +347,14 @@ def content_leakage(
         ``wer_reconstruction``, ``wer_reconstruction_ci95``, ``wer_original``,
         ``wer_original_ci95``, ``wer_ratio``, ``counts_reconstruction`` and
         ``counts_original`` (corpus S, D, I, N), ``hypotheses_reconstruction``,
-        ``hypotheses_original``, ``n_utterances``, ``judge``.
+        ``hypotheses_original``, ``n_utterances``, ``n_speakers``, ``judge``.
     """
     refs = list(references)
     n = len(refs)
-    if n == 0 or len(originals) != n or len(reconstructions) != n:
-        raise ValueError(f"originals, reconstructions and references must have the same non-zero length, "
-                         f"got {len(originals)}, {len(reconstructions)} and {n}")
+    clusters = np.asarray([str(s) for s in speakers])
+    if n == 0 or len(originals) != n or len(reconstructions) != n or clusters.size != n:
+        raise ValueError(f"originals, reconstructions, references and speakers must have the same non-zero length, "
+                         f"got {len(originals)}, {len(reconstructions)}, {n} and {clusters.size}")
     hyp_rec = judge.transcribe(reconstructions)
     hyp_orig = judge.transcribe(originals)
     out: dict[str, Any] = {}
@@ -341,12 +367,13 @@ def content_leakage(
         errors = np.asarray(counts["substitutions"], dtype=np.float64) + np.asarray(
             counts["deletions"], dtype=np.float64) + np.asarray(counts["insertions"], dtype=np.float64)
         out[f"wer_{name}"] = float(errors.sum() / n_words.sum())
-        out[f"wer_{name}_ci95"] = _corpus_wer_ci(errors, n_words, n_boot=n_boot, seed=seed)
+        out[f"wer_{name}_ci95"] = _corpus_wer_ci(errors, n_words, clusters, n_boot=n_boot, seed=seed)
         out[f"counts_{name}"] = {key: int(sum(values)) for key, values in counts.items()}
         out[f"hypotheses_{name}"] = list(hyps)
     floor = out["wer_original"]
     out["wer_ratio"] = out["wer_reconstruction"] / floor if floor > 0 else None
     out["n_utterances"] = n
+    out["n_speakers"] = int(np.unique(clusters).size)
     out["judge"] = judge.describe()
     return out
 
@@ -475,6 +502,18 @@ def speaker_leakage(
     return out
 
 
+def _stoi_exclusions(per: dict[str, list[float | None]], n: int) -> dict[str, Any]:
+    """Count of clips STOI / ESTOI could not measure, a note saying why, and one warning when any."""
+    missing = sum(1 for value in per["stoi"] if value is None)
+    note = None
+    if missing:
+        note = (f"{missing} of {n} clips not measurable by STOI/ESTOI (fewer than {STOI_MIN_FRAMES} pystoi frames "
+                f"left after removing frames 40 dB below the loudest): left out of the means and CIs"
+                + ("; no clip left, so STOI and ESTOI are undefined" if missing == n else ""))
+        warnings.warn(note, stacklevel=3)
+    return {"stoi_not_measurable": missing, "stoi_n_utterances": n, "stoi_note": note}
+
+
 def mel_cepstra(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The MCD's SPTK mel-cepstra of each clip (:func:`~audit.signal_metrics.mel_cepstrum_sptk`).
 
@@ -504,6 +543,14 @@ def signal_scores(
     the pair truncated to the common length. Reported: the mean over
     utterances of each, with a percentile bootstrap 95% CI over utterances.
 
+    STOI and ESTOI are not measurable on a pair with fewer than 30 pystoi frames
+    left after silence removal (:func:`~audit.signal_metrics.stoi` returns None
+    where pystoi would return 1e-5, "unintelligible"): such clips are left out
+    of both means and CIs, counted in ``stoi_not_measurable`` (of
+    ``stoi_n_utterances``), and announced by one warning per call; with no
+    measurable clip, ``stoi`` and ``estoi`` and their CIs are None and
+    ``stoi_note`` says why.
+
     Parameters
     ----------
     originals, reconstructions : sequence of ndarray
@@ -517,7 +564,9 @@ def signal_scores(
     -------
     dict
         ``mcd_db``, ``lsd_db``, ``stoi``, ``estoi`` (means) and ``<name>_ci95``
-        for each, ``per_utterance`` (lists), ``mcd_order`` (24),
+        for each, ``stoi_not_measurable``, ``stoi_n_utterances``, ``stoi_note``
+        (None when every clip was measurable), ``per_utterance`` (lists; None
+        for an unmeasurable clip's STOI and ESTOI), ``mcd_order`` (24),
         ``mcd_definition`` (one line), ``mcd_settings`` and ``mel`` (the
         analysis settings of MCD and of LSD), ``n_utterances``.
     """
@@ -531,18 +580,21 @@ def signal_scores(
         original_cepstra = mel_cepstra(orig)
     if len(original_cepstra) != n:
         raise ValueError(f"original_cepstra has {len(original_cepstra)} entries for {n} originals")
-    per: dict[str, list[float]] = {"mcd_db": [], "lsd_db": [], "stoi": [], "estoi": []}
+    per: dict[str, list[float | None]] = {"mcd_db": [], "lsd_db": [], "stoi": [], "estoi": []}
     for a, b, c_ref in zip(orig, rec, original_cepstra):
         per["mcd_db"].append(mcd_from_mcep(c_ref, mel_cepstrum_sptk(b))[0])
         per["lsd_db"].append(log_spectral_distance(a, b)[0])
-        per["stoi"].append(stoi(a, b))
-        per["estoi"].append(stoi(a, b, extended=True))
+        short = stoi(a, b)
+        extended = None if short is None else stoi(a, b, extended=True)
+        per["stoi"].append(None if extended is None else short)  # both measured on the same clips
+        per["estoi"].append(extended)
     out: dict[str, Any] = {}
     for key, values in per.items():
-        arr = np.asarray(values, dtype=np.float64)
-        out[key] = float(arr.mean())
-        out[f"{key}_ci95"] = _ci(bootstrap_ci(lambda x: x.mean(axis=-1), arr, n_boot=n_boot,
-                                              seed=seed, vectorized=True))
+        arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+        out[key] = float(arr.mean()) if arr.size else None
+        out[f"{key}_ci95"] = _ci(bootstrap_ci(lambda x: x.mean(axis=-1), arr, n_boot=n_boot, seed=seed,
+                                              vectorized=True)) if arr.size else None
+    out.update(_stoi_exclusions(per, n))
     mcd_settings = MCD_SETTINGS.to_dict()
     out.update({"per_utterance": per, "mcd_order": MCD_SETTINGS.order,
                 "mcd_definition": mcd_settings["definition"], "mcd_settings": mcd_settings,

@@ -563,18 +563,69 @@ def lsd_from_logmel(ref_logmel: np.ndarray, deg_logmel: np.ndarray) -> tuple[flo
                                      "per_frame": per_frame}
 
 
+STOI_MIN_FRAMES = 30
+"""pystoi's ``N``: STFT frames (after silence removal) one intermediate-intelligibility segment needs."""
+
+_PYSTOI_SHORT_WARNING = "Not enough STFT frames to compute intermediate intelligibility"
+"""Start of the warning pystoi issues (returning 1e-5) when fewer than :data:`STOI_MIN_FRAMES` frames remain."""
+
+
+def _pystoi_pair(ref: np.ndarray, deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 waveforms cut to the shorter length (the pair pystoi scores)."""
+    a = _check_wav(ref, "ref").astype(np.float64)
+    b = _check_wav(deg, "deg").astype(np.float64)
+    n = min(a.size, b.size)
+    return a[:n], b[:n]
+
+
+def _stoi_frames_of(ref: np.ndarray, sr: int) -> int:
+    """pystoi's STFT frame count of a float64 reference after its resampling and silence removal."""
+    import importlib
+
+    from pystoi import utils
+
+    pystoi_module = importlib.import_module("pystoi.stoi")  # the module; ``pystoi.stoi`` is also the function
+    fs, frame = pystoi_module.FS, pystoi_module.N_FRAME
+    x = utils.resample_oct(ref, fs, sr) if sr != fs else ref
+    if x.size <= frame:  # no energy frame at all (pystoi itself fails here on an empty max)
+        return 0
+    x_kept, _ = utils.remove_silent_frames(x, x, pystoi_module.DYN_RANGE, frame, frame // 2)
+    return len(range(0, x_kept.size - frame, frame // 2))  # pystoi's stft(x, N_FRAME, NFFT, overlap=2) frames
+
+
+def stoi_frames(ref: np.ndarray, deg: np.ndarray, *, sr: int = MEL_SETTINGS.sample_rate) -> int:
+    """STFT frames pystoi keeps for the pair after silence removal; STOI needs :data:`STOI_MIN_FRAMES`.
+
+    pystoi's own criterion, with its own functions and constants: the reference cut to the
+    pair's common length is resampled to 10 kHz (``pystoi.utils.resample_oct``), frames more
+    than 40 dB below its loudest frame are dropped (``pystoi.utils.remove_silent_frames``,
+    256-sample frames, hop 128), and the frames of pystoi's STFT of what is left are counted.
+    Only the reference decides which frames are silent, so the degraded signal only sets the length.
+    """
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+        raise ValueError(f"sr must be a positive integer, got sr={sr!r}")
+    a, _ = _pystoi_pair(ref, deg)
+    return _stoi_frames_of(a, int(sr))
+
+
 def stoi(ref: np.ndarray, deg: np.ndarray, *, sr: int = MEL_SETTINGS.sample_rate,
-         extended: bool = False) -> float:
-    """Short-time objective intelligibility (Taal et al. 2011) or ESTOI (Jensen & Taal 2016).
+         extended: bool = False) -> float | None:
+    """Short-time objective intelligibility (Taal et al. 2011) or ESTOI (Jensen & Taal 2016); None if not measurable.
 
     ``pystoi.stoi(ref[:n], deg[:n], sr, extended)`` with ``n`` the shorter
     length: pystoi resamples to 10 kHz, drops the frames where the reference is
     more than 40 dB below its loudest frame, and correlates one-third-octave
-    envelopes over 384 ms segments. pystoi returns 1e-5 (with a warning) when
-    fewer than 30 frames remain. STOI's floor is not 0: its clipping step
+    envelopes over 384 ms segments. STOI's floor is not 0: its clipping step
     bounds the degraded band envelopes by ``(1 + 10^(15/20))`` times the
     reference's, so white noise against speech scores about 0.4 STOI (ESTOI,
     which does not clip, about 0).
+
+    A pair with fewer than :data:`STOI_MIN_FRAMES` frames left after silence
+    removal (:func:`stoi_frames`: a clip under about 0.4 s of speech, or one
+    mostly 40 dB below its peak) has no 384 ms segment to score. pystoi would
+    return 1e-5 ("unintelligible") with a warning, or fail outright on a clip
+    shorter than one 25.6 ms frame; this function returns None instead, without
+    calling pystoi or warning, so callers leave the clip out of their means.
 
     Parameters
     ----------
@@ -586,12 +637,20 @@ def stoi(ref: np.ndarray, deg: np.ndarray, *, sr: int = MEL_SETTINGS.sample_rate
 
     Returns
     -------
-    float
-        About 1 for identical signals; lower is less intelligible.
+    float or None
+        About 1 for identical signals; lower is less intelligible; None when not measurable.
     """
     from pystoi import stoi as _pystoi
 
-    a = _check_wav(ref, "ref").astype(np.float64)
-    b = _check_wav(deg, "deg").astype(np.float64)
-    n = min(a.size, b.size)
-    return float(_pystoi(a[:n], b[:n], int(sr), extended=bool(extended)))
+    if stoi_frames(ref, deg, sr=sr) < STOI_MIN_FRAMES:
+        return None
+    a, b = _pystoi_pair(ref, deg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = float(_pystoi(a, b, int(sr), extended=bool(extended)))
+    # pystoi's own too-few-frames signal, should a future pystoi count frames otherwise
+    if any(str(w.message).startswith(_PYSTOI_SHORT_WARNING) for w in caught):
+        return None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return value

@@ -190,3 +190,19 @@ def test_audio_log_mels_are_vocoder_targets() -> None:
     wav = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     (mel,) = audio_log_mels([wav])
     assert mel.shape == (default_n_frames(50, IN_RATE, OUT_RATE), N_MELS) == (1 + wav.size // 160, N_MELS)
+
+
+def test_inversion_table_says_how_many_clips_stoi_measured() -> None:
+    from attacks.inversion import inversion_table
+
+    def layer(index: int, signal: dict) -> dict:
+        frame = {"signal": signal, "vocoder_copy_signal": signal, "content": "skipped", "speaker": "skipped"}
+        return {"index": index, "name": f"l{index}", "attacks": {"inversion": {"frame": frame}}}
+
+    some = {"mcd_db": 5.0, "lsd_db": 9.0, "stoi": 0.71, "stoi_not_measurable": 2, "stoi_n_utterances": 20}
+    none = {"mcd_db": 5.0, "lsd_db": 9.0, "stoi": None, "stoi_not_measurable": 20, "stoi_n_utterances": 20}
+    full = {"mcd_db": 5.0, "lsd_db": 9.0, "stoi": 0.8, "stoi_not_measurable": 0, "stoi_n_utterances": 20}
+    table = inversion_table({"layers": [layer(1, some), layer(2, none), layer(3, full)]})
+    cells = [row[4] for row in table.rows]
+    assert cells[:3] == ["0.710 (18/20 clips)", "n/a (0/20 clips)", "0.800"]
+    assert "fewer than 30 frames" in table.notes[0] and "not scored 0" in table.notes[0]

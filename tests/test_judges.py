@@ -132,7 +132,7 @@ def test_content_leakage_with_a_stub_judge():
     reconstructions = [np.full(10, 10 + i, dtype=np.float32) for i in range(3)]
     refs = ["a b c d", "e f", "g h i j"]
     judge = Echo({0: "a b c d", 1: "e x", 2: "g h i j", 10: "a", 11: "", 12: "g h i j k"})
-    out = content_leakage(judge, originals, reconstructions, refs, n_boot=200)
+    out = content_leakage(judge, originals, reconstructions, refs, speakers=["s1", "s1", "s2"], n_boot=200)
     assert out["wer_original"] == pytest.approx(1 / 10)
     assert out["wer_reconstruction"] == pytest.approx((3 + 2 + 1) / 10)
     assert out["wer_ratio"] == pytest.approx(6.0)
@@ -140,7 +140,66 @@ def test_content_leakage_with_a_stub_judge():
     assert low <= out["wer_reconstruction"] <= high
     assert out["counts_reconstruction"] == {"substitutions": 0, "deletions": 5, "insertions": 1, "n_ref_words": 10}
     perfect = Echo({0: "a b c d", 1: "e f", 2: "g h i j", 10: "a", 11: "e f", 12: "g"})
-    assert content_leakage(perfect, originals, reconstructions, refs, n_boot=50)["wer_ratio"] is None
+    assert content_leakage(perfect, originals, reconstructions, refs, speakers=["s1", "s1", "s2"],
+                           n_boot=50)["wer_ratio"] is None
+    with pytest.raises(ValueError, match="speakers must have the same non-zero length"):
+        content_leakage(perfect, originals, reconstructions, refs, speakers=["s1"])
+
+
+class _Scripted:
+    """An ASR judge answering clip ``i`` (``wav[0] == i``) with ``hypotheses[i]``."""
+
+    def __init__(self, hypotheses: list[str]) -> None:
+        self.hypotheses = hypotheses
+
+    def transcribe(self, wavs):
+        return [self.hypotheses[int(w[0])] for w in wavs]
+
+    def describe(self):
+        return {"judge": "scripted"}
+
+
+def _wer_corpus(wrong_per_utt: list[int], words: int = 10) -> tuple[list[np.ndarray], list[str], _Scripted]:
+    """Clips, references of ``words`` words and a judge getting ``wrong_per_utt[i]`` words of clip ``i`` wrong."""
+    refs = [" ".join(f"w{i}x{k}" for k in range(words)) for i in range(len(wrong_per_utt))]
+    hyps = [" ".join(["zz"] * wrong + ref.split()[wrong:]) for ref, wrong in zip(refs, wrong_per_utt)]
+    clips = [np.full(10, i, dtype=np.float32) for i in range(len(refs))]
+    return clips, refs, _Scripted(hyps)
+
+
+def test_reconstruction_wer_ci_resamples_speakers_not_utterances():
+    """2 speakers x 20 utterances: one speaker's words mostly come back, the other's mostly not."""
+    wrong = [1, 0, 2, 1] * 5 + [5, 6, 4, 5] * 5  # speaker A about 10% WER, speaker B about 50%
+    clips, refs, judge = _wer_corpus(wrong)
+    speakers = ["A"] * 20 + ["B"] * 20
+    out = content_leakage(judge, clips, clips, refs, speakers=speakers, n_boot=500)
+    by_utt = content_leakage(judge, clips, clips, refs, speakers=[f"u{i}" for i in range(40)], n_boot=500)
+    assert out["wer_reconstruction"] == by_utt["wer_reconstruction"] == pytest.approx(0.3)
+    low, high = out["wer_reconstruction_ci95"]
+    u_low, u_high = by_utt["wer_reconstruction_ci95"]
+    assert high - low > 2 * (u_high - u_low)
+    assert low <= 0.11 and high >= 0.49  # the speaker-level spread: either speaker alone is a plausible corpus
+    assert out["n_speakers"] == 2 and out["wer_original_ci95"] == out["wer_reconstruction_ci95"]
+
+
+def test_reconstruction_wer_ci_is_never_zero_width():
+    clips, refs, correct = _wer_corpus([0] * 12)
+    speakers = ["A"] * 6 + ["B"] * 6
+    out = content_leakage(correct, clips, clips, refs, speakers=speakers, n_boot=200)
+    assert out["wer_reconstruction"] == 0.0
+    low, high = out["wer_reconstruction_ci95"]
+    assert low == 0.0 and 0.0 < high < 0.05  # exact binomial bound of 0 errors in 120 words: 3.0%
+    silent = _Scripted([""] * 12)  # every word deleted: WER 100%
+    low, high = content_leakage(silent, clips, clips, refs, speakers=speakers, n_boot=200)["wer_reconstruction_ci95"]
+    assert low < 1.0 == high
+    # one speaker can be resampled in one way only: the binomial bound still gives the CI a width
+    doubled = _Scripted([ref + " " + ref for ref in refs])  # every word inserted again: WER 100%
+    low, high = content_leakage(doubled, clips, clips, refs, speakers=["A"] * 12,
+                                n_boot=200)["wer_reconstruction_ci95"]
+    assert 0.0 <= low < high
+    tripled = _Scripted([" ".join([ref, ref, ref]) for ref in refs])  # WER 200%: the CI is not clipped at 100%
+    low, high = content_leakage(tripled, clips, clips, refs, speakers=speakers, n_boot=200)["wer_reconstruction_ci95"]
+    assert low < 2.0 <= high and high == pytest.approx(2.0)
 
 
 # ---------------------------------------------------------------- speaker judge

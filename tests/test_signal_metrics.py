@@ -15,6 +15,7 @@ from audit.errors import AudioError
 from audit.signal_metrics import (
     MCD_SETTINGS,
     MEL_SETTINGS,
+    STOI_MIN_FRAMES,
     cepstrum_from_logmel,
     log_mel_spectrogram,
     log_spectral_distance,
@@ -24,6 +25,7 @@ from audit.signal_metrics import (
     mcd_from_mcep,
     mel_cepstrum_sptk,
     stoi,
+    stoi_frames,
 )
 from audit.vocoder import GriffinLimVocoder, log_mel
 
@@ -174,6 +176,71 @@ def test_mcd_frames_truncate_to_the_shorter_signal(speech, noise):
     half = noise[: noise.size // 2]
     assert mcd(speech, half)[1]["n_frames"] == 1 + (half.size - 1024) // 256
     assert stoi(speech, np.concatenate([speech, noise])) > 0.99
+
+
+# ---------------------------------------------------------------- STOI on clips too short or silent to measure
+
+
+def _mostly_silent(speech: np.ndarray, loud_seconds: float = 0.15) -> np.ndarray:
+    """``speech``'s first ``loud_seconds`` then 60 dB quieter: too few frames survive pystoi's 40 dB cut."""
+    out = speech.copy()
+    out[int(loud_seconds * SR):] *= 1e-3
+    return out
+
+
+def test_stoi_frames_is_pystois_own_criterion(speech):
+    """The frame count decides exactly where pystoi gives up (it warns and returns 1e-5 below 30 frames)."""
+    import importlib
+
+    from pystoi import stoi as pystoi
+
+    assert STOI_MIN_FRAMES == importlib.import_module("pystoi.stoi").N
+    rng = np.random.default_rng(3)
+    for n in range(5600, 6600, 25):  # 0.35-0.41 s of noise: around the 30-frame boundary
+        ref = 0.1 * rng.standard_normal(n)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = pystoi(ref, ref, SR)
+        gave_up = any("Not enough STFT frames" in str(w.message) for w in caught)
+        assert gave_up == (stoi_frames(ref, ref) < STOI_MIN_FRAMES), n
+        assert (value == 1e-5) == gave_up
+    assert stoi_frames(speech, speech) > STOI_MIN_FRAMES > stoi_frames(_mostly_silent(speech), speech)
+
+
+def test_unmeasurable_stoi_is_none_without_pystois_warning(speech):
+    quiet, short, tiny = _mostly_silent(speech), speech[: int(0.3 * SR)], speech[:200]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pystoi's RuntimeWarning (or any other) would fail the test
+        for ref in (quiet, short, tiny):  # tiny: shorter than one pystoi frame, where pystoi itself crashes
+            assert stoi(ref, ref) is None and stoi(ref, ref, extended=True) is None
+        assert stoi(speech, speech) > 0.99
+
+
+def test_signal_scores_leave_unmeasurable_clips_out_and_warn_once(speech, noise):
+    from audit.judges import signal_scores
+
+    other = _speechlike(seed=5)
+    degraded = [(w + 0.5 * noise[: w.size]).astype(np.float32) for w in (speech, other)]
+    base = signal_scores([speech, other], degraded, n_boot=200)
+    quiet, short = _mostly_silent(_speechlike(seed=6)), _speechlike(seconds=0.3, seed=7)
+    originals = [speech, quiet, other, short]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mixed = signal_scores(originals, [degraded[0], quiet, degraded[1], short], n_boot=200)
+    for key in ("stoi", "estoi"):  # the same numbers (ESTOI's pystoi dither moves the 16th digit)
+        assert mixed[key] == pytest.approx(base[key], rel=1e-12)
+        assert mixed[f"{key}_ci95"] == pytest.approx(base[f"{key}_ci95"], rel=1e-12)
+        assert mixed["per_utterance"][key][1] is None and mixed["per_utterance"][key][3] is None
+    assert mixed["mcd_db"] != base["mcd_db"]  # the other scores still see all four clips
+    assert (mixed["stoi_not_measurable"], mixed["stoi_n_utterances"]) == (2, 4)
+    assert base["stoi_not_measurable"] == 0 and base["stoi_note"] is None
+    lines = [str(w.message) for w in caught]
+    assert len(lines) == 1 and "\n" not in lines[0] and lines[0].startswith("2 of 4 clips not measurable")
+    assert lines[0] == mixed["stoi_note"]
+    with pytest.warns(UserWarning, match="no clip left"):
+        none = signal_scores([quiet, short], [quiet, short], n_boot=50)
+    assert none["stoi"] is None and none["estoi"] is None and none["stoi_ci95"] is None
+    assert none["stoi_not_measurable"] == 2 and "no clip left" in none["stoi_note"]
 
 
 # ---------------------------------------------------------------- log-mel distances (own scale)
