@@ -39,7 +39,8 @@ from audit.errors import ConfigError, CorpusError
 from audit.family import AttackFamily, RunContext, plan_splits
 from audit.splits import Split, speaker_disjoint_split
 from audit.store import EmbeddingStore
-from audit.utility import UtilityScore, UtilityTask, measure_utility, resolve_task, retained, utility_split
+from audit.utility import (RetainedAboveChance, UtilityScore, UtilityTask, measure_utility, resolve_task, retained,
+                           retained_above_chance, utility_split)
 from defenses import load_defenses
 
 #: Fewest speakers a defense partition may have (an adversary and LEACE need several classes).
@@ -269,9 +270,22 @@ def _merge(part: tuple[dict, UtilityScore | None], undefended: dict, undefended_
 
 
 def _utility_entry(score: UtilityScore, ref: UtilityScore | None, value: float | None, ci: list | None) -> dict:
-    """A utility score with the undefended score and the share retained."""
+    """A utility score with the undefended score, the share retained, and the share above chance retained.
+
+    ``retained`` / ``retained_ci95`` are the raw ratio given; ``retained_above_chance`` (with
+    ``_ci95``, ``_reason``), ``utility_chance`` and ``utility_chance_basis`` come from
+    :func:`audit.utility.retained_above_chance`, paired on the bootstrap settings of ``ref``'s
+    CIs (the config's ``utility_probe.n_boot`` and seed, as the raw ratio's). The reference
+    itself (``score is ref``) keeps its 1 without a CI, like the raw ratio.
+    """
+    if ref is None:
+        above = RetainedAboveChance(None, None, "no undefended utility score to compare with").to_dict()
+    else:
+        above = retained_above_chance(score, ref, n_boot=ref.n_boot, seed=ref.seed).to_dict()
+        if score is ref:
+            above["retained_above_chance_ci95"] = None
     return {**score.to_dict(), "undefended": None if ref is None else ref.value,
-            "undefended_ci95": None if ref is None else ref.ci95, "retained": value, "retained_ci95": ci}
+            "undefended_ci95": None if ref is None else ref.ci95, "retained": value, "retained_ci95": ci, **above}
 
 
 class _LayerComparison:

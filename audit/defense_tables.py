@@ -87,6 +87,14 @@ def _probe_capped(entry: dict) -> dict | None:
 
 
 def _utility_cell(entry: dict) -> tuple[str, str]:
+    """The utility cell (the probe's metric and CI) and the retained cell.
+
+    The retained cell gives the raw ratio defended / undefended and, next to it, the share of
+    the utility above chance retained with the chance level it subtracts (``n/a`` when the
+    undefended probe is not above chance; ``[CI unbounded]`` when the undefended score's
+    Clopper-Pearson lower bound is at or below chance), so a defense that leaves a classifier at its
+    majority-class rate cannot pass for one that keeps half its utility.
+    """
     u = entry.get("utility")
     if not u:
         return "n/a", "n/a"
@@ -96,9 +104,16 @@ def _utility_cell(entry: dict) -> tuple[str, str]:
         value += f"; wer {fmt_pct(u['extra']['wer'])}"
     if _probe_capped(entry):
         value += " (probe at its training cap)"
-    kept = "1 (reference)" if entry["name"] == "none" else (
-        f"{fmt_num(u.get('retained'), '.3f')} {fmt_ci(u.get('retained_ci95'), 1, '.3f')}"
-        if u.get("retained") is not None else "n/a")
+    if entry["name"] == "none":
+        return value, "1 (reference)"
+    kept = (f"{fmt_num(u.get('retained'), '.3f')} {fmt_ci(u.get('retained_ci95'), 1, '.3f')}".strip()
+            if u.get("retained") is not None else "n/a")
+    if "retained_above_chance" in u:
+        above, ci = u["retained_above_chance"], u.get("retained_above_chance_ci95")
+        kept += ("; above chance n/a" if above is None else
+                 f"; above chance {fmt_num(above, '.3f')} {fmt_ci(ci, 1, '.3f') if ci else '[CI unbounded]'}")
+        if u.get("utility_chance") is not None:
+            kept += f" (chance {fmt_num(u['utility_chance'], '.3f')})"
     return value, kept
 
 
@@ -111,7 +126,12 @@ def _adversary_cell(entry: dict) -> str:
 
 
 def privacy_utility_points(entries: list[dict], layer: int) -> list[dict]:
-    """One point per measured setting of ``layer``: the strongest attacker's top-1 and retained utility."""
+    """One point per measured setting of ``layer``: the strongest attacker's top-1 and retained utility.
+
+    Each point has the raw ``retained`` (and CI) and, where the results hold it,
+    ``retained_above_chance`` (and CI; 1 for the reference, None where the undefended probe is
+    not above chance).
+    """
     points = []
     for e in entries:
         if e.get("layer") != layer or e.get("status") != "ok":
@@ -121,16 +141,27 @@ def privacy_utility_points(entries: list[dict], layer: int) -> list[dict]:
         kept = 1.0 if e["name"] == "none" and u else u.get("retained")
         if top1 is None or kept is None:
             continue
-        points.append({"label": setting_label(e), "leak": top1["value"], "leak_ci95": top1.get("ci95"),
-                       "chance": top1.get("chance"), "retained": kept, "retained_ci95": u.get("retained_ci95")})
+        point = {"label": setting_label(e), "leak": top1["value"], "leak_ci95": top1.get("ci95"),
+                 "chance": top1.get("chance"), "retained": kept, "retained_ci95": u.get("retained_ci95")}
+        if "retained_above_chance" in u:
+            point["retained_above_chance"] = u["retained_above_chance"]
+            point["retained_above_chance_ci95"] = u.get("retained_above_chance_ci95")
+        points.append(point)
     return points
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
-    """Points no other point beats on both axes (lower leak, higher retained), by increasing leak."""
+    """Points no other point beats on both axes (lower leak, higher retained), by increasing leak.
+
+    Utility is ``retained_above_chance`` when every point has it (not None), else the raw
+    ``retained`` for all: one scale for every point, and the above-chance form whenever it
+    exists, so a setting that leaves the probe at chance does not count as keeping utility.
+    """
+    above = bool(points) and all(p.get("retained_above_chance") is not None for p in points)
+    key = "retained_above_chance" if above else "retained"
     front = [p for p in points
-             if not any((q["leak"] <= p["leak"] and q["retained"] >= p["retained"])
-                        and (q["leak"] < p["leak"] or q["retained"] > p["retained"]) for q in points)]
+             if not any((q["leak"] <= p["leak"] and q[key] >= p[key])
+                        and (q["leak"] < p["leak"] or q[key] > p[key]) for q in points)]
     return sorted(front, key=lambda p: p["leak"])
 
 

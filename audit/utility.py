@@ -9,7 +9,9 @@ held-out speakers (and, for the ASR probe, held-out sentences):
 * ``classification:COLUMN``: a classifier of a label column on pooled vectors, scored as accuracy.
 
 ``retained`` = defended score / undefended score on an accuracy scale (1 - CER for the ASR
-probe), with a paired bootstrap CI over test speakers (recordings when fewer than 10 are tested).
+probe), and ``retained_above_chance`` = (defended - b) / (undefended - b) with ``b`` the task's
+chance level on that scale, each with a paired bootstrap CI over test speakers (however few: the
+Clopper-Pearson floor keeps few-speaker intervals honest).
 """
 
 from __future__ import annotations
@@ -157,21 +159,20 @@ class UtilitySettings(FamilySettings):
 
 # ============================================================================ split
 
-#: Fewest test speakers a speaker-clustered bootstrap resamples; below it, recordings are resampled.
-MIN_BOOTSTRAP_SPEAKERS = 10
+#: The unit every utility CI resamples.
+CI_UNIT = "speaker"
 
 
 def bootstrap_clusters(test: EmbeddingSet) -> np.ndarray:
-    """The units a utility CI resamples: test speakers, or recordings when there are too few speakers.
+    """The units a utility CI resamples: the test speakers, however few.
 
-    With 3 test speakers (fsdd's evaluated speakers) a speaker bootstrap draws from 10 distinct
-    resamples and gives intervals far too narrow; recordings are then the unit (the probe's
-    split keeps each recording on one side).
+    Recordings of one speaker share voice, channel and speaking style, so resampling them as if
+    independent gives intervals too narrow (an earlier version did so below 10 test speakers).
+    With few speakers the speaker bootstrap has few distinct resamples; every utility CI is then
+    kept honest by its union with the exact Clopper-Pearson interval of the pooled counts
+    (:func:`rate_ci`, :func:`audit.metrics.proportion_ci`), so it is never zero-width.
     """
-    speakers = np.asarray(test.speakers).astype(str)
-    if np.unique(speakers).size >= MIN_BOOTSTRAP_SPEAKERS:
-        return speakers
-    return np.asarray(test.grouping.recordings).astype(str)
+    return np.asarray(test.speakers).astype(str)
 
 
 @dataclass(frozen=True)
@@ -269,8 +270,11 @@ class UtilityScore:
     ``accuracy_scale`` is ``max(0, 1 - CER)`` or the accuracy, the scale :func:`retained` divides
     on. Per row (aligned with ``utt_ids``): ``row_errors`` (character edits; 0/1 misses for
     classification), ``row_lengths`` (normalised reference characters; 1 for classification),
-    ``clusters`` (test speakers). ``extra`` holds ``wer``/``wer_ci95`` for ctc; ``budget`` and
-    ``history`` describe the probe's training.
+    ``clusters`` (test speakers: the unit every CI resamples, :data:`CI_UNIT`), ``row_labels``
+    (the true class labels for classification, None for ctc; :func:`utility_chance` reads them).
+    ``extra`` holds ``wer``/``wer_ci95`` for ctc; ``budget`` and ``history`` describe the probe's
+    training; ``n_boot`` and ``seed`` are the bootstrap settings of its CIs, which a paired
+    comparison against this score reuses.
     """
 
     task: str
@@ -287,6 +291,14 @@ class UtilityScore:
     utt_ids: list[str]
     budget: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    row_labels: np.ndarray | None = None
+    n_boot: int = 1000
+    seed: int = 0
+
+    @property
+    def ci_n_clusters(self) -> int:
+        """How many clusters (test speakers) the CIs resample."""
+        return int(np.unique(np.asarray(self.clusters).astype(str)).size)
 
     @property
     def accuracy_scale_ci95(self) -> list[float]:
@@ -296,12 +308,17 @@ class UtilityScore:
         return list(self.ci95)
 
     def to_dict(self) -> dict:
-        """JSON-ready plain values (no per-row arrays): the score, its CI, sizes, ``budget`` and ``history``."""
+        """JSON-ready plain values (no per-row arrays): the score, its CI, sizes, ``budget`` and ``history``.
+
+        ``ci_unit`` names the unit the CIs resampled (always ``"speaker"``) and ``ci_n_clusters``
+        how many there were, so a reader can judge an interval built on few speakers.
+        """
         return {"task": self.task, "metric": self.metric, "value": float(self.value),
                 "ci95": [float(v) for v in self.ci95], "accuracy_scale": float(self.accuracy_scale),
                 "accuracy_scale_ci95": self.accuracy_scale_ci95, "extra": _plain(self.extra),
                 "n_test": int(self.n_test), "n_test_speakers": int(self.n_test_speakers),
-                "budget": _plain(self.budget), "history": _plain(self.history), "ci_method": UTILITY_CI_METHOD}
+                "ci_unit": CI_UNIT, "ci_n_clusters": self.ci_n_clusters, "budget": _plain(self.budget),
+                "history": _plain(self.history), "ci_method": UTILITY_CI_METHOD}
 
 
 def _plain(value: Any) -> Any:
@@ -370,13 +387,12 @@ def char_edits(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[np
 
 
 def ctc_score(task: str, references: Sequence[str], hypotheses: Sequence[str], speakers: np.ndarray,
-              utt_ids: Sequence[str], *, clusters: np.ndarray | None = None, n_boot: int = 1000,
-              seed: int = 0) -> UtilityScore:
+              utt_ids: Sequence[str], *, n_boot: int = 1000, seed: int = 0) -> UtilityScore:
     """The :class:`UtilityScore` of ASR hypotheses: CER (headline) and WER, each with its 95% CI.
 
-    ``clusters`` are the units the CIs resample (default: the speakers).
+    Both CIs resample the test ``speakers`` (:func:`rate_ci`), never single recordings.
     """
-    clusters = np.asarray(speakers if clusters is None else clusters).astype(str)
+    clusters = np.asarray(speakers).astype(str)
     c_edits, c_lengths = char_edits(references, hypotheses)
     cer, cer_ci = rate_ci(c_edits, c_lengths, clusters, n_boot=n_boot, seed=seed)
     words = wer_counts(list(map(str, references)), list(map(str, hypotheses)))
@@ -390,8 +406,8 @@ def ctc_score(task: str, references: Sequence[str], hypotheses: Sequence[str], s
              "empty_hypotheses": int(sum(1 for h in hypotheses if not normalize_text(str(h)))),
              "examples": examples}
     return UtilityScore(task, "cer", cer, cer_ci, max(0.0, 1.0 - cer), extra, len(c_edits),
-                        int(np.unique(np.asarray(speakers).astype(str)).size), c_edits, c_lengths,
-                        clusters, list(utt_ids))
+                        int(np.unique(clusters).size), c_edits, c_lengths, clusters, list(utt_ids),
+                        n_boot=int(n_boot), seed=int(seed))
 
 
 #: Reference/hypothesis pairs kept in a ctc score's ``extra["examples"]``.
@@ -709,9 +725,8 @@ class CTCProbe:
         if reason is not None:
             raise CorpusError(reason)
         hyps = self.transcribe(test)
-        score = ctc_score("ctc", list(test.transcripts), hyps, test.speakers, test.utt_ids,
-                          clusters=bootstrap_clusters(test), n_boot=self.n_boot,
-                          seed=self.seed)
+        score = ctc_score("ctc", list(test.transcripts), hyps, bootstrap_clusters(test), test.utt_ids,
+                          n_boot=self.n_boot, seed=self.seed)
         score.budget = dict(self.budget_)
         score.history = list(self.history_)
         return score
@@ -862,15 +877,17 @@ class ClassificationProbe:
         check_is_fitted(self, "model_")
         y = self._targets(test)
         hits = (self.predict(test) == y).astype(np.int64)
-        ((low, high),) = proportion_ci(hits, bootstrap_clusters(test), n_boot=self.n_boot, seed=self.seed)
+        clusters = bootstrap_clusters(test)
+        ((low, high),) = proportion_ci(hits, clusters, n_boot=self.n_boot, seed=self.seed)
         accuracy = float(hits.mean())
         extra = {"n_classes": int(self.classes_.size), "chance": 1.0 / self.classes_.size,
                  "majority_baseline": float(np.mean(y == self._majority)),
                  "n_test_unseen_class": int(np.count_nonzero(~np.isin(y, self.classes_)))}
         return UtilityScore(self.task.name, "accuracy", accuracy, [float(low), float(high)], accuracy, extra,
-                            int(hits.size), int(np.unique(np.asarray(test.speakers).astype(str)).size), 1 - hits,
-                            np.ones(hits.size, dtype=np.int64), bootstrap_clusters(test),
-                            list(test.utt_ids), budget=dict(self.budget_))
+                            int(hits.size), int(np.unique(clusters).size), 1 - hits,
+                            np.ones(hits.size, dtype=np.int64), clusters, list(test.utt_ids),
+                            budget=dict(self.budget_), row_labels=np.asarray(y).astype(str),
+                            n_boot=int(self.n_boot), seed=int(self.seed))
 
 
 # ============================================================================ retained, measure
@@ -899,21 +916,138 @@ class Retained(tuple):
         return {"retained": self.value, "retained_ci95": self.ci95, "retained_reason": self.reason}
 
 
+class RetainedAboveChance(Retained):
+    """``(value, ci95)`` of :func:`retained_above_chance`, plus ``reason``, the chance level ``chance`` and ``basis``.
+
+    ``reason`` says why ``value`` is None, or why ``ci95`` alone is (no finite bound); else None.
+    """
+
+    def __new__(cls, value: float | None, ci95: list[float] | None, reason: str | None = None,
+                chance: float | None = None, basis: str = "") -> "RetainedAboveChance":
+        self = super().__new__(cls, value, ci95, reason)
+        self.chance, self.basis = chance, basis
+        return self
+
+    def __getnewargs__(self) -> tuple:
+        return (self[0], self[1], self.reason, self.chance, self.basis)
+
+    def to_dict(self) -> dict:
+        return {"retained_above_chance": self.value, "retained_above_chance_ci95": self.ci95,
+                "retained_above_chance_reason": self.reason, "utility_chance": self.chance,
+                "utility_chance_basis": self.basis}
+
+
 def _correct_counts(score: UtilityScore) -> tuple[int, int]:
     """``(k, n)`` of the score on the accuracy scale: correct units ``n - min(errors, n)`` out of ``n``."""
     n = int(np.sum(score.row_lengths))
     return n - min(int(np.sum(score.row_errors)), n), n
 
 
+def _check_paired(defended: UtilityScore, undefended: UtilityScore, what: str) -> None:
+    """Raise ValueError unless the two scores are one task on the same test rows (ids, speakers, lengths, labels)."""
+    if defended.task != undefended.task or defended.metric != undefended.metric:
+        raise ValueError(f"{what}: scores of different tasks ({defended.task!r} vs {undefended.task!r})")
+    if list(defended.utt_ids) != list(undefended.utt_ids):
+        raise ValueError(f"{what}: the scores are on different test rows ({len(defended.utt_ids)} vs "
+                         f"{len(undefended.utt_ids)} utterances, or another order); a paired comparison needs the same")
+    labels = (defended.row_labels, undefended.row_labels)
+    if not (np.array_equal(np.asarray(defended.clusters).astype(str), np.asarray(undefended.clusters).astype(str))
+            and np.array_equal(defended.row_lengths, undefended.row_lengths)
+            and (any(x is None for x in labels) or np.array_equal(np.asarray(labels[0]).astype(str),
+                                                  np.asarray(labels[1]).astype(str)))):
+        raise ValueError(f"{what}: the scores have the same utt_ids but different speakers, reference lengths or "
+                         "labels")
+
+
+def utility_chance(score: UtilityScore) -> tuple[float | None, str]:
+    """The task's chance level ``b`` on the accuracy scale, with the basis in words (or None and why not).
+
+    * ``cer`` (ctc probe): ``b = 0``. The trivial output is the empty hypothesis (all blanks, what
+      a CTC head emits when it has learnt nothing): every reference character is a deletion, CER
+      exactly 1, accuracy scale ``max(0, 1 - 1) = 0``. A constant string tuned to the test
+      sentences, or garbage that aligns with some characters by luck, can score a little above 0,
+      but no fixed rule gives that level, so it is not subtracted: for this task the above-chance
+      ratio equals the raw one and discounts nothing.
+    * ``accuracy`` (classification probe): the majority-class rate of the test labels, the best
+      score any answer that ignores the input gets on these rows. It is at least ``1/k`` for
+      ``k`` test classes, so it never credits a defense with more utility above chance than the
+      uniform-guess level would. None when the score carries no labels (``row_labels``).
+    """
+    if score.metric == "cer":
+        return 0.0, "empty hypothesis: CER 1, accuracy scale 0"
+    if score.row_labels is None:
+        return None, f"the {score.task} score records no test labels, so its chance level is unknown"
+    _, counts = np.unique(np.asarray(score.row_labels).astype(str), return_counts=True)
+    return float(counts.max() / counts.sum()), "majority-class rate of the test labels"
+
+
+def _chance_of_weights(score: UtilityScore) -> Callable[[np.ndarray], float]:
+    """``b(w)``: :func:`utility_chance` on rows weighted by ``w`` (a bootstrap resample's multiplicities)."""
+    if score.metric == "cer":
+        return lambda w: 0.0
+    _, code = np.unique(np.asarray(score.row_labels).astype(str), return_inverse=True)
+    onehot = np.eye(int(code.max()) + 1)[code]
+    return lambda w: float(np.max(w @ onehot) / np.sum(w))
+
+
+def _ratio_bounds(defended: UtilityScore, undefended: UtilityScore, chance: float) -> tuple[float, float] | None:
+    """Conservative bounds of ``(d - b) / (u - b)`` over the two Clopper-Pearson intervals; None if unbounded."""
+    dl, dh = clopper_pearson(*_correct_counts(defended))
+    ul, uh = clopper_pearson(*_correct_counts(undefended))
+    if ul - chance <= 0:
+        return None
+    corners = [(d - chance) / (u - chance) for d in (dl, dh) for u in (ul, uh)]
+    return min(corners), max(corners)
+
+
+def _paired_ci(defended: UtilityScore, undefended: UtilityScore, value: float, *, above_chance: bool, n_boot: int,
+               seed: int) -> list[float] | None:
+    """95% CI of ``(d - b) / (u - b)`` (``b = 0`` unless ``above_chance``) by a paired speaker bootstrap.
+
+    Each resample draws test speakers with replacement (:func:`audit.metrics.leakage_ci`) and
+    recomputes both accuracy scales, and with ``above_chance`` the chance level, on the same
+    rows, so the variation the two scores share cancels. A zero-width interval (identical per-row
+    outcomes, or a single test speaker) is united with :func:`_ratio_bounds`; None when those
+    are unbounded (the undefended score's lower Clopper-Pearson bound at or below chance).
+    """
+    idx, n_clusters, min_distinct = _clusters(undefended.clusters)
+    n = np.asarray(undefended.row_lengths, dtype=np.float64)
+    e_def = np.asarray(defended.row_errors, dtype=np.float64)
+    e_und = np.asarray(undefended.row_errors, dtype=np.float64)
+    chance_of = _chance_of_weights(undefended) if above_chance else (lambda w: 0.0)
+
+    def stat(counts: np.ndarray) -> float:
+        w = counts[idx]
+        total = float(w @ n)
+        if total <= 0:
+            return math.nan
+        b = chance_of(w)
+        acc_u = max(0.0, 1.0 - float(w @ e_und) / total) - b
+        return (max(0.0, 1.0 - float(w @ e_def) / total) - b) / acc_u if acc_u > 0 else math.nan
+
+    try:
+        ((low, high),) = leakage_ci(stat, n_clusters, n_boot=n_boot, seed=seed, min_distinct=min_distinct)
+    except ValueError:  # the ratio undefined on most resamples: fall back on the binomial bounds alone
+        low = high = value
+    if not high - low > 1e-12:
+        bounds = _ratio_bounds(defended, undefended, utility_chance(undefended)[0] if above_chance else 0.0)
+        if bounds is None:
+            return None
+        low, high = min(low, bounds[0]), max(high, bounds[1])
+    return [float(low), float(high)]
+
+
 def retained(defended: UtilityScore, undefended: UtilityScore, *, n_boot: int = 1000, seed: int = 0) -> Retained:
     """Share of the undefended utility a defense keeps: ``defended.accuracy_scale / undefended.accuracy_scale``.
 
-    The 95% CI is a paired speaker bootstrap (:func:`audit.metrics.leakage_ci`): each resample
-    draws test speakers with replacement and recomputes both accuracy scales on the same rows,
-    so the variation the two scores share cancels. When that interval is zero-width (identical
-    per-row outcomes, or a single test speaker), it is united with the conservative ratio bounds
-    of the two Clopper-Pearson intervals, ``[lo_d / hi_u, hi_d / lo_u]`` (correct units out of
-    reference units on the accuracy scale), which contain the point estimate and have positive width.
+    The raw ratio: a defense that drops a classifier to its chance level still "retains" chance /
+    undefended of it; :func:`retained_above_chance` is the companion that does not credit that.
+    The 95% CI is a paired speaker bootstrap (:func:`_paired_ci`): each resample draws test
+    speakers with replacement and recomputes both accuracy scales on the same rows, so the
+    variation the two scores share cancels. When that interval is zero-width (identical per-row
+    outcomes, or a single test speaker), it is united with the conservative ratio bounds of the
+    two Clopper-Pearson intervals, ``[lo_d / hi_u, hi_d / lo_u]`` (correct units out of reference
+    units on the accuracy scale), which contain the point estimate and have positive width.
 
     Returns
     -------
@@ -926,43 +1060,55 @@ def retained(defended: UtilityScore, undefended: UtilityScore, *, n_boot: int = 
     ------
     ValueError
         The two scores are not on the same task or the same test rows (``utt_ids``, in order, and
-        their speakers and reference lengths).
+        their speakers, reference lengths and labels).
     """
-    if defended.task != undefended.task or defended.metric != undefended.metric:
-        raise ValueError(f"retained: scores of different tasks ({defended.task!r} vs {undefended.task!r})")
-    if list(defended.utt_ids) != list(undefended.utt_ids):
-        raise ValueError(f"retained: the scores are on different test rows ({len(defended.utt_ids)} vs "
-                         f"{len(undefended.utt_ids)} utterances, or another order); a paired comparison needs the same")
-    if not (np.array_equal(np.asarray(defended.clusters).astype(str), np.asarray(undefended.clusters).astype(str))
-            and np.array_equal(defended.row_lengths, undefended.row_lengths)):
-        raise ValueError("retained: the scores have the same utt_ids but different speakers or reference lengths")
+    _check_paired(defended, undefended, "retained")
     base = float(undefended.accuracy_scale)
     if base <= 0:
         return Retained(None, None, f"the undefended {undefended.task} probe scores 0 on the accuracy scale "
                                     f"({undefended.metric} {undefended.value:.3f}): retained utility is undefined")
     value = float(defended.accuracy_scale) / base
-    idx, n_clusters, min_distinct = _clusters(undefended.clusters)
-    n = np.asarray(undefended.row_lengths, dtype=np.float64)
-    e_def = np.asarray(defended.row_errors, dtype=np.float64)
-    e_und = np.asarray(undefended.row_errors, dtype=np.float64)
+    return Retained(value, _paired_ci(defended, undefended, value, above_chance=False, n_boot=n_boot, seed=seed))
 
-    def stat(counts: np.ndarray) -> float:
-        w = counts[idx]
-        total = float(w @ n)
-        if total <= 0:
-            return math.nan
-        acc_u = max(0.0, 1.0 - float(w @ e_und) / total)
-        return max(0.0, 1.0 - float(w @ e_def) / total) / acc_u if acc_u > 0 else math.nan
 
-    try:
-        ((low, high),) = leakage_ci(stat, n_clusters, n_boot=n_boot, seed=seed, min_distinct=min_distinct)
-    except ValueError:  # the ratio undefined on most resamples: fall back on the binomial bounds alone
-        low = high = value
-    if not high - low > 1e-12:
-        dl, dh = clopper_pearson(*_correct_counts(defended))
-        ul, uh = clopper_pearson(*_correct_counts(undefended))
-        low, high = min(low, dl / uh), max(high, dh / ul)
-    return Retained(value, [float(low), float(high)])
+def retained_above_chance(defended: UtilityScore, undefended: UtilityScore, *, n_boot: int = 1000,
+                          seed: int = 0) -> RetainedAboveChance:
+    """Share of the undefended utility above chance a defense keeps: ``(d - b) / (u - b)``.
+
+    ``d`` and ``u`` are the two accuracy scales (as :func:`retained`), ``b`` the task's chance
+    level on that scale (:func:`utility_chance`: the majority-class rate of the test labels for
+    a classifier, 0 for the ctc probe's CER). 1 keeps all of it, 0 leaves the defended probe at
+    chance, below 0 below chance. E.g. ``u = 0.9, d = 0.5, b = 0.5`` gives 0 where the raw ratio
+    says 0.556. The 95% CI is the same paired speaker bootstrap as :func:`retained`'s, with ``b``
+    recomputed on each resample's rows.
+
+    Returns
+    -------
+    RetainedAboveChance
+        ``(value, ci95)`` with ``chance`` (``b``) and ``basis``; value and CI None, with
+        ``reason``, when ``u <= b`` (no utility above chance to retain) or ``b`` is unknown; CI
+        alone None, with ``reason``, when it has no finite bound (see :func:`_paired_ci`).
+
+    Raises
+    ------
+    ValueError
+        As :func:`retained`.
+    """
+    _check_paired(defended, undefended, "retained_above_chance")
+    chance, basis = utility_chance(undefended)
+    if chance is None:
+        return RetainedAboveChance(None, None, basis)
+    base = float(undefended.accuracy_scale) - chance
+    if base <= 1e-12:
+        return RetainedAboveChance(
+            None, None, f"the undefended {undefended.task} probe scores {undefended.accuracy_scale:.3f} on the "
+                        f"accuracy scale, not above its chance level {chance:.3f} ({basis}): there is no utility "
+                        "above chance to retain", chance, basis)
+    value = (float(defended.accuracy_scale) - chance) / base
+    ci = _paired_ci(defended, undefended, value, above_chance=True, n_boot=n_boot, seed=seed)
+    reason = None if ci is not None else (
+        "no finite 95% CI: the undefended score's Clopper-Pearson lower bound is at or below the chance level")
+    return RetainedAboveChance(value, ci, reason, chance, basis)
 
 
 def measure_utility(task: UtilityTask, train: EmbeddingSet, test: EmbeddingSet, settings: UtilitySettings,
@@ -987,6 +1133,7 @@ def measure_utility(task: UtilityTask, train: EmbeddingSet, test: EmbeddingSet, 
     return score
 
 
-__all__ = ["CTCProbe", "ClassificationProbe", "MIN_DISJOINT_SPEAKERS", "Retained", "TASK_KINDS", "UtilityScore",
-           "UtilitySettings", "UtilitySplit", "UtilityTask", "char_edits", "ctc_score", "measure_utility", "rate_ci",
-           "resolve_task", "retained", "utility_split"]
+__all__ = ["CI_UNIT", "CTCProbe", "ClassificationProbe", "MIN_DISJOINT_SPEAKERS", "Retained", "RetainedAboveChance",
+           "TASK_KINDS", "UtilityScore", "UtilitySettings", "UtilitySplit", "UtilityTask", "bootstrap_clusters",
+           "char_edits", "ctc_score", "measure_utility", "rate_ci", "resolve_task", "retained",
+           "retained_above_chance", "utility_chance", "utility_split"]

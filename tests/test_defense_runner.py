@@ -10,8 +10,8 @@ import pytest
 from attacks.speaker_id import LogisticSpeakerID
 from audit.config import config_from_dict
 from audit.curves import epoch_capped
-from audit.defense_runner import defended_layers, strongest
-from audit.defense_tables import pareto_front
+from audit.defense_runner import _utility_entry, defended_layers, strongest
+from audit.defense_tables import defense_table, pareto_front, privacy_utility_points
 from audit.errors import ConfigError
 from audit.pipeline import AuditPipeline
 from tests.conftest import write_tone_corpus
@@ -84,6 +84,12 @@ def test_sigma_zero_noise_leaves_leakage_and_utility_unchanged(comparison):
     assert zero["utility"]["value"] == pytest.approx(none["utility"]["value"])
     lo, hi = zero["utility"]["retained_ci95"]
     assert lo < 1.0 < hi or lo <= 1.0 <= hi and hi > lo
+    u = zero["utility"]
+    assert u["ci_unit"] == "speaker" and 0 < u["utility_chance"] < 1
+    if u["undefended"] > u["utility_chance"]:
+        assert u["retained_above_chance"] == pytest.approx(1.0) and none["utility"]["retained_above_chance"] == 1.0
+    else:
+        assert u["retained_above_chance"] is None and "no utility above chance" in u["retained_above_chance_reason"]
 
 
 def test_lambda_zero_keeps_leakage_and_utility_within_the_ci(comparison):
@@ -126,6 +132,61 @@ def test_pareto_front_keeps_only_undominated_settings():
     pts = [{"label": "a", "leak": 0.9, "retained": 1.0}, {"label": "b", "leak": 0.5, "retained": 0.9},
            {"label": "c", "leak": 0.6, "retained": 0.8}, {"label": "d", "leak": 0.2, "retained": 0.3}]
     assert [p["label"] for p in pareto_front(pts)] == ["d", "b", "a"]
+
+
+def test_pareto_front_uses_utility_above_chance_when_every_point_has_it():
+    """A setting that keeps 0.6 of the raw utility but nothing above chance no longer dominates one that keeps 0.2."""
+    pts = [{"label": "a", "leak": 0.9, "retained": 1.0, "retained_above_chance": 1.0},
+           {"label": "b", "leak": 0.5, "retained": 0.6, "retained_above_chance": 0.0},
+           {"label": "c", "leak": 0.5, "retained": 0.55, "retained_above_chance": 0.2}]
+    assert [p["label"] for p in pareto_front(pts)] == ["c", "a"]
+    raw_only = [{k: v for k, v in p.items() if k != "retained_above_chance"} for p in pts]
+    assert [p["label"] for p in pareto_front(raw_only)] == ["b", "a"]
+    mixed = [pts[0], {**pts[1], "retained_above_chance": None}, pts[2]]  # one scale for all: the raw one
+    assert [p["label"] for p in pareto_front(mixed)] == ["b", "a"]
+
+
+def _class_score(hits: np.ndarray, labels: np.ndarray):
+    from audit.utility import UtilityScore
+
+    n = hits.size
+    return UtilityScore("classification:label", "accuracy", float(hits.mean()), [0.0, 1.0], float(hits.mean()), {},
+                        n, 5, 1 - hits, np.ones(n, dtype=int), np.array([f"s{i % 5}" for i in range(n)]),
+                        [f"u{i}" for i in range(n)], row_labels=labels, n_boot=200, seed=3)
+
+
+def test_utility_entry_reports_retained_above_chance_and_the_table_shows_it():
+    labels = np.array(["a", "b"] * 20)
+    ref = _class_score(np.r_[np.ones(36, dtype=int), np.zeros(4, dtype=int)], labels)  # 0.9, chance 0.5
+    defended = _class_score(np.r_[np.ones(20, dtype=int), np.zeros(20, dtype=int)], labels)  # 0.5: at chance
+    entry = _utility_entry(defended, ref, 0.5 / 0.9, [0.45, 0.65])
+    assert entry["utility_chance"] == 0.5 and entry["retained_above_chance"] == pytest.approx(0.0)
+    low, high = entry["retained_above_chance_ci95"]
+    assert low <= 0.0 <= high and high > low and entry["retained_above_chance_reason"] is None
+    assert entry["retained"] == pytest.approx(0.5556, abs=1e-4)
+    reference = _utility_entry(ref, ref, 1.0, None)
+    assert reference["retained_above_chance"] == 1.0 and reference["retained_above_chance_ci95"] is None
+    at_chance = _utility_entry(defended, defended, 1.0, None)
+    assert at_chance["retained_above_chance"] is None and "no utility above chance" in \
+        at_chance["retained_above_chance_reason"]
+    json.dumps(entry)
+    top1 = {"top1": {"value": 0.5, "ci95": [0.4, 0.6], "chance": 0.25}}
+    results = {"defenses": [{"name": "none", "params": {}, "layer": 1, "status": "ok", "strongest": top1,
+                             "utility": reference},
+                            {"name": "noise", "params": {"sigma": 1}, "layer": 1, "status": "ok", "strongest": top1,
+                             "utility": entry}]}
+    table = defense_table(results)
+    kept = {row[1]: row[table.columns.index("retained (95% CI)")] for row in table.rows}
+    assert kept["none"] == "1 (reference)"
+    assert kept["noise sigma=1"].startswith("0.556 [0.450, 0.650]; above chance 0.000 [")
+    assert kept["noise sigma=1"].endswith("(chance 0.500)")
+    unbounded = {**entry, "retained_above_chance_ci95": None}
+    results["defenses"].append({**results["defenses"][1], "params": {"sigma": 2}, "utility": unbounded})
+    kept = {row[1]: row[table.columns.index("retained (95% CI)")] for row in defense_table(results).rows}
+    assert "above chance 0.000 [CI unbounded] (chance 0.500)" in kept["noise sigma=2"]
+    results["defenses"].pop()
+    points = privacy_utility_points(results["defenses"], 1)
+    assert [p["retained_above_chance"] for p in points] == [1.0, pytest.approx(0.0)]
 
 
 def test_strongest_picks_the_highest_top1_and_the_lowest_eer_across_scenarios():

@@ -11,11 +11,12 @@ import pytest
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.metrics import clopper_pearson
+from audit.metrics import clopper_pearson, proportion_ci
 from audit.splits import Grouping
 from audit.text import normalize_text
 from audit.utility import (CTCProbe, ClassificationProbe, UtilityScore, UtilitySettings, UtilitySplit, UtilityTask,
-                           char_edits, measure_utility, resolve_task, retained, utility_split)
+                           bootstrap_clusters, char_edits, measure_utility, rate_ci, resolve_task, retained,
+                           retained_above_chance, utility_chance, utility_split)
 
 LETTERS = "abcde"
 DIM = 16
@@ -137,11 +138,12 @@ def test_classification_unseen_test_class_counts_as_error():
 # ---------------------------------------------------------------------------- retained
 
 
-def _class_score(hits: np.ndarray, n_speakers: int = 5) -> UtilityScore:
+def _class_score(hits: np.ndarray, n_speakers: int = 5, labels: np.ndarray | None = None) -> UtilityScore:
     n = hits.size
     return UtilityScore("classification:label", "accuracy", float(hits.mean()), [0.0, 1.0], float(hits.mean()), {},
                         n, n_speakers, 1 - hits, np.ones(n, dtype=int),
-                        np.array([f"s{i % n_speakers}" for i in range(n)]), [f"u{i}" for i in range(n)])
+                        np.array([f"s{i % n_speakers}" for i in range(n)]), [f"u{i}" for i in range(n)],
+                        row_labels=labels)
 
 
 def test_retained_of_a_score_against_itself(planted_score):
@@ -173,6 +175,69 @@ def test_retained_checks_pairing_and_zero_reference():
     result = retained(a, zero)
     value, ci = result
     assert value is None and ci is None and "undefined" in result.reason
+
+
+def _hits(n: int, k: int, seed: int) -> np.ndarray:
+    """``n`` 0/1 outcomes with exactly ``k`` ones, in a seeded order."""
+    out = np.zeros(n, dtype=int)
+    out[np.random.default_rng(seed).permutation(n)[:k]] = 1
+    return out
+
+
+#: 40 test rows over 5 speakers, half of class a and half of class b: majority-class rate 0.5.
+HALF = np.array(["a", "b"] * 20, dtype=object)
+
+
+def test_retained_above_chance_known_answers_and_paired_ci():
+    undefended = _class_score(_hits(40, 36, 1), labels=HALF)  # accuracy 0.9
+    assert utility_chance(undefended) == (0.5, "majority-class rate of the test labels")
+    for k, raw, above in ((20, 0.5 / 0.9, 0.0), (28, 0.7 / 0.9, 0.5), (36, 1.0, 1.0)):
+        defended = _class_score(_hits(40, k, 2), labels=HALF)  # accuracy k / 40
+        result = retained_above_chance(defended, undefended, n_boot=300)
+        assert result.value == pytest.approx(above) and result.chance == 0.5 and result.reason is None
+        assert retained(defended, undefended, n_boot=300).value == pytest.approx(raw)
+        low, high = result.ci95
+        assert low <= result.value <= high and high - low > 0.05
+        out = result.to_dict()
+        assert out["retained_above_chance"] == pytest.approx(above) and out["utility_chance"] == 0.5
+        assert out["retained_above_chance_ci95"] == [low, high]
+    # 10 of 40 right: below chance, so (0.25 - 0.5) / (0.9 - 0.5) < 0 (the raw ratio still says 0.278)
+    assert retained_above_chance(_class_score(_hits(40, 10, 3), labels=HALF), undefended, n_boot=300).value == \
+        pytest.approx(-0.625)
+
+
+def test_retained_above_chance_is_none_when_the_undefended_probe_is_at_chance():
+    undefended = _class_score(_hits(40, 20, 1), labels=HALF)  # accuracy 0.5 = the majority rate
+    result = retained_above_chance(_class_score(_hits(40, 30, 2), labels=HALF), undefended, n_boot=200)
+    assert result.value is None and result.ci95 is None and result.chance == 0.5
+    assert "no utility above chance" in result.reason
+    assert retained(_class_score(_hits(40, 30, 2), labels=HALF), undefended, n_boot=200).value == pytest.approx(1.5)
+    # a skewed test set: 3 in 4 rows of class a, so 0.75 accuracy is chance, not 3/4 of the utility
+    skewed = np.array(["a", "a", "a", "b"] * 10, dtype=object)
+    assert utility_chance(_class_score(_hits(40, 30, 1), labels=skewed))[0] == 0.75
+    assert retained_above_chance(_class_score(_hits(40, 30, 2), labels=skewed),
+                                 _class_score(_hits(40, 30, 1), labels=skewed)).value is None
+    unknown = retained_above_chance(_class_score(_hits(40, 30, 2)), _class_score(_hits(40, 36, 1)))
+    assert unknown.value is None and "no test labels" in unknown.reason
+
+
+def test_retained_above_chance_of_ctc_subtracts_the_empty_hypothesis(planted_score):
+    """CER's trivial output is the empty hypothesis (CER 1, accuracy scale 0): b = 0, the raw ratio."""
+    worse = dataclasses.replace(planted_score, row_errors=planted_score.row_lengths.copy())
+    worse.row_errors[: len(worse.row_errors) // 2] = 0
+    worse.accuracy_scale = 1 - worse.row_errors.sum() / worse.row_lengths.sum()
+    assert utility_chance(planted_score)[0] == 0.0
+    raw = retained(worse, planted_score, n_boot=200)
+    above = retained_above_chance(worse, planted_score, n_boot=200)
+    assert above.value == pytest.approx(raw.value) and above.ci95 == pytest.approx(raw.ci95)
+    assert above.chance == 0.0 and "empty hypothesis" in above.basis
+
+
+def test_retained_above_chance_of_identical_scores_is_widened_not_zero_width():
+    score = _class_score(_hits(40, 36, 1), labels=HALF)
+    result = retained_above_chance(score, score, n_boot=200)
+    assert result.value == pytest.approx(1.0)
+    assert result.ci95[0] < 1.0 < result.ci95[1]
 
 
 # ---------------------------------------------------------------------------- split
@@ -261,14 +326,35 @@ def test_measure_utility_records_the_budget():
     assert out["budget"]["n_train_speakers"] == 6
 
 
-def test_few_test_speakers_resample_recordings_not_speakers():
-    from audit.utility import MIN_BOOTSTRAP_SPEAKERS, bootstrap_clusters
+def test_few_test_speakers_ci_resamples_speakers_with_a_clopper_pearson_floor(planted_score):
+    """Below 10 test speakers every utility CI still resamples speakers (not recordings), widened to Clopper-Pearson."""
+    test = class_set(48, 2, signal=0.7, n_speakers=4)
+    test = dataclasses.replace(test, grouping=Grouping.of(test.speakers, [f"r{i // 2}" for i in range(48)]))
+    assert list(bootstrap_clusters(test)) == list(test.speakers)
+    score = ClassificationProbe("label", n_boot=200).fit(class_set(150, 1, signal=0.7)).evaluate(test)
+    out = score.to_dict()
+    assert out["ci_unit"] == "speaker" and out["ci_n_clusters"] == 4 and list(score.clusters) == list(test.speakers)
+    hits = 1 - score.row_errors
+    ((low, high),) = proportion_ci(hits, test.speakers, n_boot=200, seed=0)
+    assert score.ci95 == pytest.approx([low, high])
+    cp_low, cp_high = clopper_pearson(int(hits.sum()), hits.size)
+    assert score.ci95[0] <= cp_low and score.ci95[1] >= cp_high and 0 < score.value < 1
+    # the CTC probe's CER and WER (6 test speakers)
+    s = planted_score
+    speakers = np.array([f"s{i % 6}" for i in range(24)])
+    assert s.to_dict()["ci_unit"] == "speaker" and s.to_dict()["ci_n_clusters"] == 6
+    assert list(s.clusters) == list(speakers)
+    assert s.ci95 == pytest.approx(rate_ci(s.row_errors, s.row_lengths, speakers, n_boot=200, seed=0)[1])
+    n = int(s.row_lengths.sum())
+    cp_low, cp_high = clopper_pearson(min(int(s.row_errors.sum()), n), n)
+    assert s.ci95[0] <= cp_low and s.ci95[1] >= cp_high
+    words, edits = s.extra["ref_words"], s.extra["word_edits"]
+    cp_low, cp_high = clopper_pearson(min(edits, words), words)
+    assert s.extra["wer_ci95"][0] <= cp_low and s.extra["wer_ci95"][1] >= cp_high
 
 
-    few = EmbeddingSet(np.zeros((6, 2), np.float32), np.array(["a", "a", "b", "b", "c", "c"]),
-                       [f"u{i}" for i in range(6)], grouping=Grouping.of(list("aabbcc"), [f"r{i}" for i in range(6)]))
-    assert list(bootstrap_clusters(few)) == [f"r{i}" for i in range(6)]
-    n = MIN_BOOTSTRAP_SPEAKERS
-    many = EmbeddingSet(np.zeros((n, 2), np.float32), np.array([f"s{i}" for i in range(n)]),
-                        [f"u{i}" for i in range(n)])
-    assert list(bootstrap_clusters(many)) == [f"s{i}" for i in range(n)]
+def test_a_single_test_speaker_still_gets_a_positive_width_ci():
+    test = class_set(20, 2, signal=3.0, n_speakers=1)
+    score = ClassificationProbe("label", n_boot=200).fit(class_set(150, 1, signal=3.0)).evaluate(test)
+    assert score.to_dict()["ci_n_clusters"] == 1 and score.ci95[1] - score.ci95[0] > 0
+    assert score.ci95[0] <= score.value <= score.ci95[1]
