@@ -444,7 +444,11 @@ INVERSION_MEASURES = (
 
 @dataclass(frozen=True)
 class Agreement:
-    """One figure of two runs side by side: where it sits, each run's value and CI, and whether the CIs overlap."""
+    """One figure of two runs side by side: where it sits, each run's value and CI, and whether they agree.
+
+    Run ``a`` is the reference: the figures agree when ``b``'s value lies inside ``a``'s 95% CI.
+    A figure either run lacks, or whose CI either run lacks, is not compared: it never agrees.
+    """
 
     what: str
     where: str
@@ -457,9 +461,26 @@ class Agreement:
         return self.a[0] is not None and self.b[0] is not None
 
     @property
+    def compared(self) -> bool:
+        """Both runs recorded the figure's value and a 95% CI, so the figure can be checked at all."""
+        return self.measured_by_both and _is_ci(self.a[1]) and _is_ci(self.b[1])
+
+    @property
     def agrees(self) -> bool:
-        """Both runs measured it and their 95% CIs overlap (a missing CI claims no difference)."""
-        return self.measured_by_both and _overlap(self.a[1], self.b[1])
+        """Compared, and ``b``'s value lies inside ``a``'s 95% CI (bounds included)."""
+        if not self.compared:
+            return False
+        low, high = self.a[1]
+        return low <= self.b[0] <= high
+
+    @property
+    def verdict(self) -> str:
+        """``yes`` (agrees), ``NO`` (b outside a's CI), or why it was not compared."""
+        if not self.measured_by_both:
+            return "not compared: only one run"
+        if not self.compared:
+            return "not compared: no CI"
+        return "yes" if self.agrees else "NO"
 
     def text(self, side: tuple[float | None, list | None]) -> str:
         """``value [CI]`` of one run (``self.a`` or ``self.b``) on the figure's scale, a dash when it has none."""
@@ -468,13 +489,14 @@ class Agreement:
 
 
 def ci_agreement(a: Run, b: Run) -> list[Agreement]:
-    """Every per-layer leakage figure and defense outcome of ``a`` next to ``b``'s, with CI overlap.
+    """Every per-layer leakage figure and defense outcome of ``a`` next to ``b``'s: is ``b``'s value in ``a``'s CI.
 
     Per layer: the compared measures (:func:`find_measures`) and the inversion figures
     (:data:`INVERSION_MEASURES`); per defense setting and layer: the strongest attacker's top-1
-    and EER and the utility on the run's task. A figure only one run measured is listed too
-    (``measured_by_both`` is False), so a silent gap cannot read as agreement. Used to check
-    that the same audit on two devices gives the same findings within their CIs.
+    and EER and the utility on the run's task. A figure only one run measured, or without a CI,
+    is listed too (``compared`` is False), so a silent gap cannot read as agreement. Used to
+    check that the same audit on two devices (or precisions) gives the same findings: ``a`` is
+    the reference run whose CI ``b``'s value must fall in.
     """
     rows = []
     for measure in [*find_measures([a, b]), *INVERSION_MEASURES]:
@@ -505,6 +527,15 @@ def _defense_figures(run: Run) -> dict[tuple[str, str, bool], tuple[float | None
             out[(f"defense: utility ({utility.get('task')}, {utility.get('metric')})", where, True)] = (
                 utility["value"], utility.get("ci95"))
     return out
+
+
+def _is_ci(ci: object) -> bool:
+    """True for a ``[low, high]`` pair of finite numbers with ``low <= high``."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return False
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in ci):
+        return False
+    return ci[0] <= ci[1]
 
 
 def _overlap(a: list | None, b: list | None) -> bool:

@@ -5,8 +5,9 @@ own empty store folder, so both extract cold; settings are the config's, with on
 ``device`` and ``attacker_precision`` (and, when given, ``workers``, corpus and filters) overridden. Then, for every
 figure both runs report (per layer: speaker-ID top-1, verification EER, attributes,
 inversion WER / speaker-judge EER / log-mel LSD; per defense setting: the strongest
-attacker's top-1 and EER and the utility), the two values with their 95% CIs and whether
-the CIs overlap (:func:`audit.compare.ci_agreement`).
+attacker's top-1 and EER and the utility), the two values with their 95% CIs and whether the
+second run's value lies inside the first run's CI (:func:`audit.compare.ci_agreement`); a figure
+one run lacks, or without a CI, is counted apart as not compared, never as agreeing.
 
 With no CUDA device (``torch.cuda.is_available()`` False) the GPU audit cannot run and the
 script says so in one line. ``--devices cpu,cpu`` runs the comparison on the CPU twice (the
@@ -60,17 +61,25 @@ def run_audit(config: str, device: str, out: Path, cache: Path, overrides: dict)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def agreement_counts(rows: list) -> dict[str, int]:
+    """How many figures agree (the second value inside the first CI), differ, were not compared, are identical."""
+    compared = [r for r in rows if r.compared]
+    return {"agree": sum(r.agrees for r in compared), "differ": sum(not r.agrees for r in compared),
+            "not_compared": len(rows) - len(compared), "one_run_only": sum(not r.measured_by_both for r in rows),
+            "identical": sum(r.a == r.b for r in compared)}
+
+
 def print_agreement(runs: list[Path], labels: list[str]) -> None:
-    """Every figure of the two runs with both 95% CIs and whether they overlap, then the counts."""
+    """Every figure of the two runs with both 95% CIs and whether the second lies in the first's CI, then counts."""
     rows = ci_agreement(*load_runs(runs))
-    both = [r for r in rows if r.measured_by_both]
-    print(f"\nfigures of both runs with their 95% CIs ({labels[0]} | {labels[1]} | CIs overlap):")
+    print(f"\nfigures of both runs with their 95% CIs ({labels[0]} | {labels[1]} | {labels[1]} value inside "
+          f"{labels[0]} CI):")
     for row in rows:
-        verdict = ("yes" if row.agrees else "NO") if row.measured_by_both else "only one run"
-        print(f"  {row.what:<52} {row.where:<34} {row.text(row.a):<26} {row.text(row.b):<26} {verdict}")
-    exact = sum(r.a == r.b for r in both)
-    print(f"  {sum(r.agrees for r in both)} of {len(both)} figures agree within CI ({exact} identical); "
-          f"{len(rows) - len(both)} measured by one run only")
+        print(f"  {row.what:<52} {row.where:<34} {row.text(row.a):<26} {row.text(row.b):<26} {row.verdict}")
+    n = agreement_counts(rows)
+    print(f"  {n['agree']} of {n['agree'] + n['differ']} compared figures agree ({labels[1]} value inside {labels[0]} "
+          f"95% CI; {n['identical']} identical), {n['differ']} differ; {n['not_compared']} not compared "
+          f"({n['one_run_only']} measured by one run only, the rest without a CI)")
 
 
 def main() -> None:

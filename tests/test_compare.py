@@ -240,29 +240,44 @@ def test_defense_settings_table_gives_each_runs_top1_and_retained_utility(tmp_pa
     assert any("no defenses were run" in note for note in table.notes)
 
 
-def test_ci_agreement_flags_figures_whose_cis_part_and_figures_one_run_lacks(tmp_path: Path):
-    """The check behind the device benchmark: same audit on two devices, figure by figure."""
+def test_ci_agreement_asks_whether_b_lies_in_as_ci_and_never_counts_a_gap_as_agreement(tmp_path: Path, capsys):
+    """The check behind the device benchmark: same audit on two devices, figure by figure, known answers."""
+    from benchmarks.device_audit import agreement_counts, print_agreement
+
     base = make_results(top1=[0.9, 0.8, 0.5], defenses=[_defense("noise", {"sigma": 1}, 0, 0.4, 0.8)])
     base["layers"][1]["attacks"]["inversion"] = {"frame": {"content": {"wer_reconstruction": 0.4,
                                                                        "wer_reconstruction_ci95": [0.3, 0.5]}}}
     other = json.loads(json.dumps(base))
     other["layers"][0]["attacks"]["speaker_id"].update(top1=0.5, ci95=[0.45, 0.55])  # apart from [0.86, 0.94]
+    other["layers"][2]["attacks"]["speaker_id"].update(top1=0.58, ci95=[0.54, 0.62])  # CIs touch, 0.58 > 0.54
+    other["layers"][0]["attacks"]["attributes"]["gender"]["auc_ci95"] = None  # same value, no CI
     other["layers"][1]["attacks"]["inversion"]["frame"]["content"].update(wer_reconstruction=0.45,
                                                                           wer_reconstruction_ci95=[0.35, 0.55])
     del other["layers"][2]["attacks"]["verification"]
-    runs = load_runs([write_run(tmp_path / "cpu", base), write_run(tmp_path / "cuda", other)])
-    rows = {(r.what, r.where): r for r in ci_agreement(*runs)}
-    assert not rows[("speaker-ID top-1", "layer 0")].agrees
+    paths = [write_run(tmp_path / "cpu", base), write_run(tmp_path / "cuda", other)]
+    rows = {(r.what, r.where): r for r in ci_agreement(*load_runs(paths))}
+    assert rows[("speaker-ID top-1", "layer 0")].verdict == "NO"
+    touching = rows[("speaker-ID top-1", "layer 2")]
+    assert touching.compared and not touching.agrees and touching.verdict == "NO"  # overlapping CIs are not enough
     same = rows[("speaker-ID top-1", "layer 1")]
     assert same.agrees and same.a == same.b == (0.8, pytest.approx([0.76, 0.84]))
     wer = rows[("inversion: ASR judge's WER on the reconstructions", "layer 1")]
     assert wer.agrees and wer.b == (0.45, [0.35, 0.55]) and wer.text(wer.b) == "45.0% [35.0, 55.0]"
     lacking = rows[("verification EER", "layer 2")]
     assert not lacking.measured_by_both and not lacking.agrees and lacking.b == (None, None)
-    assert lacking.text(lacking.b) == "-"
+    assert lacking.text(lacking.b) == "-" and lacking.verdict == "not compared: only one run"
+    no_ci = rows[("gender AUC", "layer 0")]
+    assert no_ci.a[0] == no_ci.b[0] and not no_ci.compared and not no_ci.agrees
+    assert no_ci.verdict == "not compared: no CI"
     assert rows[("defense: strongest speaker-ID top-1", "noise sigma=1 at layer 0")].agrees
-    assert rows[("defense: utility (ctc, cer)", "noise sigma=1 at layer 0")].a == (0.5, None)
-    assert sum(not r.agrees for r in rows.values()) == 2
+    utility = rows[("defense: utility (ctc, cer)", "noise sigma=1 at layer 0")]
+    assert utility.a == (0.5, None) and utility.verdict == "not compared: no CI"
+    assert agreement_counts(list(rows.values())) == {"agree": 10, "differ": 2, "not_compared": 3,
+                                                     "one_run_only": 1, "identical": 9}
+    print_agreement(paths, ["cpu float32", "cuda float32"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == ("  10 of 12 compared figures agree (cuda float32 value inside cpu float32 95% CI; 9 "
+                           "identical), 2 differ; 3 not compared (1 measured by one run only, the rest without a CI)")
 
 
 def test_flatten_config_gives_dotted_keys_and_one_key_per_table_in_a_list():
