@@ -43,10 +43,11 @@ from audit.errors import ConfigError, CorpusError
 from audit.estimators import MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quiet, grid_search, learning_curve
 from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
 from audit.metrics import CI_METHOD, DegenerateBootstrap, leakage_ci, regression_scores, roc_auc
-from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack,
+from audit.measures import Bands, Figure, Measure
+from audit.results import (AttackResult, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack,
                            skip_cell)
 from audit.splits import Split, speaker_disjoint_split
-from audit.summary import worst_layer, worst_level
+from audit.summary import layer_figures, rate_layers, worst_rating
 
 MIN_NUMERIC_ROWS = 10
 #: Below this relative spread (std / mean) of voiced durations, speech rate only measures transcript length.
@@ -771,40 +772,39 @@ def attribute_table(results: dict) -> Table:
 RISK_THRESHOLDS = {"roc_auc": (0.9, 0.6), "r2": (0.5, 0.1)}
 
 
-def rate_attribute_inference(results: dict) -> RiskRating:
-    """Risk of inferring unseen people's attributes: the worst attribute's rating (:data:`RISK_THRESHOLDS`)."""
-    ratings = []
-    names = {k for la in results["layers"] for k, r in (layer_attack(la, "attributes") or {}).items()
-             if isinstance(r, dict) and not k.endswith("_cca") and is_ok(r)}
-    for name in sorted(names):
-        metric = next((m for m in RISK_THRESHOLDS
-                       if any(m in (layer_attack(la, "attributes", name) or {}) for la in results["layers"])), None)
-        w = worst_layer(results["layers"], ("attributes", name), metric, True,
-                        "auc_ci95" if metric == "roc_auc" else "ci95") if metric else None
-        if w is None or not w["ci95"]:
-            continue
-        high, medium = RISK_THRESHOLDS[metric]
-        lo = w["ci95"][0]
-        level = "high" if lo >= high else "medium" if lo > medium else "low"
-        label = "AUC" if metric == "roc_auc" else "R²"
-        reason = (f"{name} of unseen people: {label} {fmt_num(w['value'])} (CI {fmt_ci(w['ci95'], 1, '.2f')}, "
-                  f"chance {fmt_num(w['chance'], '.2f')}) at layer {w['layer']}, the highest of {w['n_layers']} "
-                  "layers; "
-                  f"high when the CI lower bound >= {high}, medium above {medium}")
-        ratings.append(RiskRating("attribute inference", level, reason, f"attributes.{name}.{metric}", w["value"],
-                                  w["ci95"], w["chance"], w["layer"]))
-    if not ratings:
-        return RiskRating("attribute inference", "not measured", "no attribute could be inferred on any layer")
-    level = worst_level([r.level for r in ratings])
-    return next(r for r in ratings if r.level == level)
-
+ATTRIBUTE_BANDS = {metric: Bands(high, medium) for metric, (high, medium) in RISK_THRESHOLDS.items()}
 
 METRICS = (
-    MetricSpec("*.roc_auc", True, ci="auc_ci95", description="a categorical attribute's ROC AUC (gender)"),
-    MetricSpec("*.accuracy", True, description="a categorical attribute's accuracy"),
-    MetricSpec("*.r2", True, chance="chance", description="a numeric attribute's R² (speech rate)"),
-    MetricSpec("*.cca", True, chance=None, description="canonical correlation with an attribute (key <attr>_cca)"),
+    Measure("*.roc_auc", True, ci="auc_ci95", chance=0.5, unit="score", label="attribute AUC",
+            bands=ATTRIBUTE_BANDS["roc_auc"],
+            description="a categorical attribute's ROC AUC (gender; chance 0.5 whatever the class balance)"),
+    Measure("*.accuracy", True, description="a categorical attribute's accuracy (chance: the majority class)"),
+    Measure("*.r2", True, chance="chance", unit="score", low=None, label="attribute R²", bands=ATTRIBUTE_BANDS["r2"],
+            description="a numeric attribute's R² (speech rate; 0 = predicting the training mean)"),
+    Measure("*.cca", True, chance=None, unit="score", description="canonical correlation with an attribute (key <attr>_cca)"),
 )
+
+
+def rate_attribute_inference(results: dict) -> RiskRating:
+    """Risk of inferring unseen people's attributes: each attribute's every layer rated by its CI bounds, the worst kept."""
+    names = sorted({k for la in results["layers"] for k, r in (layer_attack(la, "attributes") or {}).items()
+                    if isinstance(r, dict) and not k.endswith("_cca") and is_ok(r)})
+    ratings = []
+    for name in names:
+        for measure in (METRICS[0], METRICS[2]):
+            metric = measure.pattern.split(".")[-1]
+            label = "AUC" if metric == "roc_auc" else "R²"
+
+            def evidence(fig: Figure, name: str = name, label: str = label) -> str:
+                return (f"{name} of unseen people: {label} {fmt_num(fig.value)} (CI {fmt_ci(fig.ci95, 1, '.2f')}, "
+                        f"chance {fmt_num(fig.chance, '.2f')}) at {fig.where}")
+
+            rating = rate_layers("attribute inference", f"attributes.{name}.{metric}",
+                                 layer_figures(results["layers"], ("attributes", name), metric, measure), evidence)
+            if rating is not None:
+                ratings.append(rating)
+    return worst_rating(ratings) or RiskRating("attribute inference", "not measured",
+                                               "no attribute could be inferred on any layer")
 
 
 FAMILY = AttackFamily(

@@ -60,11 +60,12 @@ from audit.family import (AttackFamily, FamilySettings, LayerContext, RunContext
                           check_range)
 from audit.metrics import DegenerateBootstrap, bootstrap_ci, speaker_bootstrap_ci
 from audit.names import safe_filename
-from audit.results import (AttackResult, MetricSpec, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
+from audit.measures import Bands, Measure, caveats_of, combine, rate, read_figure
+from audit.results import (AttackResult, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
                            layer_attack, skip_cell)
 from audit.signal_metrics import lsd_from_logmel
 from audit.splits import Split, speaker_disjoint_split
-from audit.summary import worst_level
+from audit.summary import worst_rating
 
 # Predicted log-mels are clamped to this before ``exp`` in the spectral-convergence term.
 _MAX_LOG_MEL = 30.0
@@ -1120,62 +1121,85 @@ HIGH_SPEAKER_TOP1 = 0.5
 STOI_BANDS = (0.6, 0.4)
 
 
-def _rate_layer(index: int, frame: dict) -> RiskRating:
-    content, spk, sig = frame.get("content"), frame.get("speaker"), frame.get("signal") or {}
-    if isinstance(content, dict) or isinstance(spk, dict):
-        wer_hi = (content.get("wer_reconstruction_ci95") or [None, 1.0])[1] if isinstance(content, dict) else 1.0
-        wer_orig = content.get("wer_original") if isinstance(content, dict) else None
-        high_wer = max(HIGH_WER, wer_orig + HIGH_WER_ABOVE_ORIGINAL) if wer_orig is not None else HIGH_WER
-        top1_lo = (spk.get("top1_ci95") or [0.0])[0] if isinstance(spk, dict) else 0.0
-        chance = spk.get("chance", 0.0) if isinstance(spk, dict) else 0.0
-        level = ("high" if wer_hi <= high_wer or top1_lo >= HIGH_SPEAKER_TOP1 else
-                 "medium" if wer_hi < MEDIUM_WER or top1_lo > 2 * chance else "low")
-        parts = []
-        if isinstance(content, dict):
-            parts.append(f"a judge ASR transcribes the reconstructions with WER "
-                         f"{fmt_pct(content['wer_reconstruction'])} "
-                         f"(CI {fmt_ci(content.get('wer_reconstruction_ci95'))}; "
-                         f"{fmt_pct(content.get('wer_original'))} on the originals)")
-        if isinstance(spk, dict):
-            parts.append(f"a speaker judge links them to the right speaker {fmt_pct(spk.get('top1'))} of the time "
-                         f"(CI {fmt_ci(spk.get('top1_ci95'))}, chance {fmt_pct(chance)})")
-        metric, value, ci = (("inversion.frame.content.wer_reconstruction", content["wer_reconstruction"],
-                              content.get("wer_reconstruction_ci95")) if isinstance(content, dict) else
-                             ("inversion.frame.speaker.top1", spk.get("top1"), spk.get("top1_ci95")))
-        reason = (f"layer {index}: speech decoded from the embeddings by a decoder trained on other people: "
-                  + "; ".join(parts) + f"; high when WER <= {high_wer:.0%} (50%, or the originals' WER + "
-                  f"{HIGH_WER_ABOVE_ORIGINAL * 100:.0f} points) or top-1 >= {HIGH_SPEAKER_TOP1:.0%} "
-                  f"(CI bounds), medium when WER < {MEDIUM_WER:.0%} or top-1 > 2x chance")
-        return RiskRating("reconstruction", level, reason, metric, value, ci, None, index)
-    lo = (sig.get("stoi_ci95") or [0.0])[0]
-    level = "high" if lo >= STOI_BANDS[0] else "medium" if lo >= STOI_BANDS[1] else "low"
-    reason = (f"layer {index}: reconstructions reach STOI {fmt_num(sig.get('stoi'), '.2f')} (CI "
-              f"{fmt_ci(sig.get('stoi_ci95'), 1, '.2f')}) against the originals (judges were skipped, so "
-              f"intelligibility is estimated from STOI: high >= {STOI_BANDS[0]}, medium >= {STOI_BANDS[1]})")
-    return RiskRating("reconstruction", level, reason, "inversion.frame.signal.stoi", sig.get("stoi"),
-                      sig.get("stoi_ci95"), None, index)
+#: Speaker-judge bands on top-1 (CI bounds): high from :data:`HIGH_SPEAKER_TOP1`, medium above twice chance.
+SPEAKER_BANDS = Bands(HIGH_SPEAKER_TOP1, 2.0, medium_times_chance=True)
+#: Intelligibility bands on STOI when no judge ran (CI bounds).
+STOI_RISK_BANDS = Bands(STOI_BANDS[0], STOI_BANDS[1], medium_inclusive=True)
+
+METRICS = (
+    Measure("frame.signal.mcd_db", False, ci="mcd_db_ci95", chance=None, unit="db", low=0.0, high=None,
+            description="MCD of reconstructions, dB"),
+    Measure("frame.signal.lsd_db", False, ci="lsd_db_ci95", chance=None, unit="db", low=0.0, high=None,
+            description="log-spectral distance, dB"),
+    Measure("frame.signal.stoi", True, ci="stoi_ci95", chance=None, unit="score", low=-1.0, bands=STOI_RISK_BANDS,
+            description="STOI of reconstructions (a mean correlation: slightly negative for noise)"),
+    Measure("frame.signal.estoi", True, ci="estoi_ci95", chance=None, unit="score", low=-1.0,
+            description="ESTOI of reconstructions"),
+    Measure("frame.content.wer_reconstruction", False, ci="wer_reconstruction_ci95", chance=None, unit="rate",
+            high=None, label="judge WER on reconstructions", description="judge ASR WER on reconstructions"),
+    Measure("frame.speaker.top1", True, ci="top1_ci95", label="speaker-judge top-1 on reconstructions",
+            bands=SPEAKER_BANDS, description="speaker judge top-1 on reconstructions"),
+    Measure("frame.speaker.eer", False, ci="eer_ci95", chance=0.5, description="speaker judge EER"),
+)
+_MEASURE = {m.pattern: m for m in METRICS}
+
+
+def wer_bands(wer_original: float | None) -> Bands:
+    """Judge-WER bands (lower is leakier): high at or below 50% or the originals' WER + 25 points, medium below 90%."""
+    high = max(HIGH_WER, wer_original + HIGH_WER_ABOVE_ORIGINAL) if wer_original is not None else HIGH_WER
+    return Bands(high, MEDIUM_WER, high_inclusive=True)
+
+
+def _rate_layer(index: int, result: dict) -> RiskRating | None:
+    """One layer's reconstruction risk: the judges' WER and speaker top-1, each rated by its CI bounds; either met."""
+    where = f"layer {index}"
+    frame = result.get("frame") or {}
+    _, _, caveats = caveats_of(frame)
+    rated = []
+    wer = read_figure(result, "frame.content.wer_reconstruction", _MEASURE["frame.content.wer_reconstruction"], where)
+    if wer.value is not None:
+        bands = wer_bands((frame.get("content") or {}).get("wer_original"))
+        rated.append((rate(wer, bands), wer, bands,
+                      f"a judge ASR transcribes the reconstructions with WER {fmt_pct(wer.value)} (CI "
+                      f"{fmt_ci(wer.ci95)}; {fmt_pct((frame.get('content') or {}).get('wer_original'))} on the "
+                      "originals)"))
+    spk = read_figure(result, "frame.speaker.top1", _MEASURE["frame.speaker.top1"], where)
+    if spk.value is not None:
+        rated.append((rate(spk, SPEAKER_BANDS), spk, SPEAKER_BANDS,
+                      f"a speaker judge links them to the right speaker {fmt_pct(spk.value)} of the time (CI "
+                      f"{fmt_ci(spk.ci95)}, chance {fmt_pct(spk.chance)})"))
+    if rated:
+        evidence = (f"{where}: speech decoded from the embeddings by a decoder trained on other people: "
+                    + "; ".join(text for _, _, _, text in rated))
+        bands_text = "; ".join(f"{fig.measure.label}: {bands.describe(bool(fig.measure.higher_is_leakier), fig.measure.show)}"
+                               for _, fig, bands, _ in rated)
+        rating = combine([r for r, _, _, _ in rated])
+        _, fig, _, _ = min(rated, key=lambda t: t[0].sort_key())
+    else:
+        stoi = read_figure(result, "frame.signal.stoi", _MEASURE["frame.signal.stoi"], where)
+        if stoi.value is None:
+            return None
+        rating, fig = rate(stoi, STOI_RISK_BANDS), stoi
+        evidence = (f"{where}: reconstructions reach STOI {fmt_num(stoi.value, '.2f')} (CI "
+                    f"{fmt_ci(stoi.ci95, 1, '.2f')}) against the originals (judges were skipped, so "
+                    "intelligibility is estimated from STOI)")
+        bands_text = STOI_RISK_BANDS.describe(True, lambda x: f"{x:g}")
+    reason = f"{evidence}; the threat is met when either judge's figure is; bands: {bands_text}"
+    if rating.level == "inconclusive":
+        reason += (f"; inconclusive: the CIs span {rating.best} to {rating.worst}, so it can be neither cleared nor "
+                   "confirmed: more data needed")
+    for caveat in caveats:
+        reason += f"; decoder: {caveat}"
+    return RiskRating("reconstruction", rating.level, reason, f"inversion.{fig.measure.pattern}", fig.value,
+                      fig.interval, fig.chance, index, worst=rating.worst, best=rating.best, caveats=caveats)
 
 
 def rate_reconstruction(results: dict) -> RiskRating:
     """Risk that the embeddings can be turned back into intelligible, attributable speech: the worst layer."""
-    ratings = [_rate_layer(la["index"], fr) for la in results["layers"]
-               if is_ok(fr := (layer_attack(la, "inversion") or {}).get("frame"))]
-    if not ratings:
-        return RiskRating("reconstruction", "not measured", "no layer has an inversion result")
-    level = worst_level([r.level for r in ratings])
-    return next(r for r in ratings if r.level == level)
-
-
-METRICS = (
-    MetricSpec("frame.signal.mcd_db", False, ci="mcd_db_ci95", chance=None, description="MCD of reconstructions, dB"),
-    MetricSpec("frame.signal.lsd_db", False, ci="lsd_db_ci95", chance=None, description="log-spectral distance, dB"),
-    MetricSpec("frame.signal.stoi", True, ci="stoi_ci95", chance=None, description="STOI of reconstructions"),
-    MetricSpec("frame.signal.estoi", True, ci="estoi_ci95", chance=None, description="ESTOI of reconstructions"),
-    MetricSpec("frame.content.wer_reconstruction", False, ci="wer_reconstruction_ci95", chance=None,
-               description="judge ASR WER on reconstructions"),
-    MetricSpec("frame.speaker.top1", True, ci="top1_ci95", description="speaker judge top-1 on reconstructions"),
-    MetricSpec("frame.speaker.eer", False, ci="eer_ci95", chance=None, description="speaker judge EER"),
-)
+    ratings = [r for la in results["layers"]
+               if is_ok(inv := layer_attack(la, "inversion")) and is_ok(inv.get("frame"))
+               and (r := _rate_layer(la["index"], inv)) is not None]
+    return worst_rating(ratings) or RiskRating("reconstruction", "not measured", "no layer has an inversion result")
 
 
 FAMILY = AttackFamily(

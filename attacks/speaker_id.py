@@ -30,12 +30,14 @@ from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import (CURVE_FRACTIONS, MIN_EARLY_STOPPING_ROWS, check_is_fitted, fit_quiet, grid_search,
                               learning_curve, stratified_fraction)
-from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
+from audit.family import (ATTACKER_FAILURES, AttackFamily, FamilySettings, LayerContext, check_range,
+                          failed_attacker)
 from audit.metrics import closed_set_metrics
-from audit.results import (AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_pct, is_ok,
+from audit.measures import Bands, Figure, Measure
+from audit.results import (AttackResult, RiskRating, Table, curve_cell, fmt_ci, fmt_pct, is_ok,
                            layer_attack, skip_cell)
 from audit.splits import Split, closed_set_split
-from audit.summary import worst_layer
+from audit.summary import layer_figures, rate_layers
 
 
 class _PooledSpeakerID(ABC):
@@ -249,11 +251,21 @@ def attack_speaker_id(train: EmbeddingSet, test: EmbeddingSet, settings: Speaker
                                                precision=ctx.attacker_precision)
         else:
             attacker = POOLED_ATTACKERS[name](seed=seed, n_boot=settings.n_boot, n_comparisons=n_comparisons)
-        fitted[name] = ctx.run.fitted(attacker, train, frames=name == "frame")
-        results[name] = fitted[name].evaluate(test).to_dict()
+        try:
+            fitted[name] = ctx.run.fitted(attacker, train, frames=name == "frame")
+            results[name] = fitted[name].evaluate(test).to_dict()
+        except ATTACKER_FAILURES as err:
+            fitted.pop(name, None)
+            results[name] = failed_attacker("speaker_id", name, err)
     scored = [n for n in fitted if results[n].get("top1") is not None]
+    if not scored:
+        raise CorpusError("every speaker-ID attacker failed or was skipped: "
+                          + "; ".join(f"{n}: {r.get('skipped')}" for n, r in results.items()))
     strongest = max(scored, key=lambda n: results[n]["top1"])
     headline = dict(results[strongest])
+    failed = {n: r["skipped"] for n, r in results.items() if r.get("failed")}
+    if failed:
+        headline["failed_attackers"] = failed
     headline["strongest_by"] = (f"highest test top-1 of {len(scored)} attackers (worst case for privacy); each "
                                 "attacker's hyper-parameters were chosen on validation data only")
     headline["n_attackers_compared"] = len(scored)
@@ -296,30 +308,33 @@ HIGH_TOP1 = 0.5
 MEDIUM_RATIO_TO_CHANCE = 2.0
 
 
-def rate_reidentification(results: dict) -> RiskRating:
-    """Risk of naming a known speaker from the leakiest layer (:data:`HIGH_TOP1`, :data:`MEDIUM_RATIO_TO_CHANCE`)."""
-    w = worst_layer(results["layers"], ("speaker_id",), "top1", True)
-    if w is None:
-        return RiskRating("re-identification", "not measured", "no layer has a speaker-ID result")
-    lo, chance = w["ci95"][0], w["chance"]
-    level = "high" if lo >= HIGH_TOP1 else "medium" if lo > MEDIUM_RATIO_TO_CHANCE * chance else "low"
-    rule = {"high": f"CI lower bound >= {HIGH_TOP1:.0%}",
-            "medium": f"CI lower bound above {MEDIUM_RATIO_TO_CHANCE:g}x chance",
-            "low": f"CI reaches within {MEDIUM_RATIO_TO_CHANCE:g}x chance"}[level]
-    reason = (f"layer {w['layer']}: an attacker with labelled recordings names the speaker of a new utterance "
-              f"{fmt_pct(w['value'])} of the time (CI {fmt_ci(w['ci95'])}, adjusted for the pick from "
-              f"{w['n_layers']} layers x {w['result'].get('n_attackers_compared', 1)} attackers), "
-              f"{w['value'] / chance:.1f}x chance ({fmt_pct(chance)}); {rule}")
-    return RiskRating("re-identification", level, reason, "speaker_id.top1", w["value"], w["ci95"], chance, w["layer"])
-
+#: Re-identification bands on top-1 (CI bounds): high from :data:`HIGH_TOP1`, medium above
+#: :data:`MEDIUM_RATIO_TO_CHANCE` x chance.
+REID_BANDS = Bands(HIGH_TOP1, MEDIUM_RATIO_TO_CHANCE, medium_times_chance=True)
 
 METRICS = (
-    MetricSpec("top1", True, description="strongest attacker's closed-set top-1 accuracy"),
-    MetricSpec("top5", True, ci="top5_ci95", chance="chance_top5", description="strongest attacker's top-5"),
-    MetricSpec("macro_f1", True, ci=None, chance=None, description="strongest attacker's macro-F1 (no CI)"),
-    MetricSpec("attackers.*.top1", True, description="one attacker's top-1 (logreg, mlp, frame)"),
-    MetricSpec("attackers.*.top5", True, ci="top5_ci95", chance="chance_top5", description="one attacker's top-5"),
+    Measure("top1", True, label="speaker-ID top-1", bands=REID_BANDS,
+            description="strongest attacker's closed-set top-1 accuracy"),
+    Measure("top5", True, ci="top5_ci95", chance="chance_top5", description="strongest attacker's top-5"),
+    Measure("macro_f1", True, ci=None, chance=None, description="strongest attacker's macro-F1 (no CI)"),
+    Measure("attackers.*.top1", True, description="one attacker's top-1 (logreg, mlp, frame)"),
+    Measure("attackers.*.top5", True, ci="top5_ci95", chance="chance_top5", description="one attacker's top-5"),
 )
+
+
+def _reid_evidence(fig: Figure) -> str:
+    ratio = f", {fig.value / fig.chance:.1f}x chance ({fmt_pct(fig.chance)})" if fig.chance else ""
+    sel = (f"; {fmt_ci(fig.selection_ci95)} adjusted for the pick from {fig.n_compared} attackers x layers"
+           if fig.selection_ci95 else "")
+    return (f"{fig.where}: an attacker with labelled recordings names the speaker of a new utterance "
+            f"{fmt_pct(fig.value)} of the time (CI {fmt_ci(fig.ci95)}{sel}){ratio}")
+
+
+def rate_reidentification(results: dict) -> RiskRating:
+    """Risk of naming a known speaker: every layer's top-1 rated by its CI bounds (:data:`REID_BANDS`), the worst kept."""
+    rating = rate_layers("re-identification", "speaker_id.top1",
+                         layer_figures(results["layers"], ("speaker_id",), "top1", METRICS[0]), _reid_evidence)
+    return rating or RiskRating("re-identification", "not measured", "no layer has a speaker-ID result")
 
 
 FAMILY = AttackFamily(

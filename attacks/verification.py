@@ -38,11 +38,13 @@ from attacks.frame_speaker_id import FrameSpeakerID, budgeted_frame_attacker, ch
 from audit.embeddings import EmbeddingSet, splice
 from audit.errors import ConfigError, CorpusError
 from audit.estimators import CURVE_FRACTIONS, check_is_fitted
-from audit.family import AttackFamily, FamilySettings, LayerContext, check_range
+from audit.family import (ATTACKER_FAILURES, AttackFamily, FamilySettings, LayerContext, check_range,
+                          failed_attacker)
 from audit.metrics import CI_METHOD, eer, leakage_ci, linkability, min_dcf, selection_alphas
-from audit.results import (AttackResult, MetricSpec, RiskRating, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok,
+from audit.measures import Bands, Figure, Measure
+from audit.results import (AttackResult, RiskRating, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok,
                            layer_attack, skip_cell)
-from audit.summary import worst_layer
+from audit.summary import layer_figures, rate_layers
 from audit.splits import SAME_RECORDING_NOTE, Grouping, Split, partition_speaker, speaker_disjoint_split
 BACKENDS = ("lda", "plda", "cosine")
 HISTOGRAM_BINS = 40
@@ -594,13 +596,26 @@ def attack_verification(train: EmbeddingSet, test: EmbeddingSet, settings: Verif
     for name in settings.scorers:
         if name == "frame":
             continue
-        fitted[name] = ctx.run.fitted(SpeakerVerification(backend=name, **common), train)
-        results[name] = fitted[name].evaluate(test).to_dict()
+        try:
+            fitted[name] = ctx.run.fitted(SpeakerVerification(backend=name, **common), train)
+            results[name] = fitted[name].evaluate(test).to_dict()
+        except ATTACKER_FAILURES as err:
+            fitted.pop(name, None)
+            results[name] = failed_attacker("verification", name, err)
     if "frame" in settings.scorers:
-        results["frame"] = _frame_scorer(train, test, settings, common, ctx)
+        try:
+            results["frame"] = _frame_scorer(train, test, settings, common, ctx)
+        except ATTACKER_FAILURES as err:
+            results["frame"] = failed_attacker("verification", "frame", err)
     scored = [n for n, r in results.items() if r.get("eer") is not None]
+    if not scored:
+        raise CorpusError("every verification scorer failed or was skipped: "
+                          + "; ".join(f"{n}: {r.get('skipped')}" for n, r in results.items()))
     best = min(scored, key=lambda n: results[n]["eer"])
     headline = dict(results[best])
+    failed = {n: r["skipped"] for n, r in results.items() if r.get("failed")}
+    if failed:
+        headline["failed_attackers"] = failed
     headline["strongest_by"] = (f"lowest test EER of {len(scored)} scorers (worst case for privacy); each scorer's "
                                 "settings were chosen on held-out training speakers only")
     headline["n_attackers_compared"] = len(scored)
@@ -771,27 +786,31 @@ HIGH_EER = 0.20
 MEDIUM_EER = 0.40
 
 
-def rate_linkage(results: dict) -> RiskRating:
-    """Risk of linking two utterances of unseen people (thresholds: :data:`HIGH_EER`, :data:`MEDIUM_EER`)."""
-    w = worst_layer(results["layers"], ("verification",), "eer", False)
-    if w is None:
-        return RiskRating("linkage", "not measured", "no layer has a verification result")
-    hi = w["ci95"][1]
-    level = "high" if hi < HIGH_EER else "medium" if hi < MEDIUM_EER else "low"
-    rule = {"high": f"CI upper bound below {HIGH_EER:.0%}", "medium": f"CI upper bound below {MEDIUM_EER:.0%}",
-            "low": f"CI reaches {MEDIUM_EER:.0%}"}[level]
-    reason = (f"layer {w['layer']}: utterances of people the attacker never saw are linked with an EER of "
-              f"{fmt_pct(w['value'])} (CI {fmt_ci(w['ci95'])}, adjusted for the pick from {w['n_layers']} layers x "
-              f"{w['result'].get('n_attackers_compared', 1)} scorers; 50% = unlinkable); {rule}")
-    return RiskRating("linkage", level, reason, "verification.eer", w["value"], w["ci95"], w["chance"], w["layer"])
-
+#: Linkage bands on EER (CI bounds; lower is leakier): high below :data:`HIGH_EER`, medium below :data:`MEDIUM_EER`.
+LINKAGE_BANDS = Bands(HIGH_EER, MEDIUM_EER, high_inclusive=False)
 
 METRICS = (
-    MetricSpec("eer", False, description="strongest scorer's open-set EER (50% = unlinkable)"),
-    MetricSpec("min_dcf_norm", False, ci=None, chance=None, description="normalised minDCF (no CI)"),
-    MetricSpec("linkability", True, ci=None, chance=None, description="global linkability D_sys (no CI)"),
-    MetricSpec("scorers.*.eer", False, description="one scorer's EER (lda, plda, frame)"),
+    Measure("eer", False, chance=0.5, label="verification EER", bands=LINKAGE_BANDS,
+            description="strongest scorer's open-set EER (50% = unlinkable)"),
+    Measure("min_dcf_norm", False, ci=None, chance=None, unit="score", high=None,
+            description="normalised minDCF (no CI)"),
+    Measure("linkability", True, ci=None, chance=None, unit="score", description="global linkability D_sys (no CI)"),
+    Measure("scorers.*.eer", False, chance=0.5, description="one scorer's EER (lda, plda, frame)"),
 )
+
+
+def _linkage_evidence(fig: Figure) -> str:
+    sel = (f"; {fmt_ci(fig.selection_ci95)} adjusted for the pick from {fig.n_compared} scorers x layers"
+           if fig.selection_ci95 else "")
+    return (f"{fig.where}: utterances of people the attacker never saw are linked with an EER of "
+            f"{fmt_pct(fig.value)} (CI {fmt_ci(fig.ci95)}{sel}; 50% = unlinkable)")
+
+
+def rate_linkage(results: dict) -> RiskRating:
+    """Risk of linking two utterances of unseen people: every layer's EER rated by its CI bounds (:data:`LINKAGE_BANDS`)."""
+    rating = rate_layers("linkage", "verification.eer",
+                         layer_figures(results["layers"], ("verification",), "eer", METRICS[0]), _linkage_evidence)
+    return rating or RiskRating("linkage", "not measured", "no layer has a verification result")
 
 
 FAMILY = AttackFamily(

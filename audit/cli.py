@@ -102,6 +102,12 @@ def _print_verdict(verdict: dict) -> None:
     for rule in verdict["rules"]:
         if rule["status"] != "pass":
             print(f"  {rule['status'].upper()} {rule['name']}: {rule['message']}")
+    weak = verdict.get("weakenings") or []
+    if weak:
+        print(f"  weakened audit ({len(weak)}; allowed by the policy: "
+              f"{', '.join(verdict.get('allow_weakened') or []) or 'none'}):")
+        for w in weak:
+            print(f"    [{w['kind']}{', allowed' if w.get('allowed') else ''}] {w['text']}")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

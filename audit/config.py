@@ -60,6 +60,7 @@ from audit.estimators import check_precision
 from audit.extractor import check_quantize
 from audit.family import AttackFamily, check_layer_selection
 from audit.utility import UtilitySettings, UtilityTask
+from audit.weakening import DEFENSES, Weakening
 from defenses import load_defenses
 
 #: Attacker scenarios of a defense comparison, weakest to strongest (VoicePrivacy's names).
@@ -243,33 +244,56 @@ class AuditConfig:
                     raise ConfigError(f"{prefix}sweep {swept}: {exc}") from exc
             check_layer_selection(prefix, "layers", spec.layers)
 
-    def weakening_settings(self) -> list[str]:
-        """Settings that make this audit weaker than a full one (warned about and reported).
+    def weakenings(self) -> list[Weakening]:
+        """Settings that make this audit weaker than a full one, each named by kind (warned about and reported).
 
-        ``--quick``; a default family the user left out; attackers in bfloat16; and, in every
-        family that runs, a budget below the family's defaults (fewer attackers, fewer epochs,
-        a narrower network, fewer bootstrap resamples, a capped training set, a skipped judge).
+        ``--quick``; attackers in bfloat16; a default family the user left out; the costly frame
+        attackers restricted to some layers (``frame_layers``, inversion's ``layers``); in every
+        family that runs, a budget below the family's defaults (fewer attackers, fewer epochs, a
+        narrower network, fewer bootstrap resamples, a capped training set, a skipped judge); and
+        the defense comparison's own (defenses fitted on the evaluated speakers, a scenario or
+        family left out, a utility probe below its budget).
         """
         weak = []
         if self.quick:
-            weak.append("--quick: reduced attacker budgets (each family's quick settings, listed below)")
+            weak.append(Weakening("quick", "--quick: reduced attacker budgets (each family's quick settings, listed "
+                                           "below)"))
         if self.attacker_precision == "bfloat16":
-            weak.append("attacker_precision='bfloat16': the frame attackers and inversion decoders train under "
-                        "bfloat16 autocast, so their figures can differ from a float32 audit's (measure it with "
-                        "benchmarks/device_audit.py --precisions float32,bfloat16)")
+            weak.append(Weakening("attacker_precision", (
+                "attacker_precision='bfloat16': the frame attackers and inversion decoders train under bfloat16 "
+                "autocast, so their figures can differ from a float32 audit's (measure it with "
+                "benchmarks/device_audit.py --precisions float32,bfloat16)")))
         registry = self.registry()
-        weak += [f"attack family {name!r} not run" for name, f in registry.items()
-                 if f.default and name not in self.attacks]
+        weak += [Weakening("family_not_run", f"attack family {name!r} not run", (name,))
+                 for name, f in registry.items() if f.default and name not in self.attacks]
+        for name in self.attacks:
+            settings = self.families[name]
+            for key in ("frame_layers", "layers"):
+                chosen = getattr(settings, key, None)
+                if chosen is not None and (key == "frame_layers" or name == "inversion"):
+                    what = "inversion" if name == "inversion" else "the frame-level attacker"
+                    weak.append(Weakening("frame_layers", (
+                        f"{name}.{key}={chosen!r}: {what} runs on these layers only; on the others the figure "
+                        "comes from the cheaper attackers alone"), (name,)))
         if self.defenses:
+            scope = (DEFENSES,)
             if self.defense_fit_on == "evaluated":
-                weak.append("defense_fit_on='evaluated': defenses are fitted on the evaluated speakers themselves, "
-                            "which flatters them (a deployed defense never sees its users' speech)")
-            weak += [f"defense_scenarios: scenario {s!r} not run" for s in SCENARIOS
-                     if s not in self.defense_scenarios]
-            weak += [f"defense_attacks: attack family {n!r} does not attack the defenses" for n in self.attacks
-                     if self.defense_attacks is not None and n not in self.defense_attacks]
-            weak += self.utility_probe.weakening("utility_probe.")
-        return weak + [w for name in self.attacks for w in self.families[name].weakening(f"{name}.")]
+                weak.append(Weakening("defense_fit_on", (
+                    "defense_fit_on='evaluated': defenses are fitted on the evaluated speakers themselves, which "
+                    "flatters them (a deployed defense never sees its users' speech)"), scope))
+            weak += [Weakening("defense_scenarios", f"defense_scenarios: scenario {s!r} not run", scope)
+                     for s in SCENARIOS if s not in self.defense_scenarios]
+            weak += [Weakening("defense_attacks", f"defense_attacks: attack family {n!r} does not attack the defenses",
+                               scope)
+                     for n in self.attacks if self.defense_attacks is not None and n not in self.defense_attacks]
+            weak += [Weakening("utility_budget", line, scope) for line in self.utility_probe.weakening("utility_probe.")]
+        weak += [Weakening("budget", line, (name,)) for name in self.attacks
+                 for line in self.families[name].weakening(f"{name}.")]
+        return weak
+
+    def weakening_settings(self) -> list[str]:
+        """The lines of :meth:`weakenings` (what a person reads)."""
+        return [w.text for w in self.weakenings()]
 
     def effective(self) -> "AuditConfig":
         """A copy with --quick applied (each family's quick budget), warning loudly about every weakening."""

@@ -436,19 +436,47 @@ def _leak(result: dict | None, metric: str) -> dict | None:
         return None
     return {"value": result[metric], "ci95": result.get("ci95"), "chance": result.get("chance"),
             "attacker": result.get("attacker"), "still_learning": still_learning(result),
-            "epoch_capped": epoch_capped(result)}
+            "epoch_capped": epoch_capped(result),
+            **({"failed_attackers": result["failed_attackers"]} if result.get("failed_attackers") else {})}
+
+
+def _missing_reason(result: Any, metric: str) -> str:
+    """Why a scenario's family result holds no ``metric``."""
+    if not isinstance(result, dict):
+        return "not run"
+    if result.get("skipped"):
+        reason = result.get("reason") if result.get("skipped") is True else result["skipped"]
+        return f"skipped: {reason}"
+    return f"no {metric} recorded"
 
 
 def strongest(scenarios: dict) -> dict:
-    """The strongest scenario's closed-set top-1 (highest) and open-set EER (lowest), each with its CI and chance."""
+    """The strongest scenario's closed-set top-1 (highest) and open-set EER (lowest), each with its CI and chance.
+
+    A scenario whose family attack ran but failed or was skipped is not silently dropped: it is
+    listed under ``missing_scenarios`` (scenario -> reason), since the lost scenario may have held
+    the strongest attacker; every verdict reads such a figure as missing. A scenario a family does
+    not take part in (speaker ID has no lazy-informed scenario) or that cannot apply (the defense
+    changes the dimension) is not missing.
+    """
     best: dict[str, Any] = {}
     for metric, family, better in (("top1", "speaker_id", max), ("eer", "verification", min)):
-        found = [(name, _leak(attacks.get(family), metric)) for name, attacks in scenarios.items()
-                 if isinstance(attacks, dict) and "not_applicable" not in attacks]
-        found = [(name, leak) for name, leak in found if leak is not None]
+        found, missing = [], {}
+        for name, attacks in scenarios.items():
+            if not isinstance(attacks, dict) or "not_applicable" in attacks or family not in attacks:
+                continue
+            leak = _leak(attacks.get(family), metric)
+            if leak is None:
+                missing[name] = _missing_reason(attacks.get(family), metric)
+            else:
+                found.append((name, leak))
         if found:
             name, leak = better(found, key=lambda item: item[1]["value"])
             best[metric] = {**leak, "scenario": name, "n_scenarios": len(found)}
+        elif missing:
+            best[metric] = {"value": None, "scenario": None, "n_scenarios": 0}
+        if missing:
+            best[metric]["missing_scenarios"] = missing
     if "top1" in best:
         best["scenario"] = best["top1"]["scenario"]
     elif "eer" in best:

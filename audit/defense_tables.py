@@ -9,18 +9,56 @@ retained utility (higher is better).
 from __future__ import annotations
 
 from audit.curves import STILL_LEARNING_GAIN, epoch_capped
-from audit.results import (MetricSpec, Table, attack_results, fmt_ci, fmt_num, fmt_pct, fmt_still_learning,
+from audit.measures import Measure
+from audit.results import (Table, attack_results, fmt_ci, fmt_num, fmt_pct, fmt_still_learning,
                            is_ok)
 
-#: Metrics of a ``defenses`` entry a gate rule may name (``defenses.<pattern>``): the strongest
-#: scenario's attacker and the utility kept.
+#: Measures of a ``defenses`` entry a gate rule may name (``defenses.<pattern>``): the strongest
+#: scenario's attacker and the utility kept. Utility measures are named by task (``cer``, ``wer``,
+#: ``accuracy``), so each has a direction; a run whose task measured another reads "not computed".
 DEFENSE_METRICS = (
-    MetricSpec("strongest.top1", True, description="strongest scenario's speaker-ID top-1 on defended embeddings"),
-    MetricSpec("strongest.eer", False, description="strongest scenario's verification EER on defended embeddings"),
-    MetricSpec("utility.retained", None, ci="retained_ci95", chance=None,
-               description="utility kept: defended / undefended on an accuracy scale"),
-    MetricSpec("utility.value", None, chance=None, description="the utility probe's own metric (CER or accuracy)"),
+    Measure("strongest.top1", True, label="strongest scenario's speaker-ID top-1",
+            description="strongest scenario's speaker-ID top-1 on defended embeddings"),
+    Measure("strongest.eer", False, chance=0.5, label="strongest scenario's verification EER",
+            description="strongest scenario's verification EER on defended embeddings"),
+    Measure("utility.retained", None, higher_is_better=True, ci="retained_ci95", chance=None, unit="ratio",
+            high=None, description="utility kept: defended / undefended on an accuracy scale"),
+    Measure("utility.retained_above_chance", None, higher_is_better=True, ci="retained_above_chance_ci95",
+            chance=None, unit="ratio", low=None, high=None,
+            description="utility kept above chance: (defended - b) / (undefended - b), b the task's chance level"),
+    Measure("utility.cer", None, higher_is_better=False, chance=None, unit="rate", high=None,
+            description="the CTC probe's character error rate on defended embeddings"),
+    Measure("utility.wer", None, higher_is_better=False, chance=None, unit="rate", high=None,
+            description="word error rate on defended embeddings (CTC probe)"),
+    Measure("utility.accuracy", None, higher_is_better=True, chance="chance",
+            description="the classification probe's accuracy on defended embeddings"),
 )
+
+#: Utility measures named by task, and where an entry's utility holds each.
+_UTILITY_TASK_METRICS = ("cer", "wer", "accuracy")
+
+
+def defense_view(entry: dict) -> dict:
+    """A defense entry as gate rules read it: its utility's task metrics under their own names.
+
+    ``utility.cer`` is the utility's value when the task measured CER (its ``extra`` holds the
+    WER of a CTC probe); a metric the run's task did not measure is absent, so a rule on it reads
+    "not computed".
+    """
+    u = entry.get("utility")
+    if not isinstance(u, dict):
+        return entry
+    view = dict(u)
+    for name in _UTILITY_TASK_METRICS:
+        extra = u.get("extra") or {}
+        if u.get("metric") == name:
+            view[name] = {"value": u.get("value"), "ci95": u.get("ci95"), "chance": u.get("chance")}
+        elif isinstance(extra, dict) and name in extra:
+            view[name] = {"value": extra[name], "ci95": extra.get(f"{name}_ci95")}
+        else:
+            view[name] = {"skipped": f"the run's utility task measured {u.get('metric')}, not {name}"}
+    return {**entry, "utility": view}
+
 
 SCENARIO_SHORT = {"ignorant": "ign", "lazy_informed": "lazy", "semi_informed": "semi"}
 
@@ -34,10 +72,16 @@ def setting_label(entry: dict) -> str:
 def _leak_cell(leak: dict | None) -> str:
     if not leak:
         return "n/a"
+    missing = leak.get("missing_scenarios") or {}
+    gone = (" MISSING " + ", ".join(f"[{SCENARIO_SHORT.get(k, k)}: {v}]" for k, v in missing.items())) if missing else ""
+    if leak.get("value") is None:
+        return f"not measured:{gone}"
     return (f"{fmt_pct(leak['value'])} {fmt_ci(leak.get('ci95'))} "
             f"[{SCENARIO_SHORT.get(leak.get('scenario'), leak.get('scenario'))}]"
             + (" (still learning)" if leak.get("still_learning") else "")
-            + (" (epoch cap)" if leak.get("epoch_capped") else ""))
+            + (" (epoch cap)" if leak.get("epoch_capped") else "")
+            + (f" (attacker failed: {', '.join(leak['failed_attackers'])})" if leak.get("failed_attackers") else "")
+            + gone)
 
 
 def _family(entry: dict, scenario: str, family: str) -> dict | None:
@@ -139,7 +183,7 @@ def privacy_utility_points(entries: list[dict], layer: int) -> list[dict]:
         top1 = (e.get("strongest") or {}).get("top1")
         u = e.get("utility") or {}
         kept = 1.0 if e["name"] == "none" and u else u.get("retained")
-        if top1 is None or kept is None:
+        if top1 is None or top1.get("value") is None or kept is None:
             continue
         point = {"label": setting_label(e), "leak": top1["value"], "leak_ci95": top1.get("ci95"),
                  "chance": top1.get("chance"), "retained": kept, "retained_ci95": u.get("retained_ci95")}
@@ -199,7 +243,10 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
     notes.append(f"Each defense is fitted on {fit_on}; attacks and the utility probe run on the "
                  f"{ev.get('n_speakers')} evaluated speakers ({ev.get('n_utterances')} utterances) with the attack "
                  "suite's own splits and budgets.")
-    notes.append("Privacy columns give the strongest of the attacker scenarios run: ign = ignorant (trained on "
+    notes.append("A defense is judged by its strongest scenario: the privacy columns give the strongest of the "
+                 "attacker scenarios run, and a scenario whose attack failed or was skipped is marked MISSING (the "
+                 "lost scenario may have held the strongest attacker, so the gate reads that figure as missing). "
+                 "Scenarios: ign = ignorant (trained on "
                  "undefended embeddings, tested on defended ones; verification enrols on undefended speech), lazy = "
                  "lazy-informed (verification scorer trained undefended, enrolment and trials defended), semi = "
                  "semi-informed (every attacker retrained on defended embeddings). Attribute and reconstruction "
@@ -209,8 +256,10 @@ def _notes(results: dict, entries: list[dict], plan: dict) -> list[str]:
     elif plan.get("utility_task"):
         notes.append(f"Utility: {plan['utility_task']} probe retrained on each setting's defended embeddings of "
                      "utility-train speakers, scored on held-out speakers; retained = defended / undefended on an "
-                     "accuracy scale (1 - CER for the ASR probe), paired bootstrap CI over test speakers (over "
-                     "recordings when fewer than 10 speakers are tested).")
+                     "accuracy scale (1 - CER for the ASR probe), paired bootstrap CI over test speakers however few "
+                     "(never over recordings; widened to at least the exact binomial interval); above chance = "
+                     "(defended - b) / (undefended - b), b the task's chance level (the majority class for a "
+                     "classifier, 0 on the accuracy scale for CER), which the Pareto front uses.")
     for name, reason in (plan.get("families_not_measurable") or {}).items():
         notes.append(f"Not measurable on the evaluated speakers: {name}: {reason}.")
     for layer in sorted({e["layer"] for e in entries}):

@@ -28,14 +28,17 @@ defense runner and the report never name a family by hand:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
-from audit.results import MetricSpec, RiskRating, Table
+from audit.results import AttackResult, MetricSpec, RiskRating, Table
 from audit.splits import Split
 
 
@@ -170,6 +173,22 @@ class FamilySettings:
         return []
 
 
+#: What one attacker's fit or evaluation may raise without taking its family's other attackers down with it.
+ATTACKER_FAILURES = (CorpusError, ValueError, ArithmeticError, np.linalg.LinAlgError, RuntimeError)
+
+
+def failed_attacker(attack: str, attacker: str, err: BaseException) -> dict:
+    """The result of an attacker whose fit or evaluation raised: skipped, ``failed``, the error named (warned once).
+
+    The family's headline then comes from its other attackers and records the failure
+    (``failed_attackers``), a caveat every verdict reads: the strongest attacker may be the one lost.
+    """
+    reason = f"failed: {type(err).__name__}: {str(err)[:200]}"
+    warnings.warn(f"{attack} attacker {attacker!r} {reason}; the family's figure comes from its other attackers",
+                  stacklevel=2)
+    return {**AttackResult.skip(attack, attacker, reason).to_dict(), "failed": True}
+
+
 def check_range(prefix: str, key: str, value: Any, low: float, high: float | None = None, *,
                 open_low: bool = True, open_high: bool = True) -> None:
     """Raise :class:`ConfigError` naming ``prefix + key`` unless ``value`` lies in the interval."""
@@ -243,4 +262,4 @@ def plan_splits(families: dict[str, AttackFamily], settings: Callable[[str], Any
     return splits, infeasible
 
 
-__all__ = ["AttackFamily", "FamilySettings", "LayerContext", "RunContext", "check_range", "plan_splits"]
+__all__ = ["ATTACKER_FAILURES", "AttackFamily", "FamilySettings", "failed_attacker", "LayerContext", "RunContext", "check_range", "plan_splits"]

@@ -41,6 +41,7 @@ from audit.splits import Split
 from audit.store import EmbeddingStore
 from audit.summary import headline, leakiest
 from audit.timeline import RunTimeline
+from audit.weakening import Weakening
 from defenses import load_defenses
 
 THREAT_MODEL = (
@@ -181,9 +182,10 @@ class AuditPipeline:
                       "wall_seconds": round(store.stats.wall_seconds, 2),
                       "duration_source": store.duration_source},
             "threat_model": THREAT_MODEL,
-            "weakened": cfg.weakening_settings() + [f"attack family {n!r} not measurable on this corpus: {r}"
-                                                    for n, r in infeasible.items()]
-                        + skipped_weakening(bad_audio, n_listed),
+            "weakened": [w.to_dict() for w in cfg.weakenings()
+                         + [Weakening("family_not_measurable", f"attack family {n!r} not measurable on this corpus: {r}",
+                                      (n,)) for n, r in infeasible.items()]
+                         + [Weakening("skipped_audio", line) for line in skipped_weakening(bad_audio, n_listed)]],
             "skipped_audio": [b.to_dict() for b in bad_audio],
             "families_not_measurable": infeasible,
             "splits": {name: split.describe() for name, split in splits.items()},

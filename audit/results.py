@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import SpeechAuditError
+from audit.measures import Measure, MetricSpec, fmt_still_learning  # noqa: F401  (re-exported from here)
 
 SCHEMA_VERSION = "2.10"
 #: Top-level keys every results file of this schema has (a file without them is not a run's results).
@@ -96,36 +97,21 @@ class Table:
     status_column: int | None = None
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """A metric a family (or the defense comparison) reports, as a gate rule may name it.
-
-    ``pattern`` is a dotted path below the family's per-layer result (``top1``,
-    ``attackers.*.top1``; ``*`` matches one key). ``higher_is_leakier`` is True when a higher
-    value means more leakage, False when lower does (EER, WER of a reconstruction), None for
-    utility. ``ci`` and ``chance`` name the keys beside the value holding its 95% CI and
-    chance level (None: the metric has none).
-    """
-
-    pattern: str
-    higher_is_leakier: bool | None
-    ci: str | None = "ci95"
-    chance: str | None = "chance"
-    description: str = ""
-
-    def matches(self, path: str) -> bool:
-        """True when the dotted ``path`` is an instance of this metric's pattern."""
-        want, got = self.pattern.split("."), path.split(".")
-        return len(want) == len(got) and all(w in ("*", g) for w, g in zip(want, got))
-
-
-#: Risk levels, worst first (``not measured`` is not a low risk: nothing was tested).
-RISK_LEVELS = ("high", "medium", "low", "not measured")
+#: Risk levels (``inconclusive``: the CI spans bands, see ``worst``/``best``; ``not measured`` is not a low
+#: risk: nothing was tested).
+RISK_LEVELS = ("high", "medium", "low", "inconclusive", "not measured")
+#: Order of ratings in reports: by the band of the bound worst for privacy, then the narrower claim.
+_BAND_ORDER = ("high", "medium", "low")
 
 
 @dataclass
 class RiskRating:
-    """One threat's rating: ``level`` (one of :data:`RISK_LEVELS`), the one-line reason, and the number behind it."""
+    """One threat's rating, the one-line reason, and the number behind it.
+
+    ``worst`` and ``best`` are the bands of the CI bound worst and best for privacy
+    (:func:`audit.measures.rate`); ``level`` is their common band, ``inconclusive`` when they
+    differ, or ``not measured``. ``caveats`` say why the figure may understate leakage.
+    """
 
     threat: str
     level: str
@@ -135,10 +121,32 @@ class RiskRating:
     ci95: list | None = None
     chance: float | None = None
     layer: int | None = None
+    worst: str | None = None
+    best: str | None = None
+    caveats: list[str] = field(default_factory=list)
+
+    @property
+    def words(self) -> str:
+        """The rating as a reviewer reads it: ``high``, ``inconclusive (low to high)``, ``not measured``."""
+        if self.level == "inconclusive" and self.worst and self.best:
+            return f"inconclusive ({self.best} to {self.worst})"
+        return self.level
+
+    def sort_key(self) -> tuple[int, int]:
+        """Worst band first (``not measured`` last), then the narrower claim."""
+        order = _BAND_ORDER + ("not measured",)
+        worst = self.worst if self.worst in order else self.level if self.level in order else "not measured"
+        best = self.best if self.best in order else worst
+        return order.index(worst), order.index(best)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict."""
-        return _finite(asdict(self))
+        """JSON-friendly dict (``words`` included, for readers without this class)."""
+        return _finite({**asdict(self), "words": self.words})
+
+
+def rating_sort_key(rating: dict) -> tuple[int, int]:
+    """:meth:`RiskRating.sort_key` of a stored rating (``results["risks"]`` entries)."""
+    return RiskRating(**{k: rating.get(k) for k in ("threat", "level", "reason", "worst", "best")}).sort_key()
 
 
 def fmt_pct(x: float | None) -> str:
@@ -154,18 +162,6 @@ def fmt_ci(ci: list | None, scale: float = 100.0, fmt: str = ".1f") -> str:
 def fmt_num(x: float | None, fmt: str = ".3f") -> str:
     """A number, ``n/a`` for None."""
     return "n/a" if x is None else f"{x:{fmt}}"
-
-
-def fmt_still_learning(verdict: dict) -> str:
-    """An :func:`audit.curves.still_learning` verdict in words.
-
-    E.g. ``top1 73.6% → 84.7% from 50% to 100% of its training data``.
-    """
-    lo, hi = verdict["values"]
-    rate = verdict["metric"] in ("top1", "eer", "accuracy")
-    show = fmt_pct if rate else (lambda x: fmt_num(x, ".2f"))
-    f0, f1 = verdict["fractions"]
-    return f"{verdict['metric']} {show(lo)} → {show(hi)} from {100 * f0:.0f}% to {100 * f1:.0f}% of its training data"
 
 
 def listed_files(node: Any) -> list[str]:

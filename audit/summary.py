@@ -8,10 +8,12 @@ many noisy figures does not make chance look like leakage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from audit.curves import epoch_capped, still_learning
-from audit.results import RISK_LEVELS, is_ok, layer_attack
+from audit.measures import Bands, Figure, Measure, Rating, rate, read_figure
+from audit.results import RISK_LEVELS, RiskRating, is_ok, layer_attack
 
 #: (label, path into a layer's attacks, metric, "max" if higher is leakier else "min").
 IDENTITY_MEASURES = (("identity (speaker-ID top-1)", ("speaker_id",), "top1", "max"),
@@ -100,4 +102,58 @@ def worst_level(levels: list[str]) -> str:
     return min(levels, key=RISK_LEVELS.index) if levels else "not measured"
 
 
-__all__ = ["IDENTITY_MEASURES", "headline", "leakiest", "worst_layer", "worst_level"]
+def worst_rating(ratings: list[RiskRating]) -> RiskRating | None:
+    """The rating a reviewer must read first: worst band of the privacy-worst bound, then the narrower claim."""
+    return min(ratings, key=RiskRating.sort_key) if ratings else None
+
+
+def layer_figures(layers: list[dict], path: tuple[str, ...], metric: str, measure: Measure) -> list[Figure]:
+    """``measure`` read on every layer whose ``path`` result ran (``where`` = ``layer <i>``); missing ones left out."""
+    figures = []
+    for la in layers:
+        node = layer_attack(la, *path)
+        if not is_ok(node):
+            continue
+        fig = read_figure(node, metric, measure, f"layer {la['index']}")
+        if fig.value is not None:
+            figures.append(fig)
+    return figures
+
+
+def rate_figure(threat: str, metric: str, fig: Figure, rating: Rating, evidence: str, bands: Bands,
+                layer: int | None = None) -> RiskRating:
+    """A :class:`RiskRating` from one rated figure: the evidence sentence, the bands, the caveats, the verdict's basis."""
+    reason = f"{evidence}; bands: {bands.describe(bool(fig.measure.higher_is_leakier), fig.measure.show)}"
+    if rating.level == "inconclusive":
+        reason += (f"; inconclusive: the CI spans {rating.best} to {rating.worst}, so it can be neither cleared nor "
+                   "confirmed: more data needed")
+    for caveat in fig.caveats:
+        reason += f"; {caveat}"
+    return RiskRating(threat, rating.level, reason, metric, fig.value, fig.interval, fig.chance, layer,
+                      worst=rating.worst, best=rating.best, caveats=list(fig.caveats))
+
+
+def rate_layers(threat: str, metric: str, figures: list[Figure], evidence: Callable[[Figure], str],
+                bands: Bands | None = None) -> RiskRating | None:
+    """Rate every layer's figure by the bound worst for privacy and keep the worst (None: no figure).
+
+    Every layer is rated, not only the one with the leakiest value: a layer with a lower value but
+    a wider CI can reach further into the high band, and a rating must not read safer than that.
+    Ties go to the leakier value.
+    """
+    rated = []
+    for fig in figures:
+        b = bands or fig.measure.bands
+        r = rate(fig, b)
+        if r is None or b is None:
+            continue
+        sign = -1.0 if fig.measure.higher_is_leakier else 1.0
+        layer = int(fig.where.split()[-1]) if fig.where.startswith("layer ") else None
+        rated.append((r.sort_key(), sign * fig.value, rate_figure(threat, metric, fig, r, evidence(fig), b, layer)))
+    if not rated:
+        return None
+    return min(rated, key=lambda t: (t[0], t[1]))[2]
+
+
+__all__ = ["IDENTITY_MEASURES", "headline", "layer_figures", "leakiest", "rate_figure", "rate_layers", "worst_layer",
+           "worst_level", "worst_rating"]

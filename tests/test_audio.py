@@ -107,5 +107,6 @@ def test_skip_bad_audio_records_the_dropped_files_and_weakens(tmp_path, monkeypa
     with pytest.warns(UserWarning, match="skip-bad-audio: 3 of 20"):
         results = AuditPipeline(cfg).run()
     assert len(results["skipped_audio"]) == 3 and results["corpus"]["n_utterances"] == 17
-    assert any(w.startswith("--skip-bad-audio: 3 of 20") for w in results["weakened"])
+    assert any(w["kind"] == "skipped_audio" and w["text"].startswith("--skip-bad-audio: 3 of 20")
+               for w in results["weakened"])
     assert "Left out for bad audio" in (tmp_path / "r" / "summary.md").read_text()

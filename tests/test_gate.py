@@ -59,8 +59,10 @@ def test_a_rule_judged_on_a_still_learning_attacker_says_so(tmp_path):
         la["attacks"]["speaker_id"]["learning_curve"] = [{"fraction": f, "top1": v}
                                                          for f, v in zip((0.25, 0.5, 1.0), values)]
     learning = evaluate(pol, results_with([rising])).outcomes[0]
-    assert learning.status == "pass" and learning.measurements[0].still_learning["values"] == [0.08, 0.15]
+    # the figure may understate leakage, so the pass is downgraded
+    assert learning.status == "warn" and learning.measurements[0].still_learning["values"] == [0.08, 0.15]
     assert "still learning (top1 8.0% → 15.0% from 50% to 100% of its training data)" in learning.message
+    assert "PASS downgraded to WARN" in learning.message
     settled = evaluate(pol, results_with([flat])).outcomes[0]
     assert settled.status == "pass" and "still learning" not in settled.message
     assert settled.to_dict()["measurements"][0]["still_learning"] is None
@@ -73,7 +75,7 @@ def test_a_rule_judged_on_an_attacker_stopped_at_its_epoch_cap_says_so(tmp_path)
         la["attacks"]["speaker_id"].update(attacker="frame-ecapa", converged=converged,
                                            budget={"epochs": 20, "max_epochs": 20, "best_epoch": 19})
     outcome = evaluate(pol, results_with([capped])).outcomes[0]
-    assert outcome.status == "pass" and outcome.measurements[0].epoch_capped == {"epochs": 20, "best_epoch": 19}
+    assert outcome.status == "warn" and outcome.measurements[0].epoch_capped == {"epochs": 20, "best_epoch": 19}
     assert "stopped at its epoch cap (best epoch 19 of 20): one trained longer might read more" in outcome.message
     settled = evaluate(pol, results_with([early])).outcomes[0]
     assert "epoch cap" not in settled.message and settled.to_dict()["measurements"][0]["epoch_capped"] is None
@@ -100,8 +102,8 @@ def test_layer_selectors(tmp_path):
     res = results_with([layer(0, 1.0, [0.9, 1.0]), layer(1, 0.1, [0.05, 0.15]), layer(2, 0.1, [0.05, 0.15])])
     judge = {sel: evaluate(load_policy(policy(tmp_path, REID + f"\nlayer = {sel}", name=f"{i}.toml"),
                                        load_families()), res).status
-             for i, sel in enumerate(['"any"', '"all"', '"leakiest"', '"last"', "0", "1"])}
-    assert judge == {'"any"': "fail", '"all"': "pass", '"leakiest"': "fail", '"last"': "pass", "0": "fail",
+             for i, sel in enumerate(['"every"', '"at_least_one"', '"leakiest"', '"last"', "0", "1"])}
+    assert judge == {'"every"': "fail", '"at_least_one"': "pass", '"leakiest"': "fail", '"last"': "pass", "0": "fail",
                      "1": "pass"}
 
 
@@ -128,17 +130,17 @@ def test_defense_rules_read_the_strongest_scenario_per_setting(tmp_path):
         {**entry, "params": {"sigma": 4.0}, "strongest": {"top1": {"value": 0.12, "ci95": [0.08, 0.18],
                                                                    "chance": 0.1}}}])
     rule = 'metric = "defenses.strongest.top1"\ndefense = "noise"\nmax_ratio_to_chance = 2.0'
-    assert evaluate(load_policy(policy(tmp_path, rule + '\nlayer = "any"'), load_families()), res).status == "fail"
-    assert evaluate(load_policy(policy(tmp_path, rule + '\nlayer = "all"', name="a.toml"), load_families()),
+    assert evaluate(load_policy(policy(tmp_path, rule + '\nlayer = "every"'), load_families()), res).status == "fail"
+    assert evaluate(load_policy(policy(tmp_path, rule + '\nlayer = "at_least_one"', name="a.toml"), load_families()),
                     res).status == "pass"
     kept = 'metric = "defenses.utility.retained"\ndefense = "noise"\nmin = 0.8'
     assert evaluate(load_policy(policy(tmp_path, kept, name="k.toml"), load_families()), res).status == "pass"
     # the strongest figure's stored still-learning verdict reaches the rule's message
     verdict = {"metric": "top1", "fractions": [0.5, 1.0], "values": [0.05, 0.12], "gain": 0.07, "margin": 0.05}
     res["defenses"][2]["strongest"]["top1"]["still_learning"] = verdict
-    outcome = evaluate(load_policy(policy(tmp_path, rule + '\nlayer = "all"', name="b.toml"), load_families()),
+    outcome = evaluate(load_policy(policy(tmp_path, rule + '\nlayer = "at_least_one"', name="b.toml"), load_families()),
                        res).outcomes[0]
-    assert outcome.status == "pass" and "sigma=4.0" in outcome.message
+    assert outcome.status == "warn" and "sigma=4.0" in outcome.message
     assert "still learning (top1 5.0%" in outcome.message
 
 

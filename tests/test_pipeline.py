@@ -69,8 +69,9 @@ def test_quick_is_warned_and_reported(tmp_path):
     with pytest.warns(UserWarning, match="weakened audit"):
         results = AuditPipeline(cfg).run()
     assert [la["index"] for la in results["layers"]] == [1]
-    assert any("--quick" in w for w in results["weakened"])
-    assert any("'verification' not run" in w for w in results["weakened"])
+    assert any(w["kind"] == "quick" and "--quick" in w["text"] for w in results["weakened"])
+    assert {"kind": "family_not_run", "text": "attack family 'verification' not run",
+            "affects": ["verification"]} in results["weakened"]
     assert "Weakened audit" in (tmp_path / "r" / "summary.md").read_text()
 
 
@@ -103,7 +104,8 @@ def test_impossible_family_is_named_before_extraction(tmp_path):
     with pytest.warns(UserWarning, match="'verification' cannot run on this corpus"):
         results = AuditPipeline(cfg).run()
     assert "speaker-disjoint split impossible" in results["families_not_measurable"]["verification"]
-    assert any(w.startswith("attack family 'verification' not measurable") for w in results["weakened"])
+    assert any(w["kind"] == "family_not_measurable" and w["text"].startswith("attack family 'verification' not "
+                                                                              "measurable") for w in results["weakened"])
     assert "verification" not in results["layers"][0]["attacks"]
     assert "Not measurable on this corpus" in (tmp_path / "r" / "summary.md").read_text()
 

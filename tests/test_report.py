@@ -56,7 +56,8 @@ def run_dir(tmp_path_factory) -> Path:
     policy = root / "policy.toml"
     policy.write_text('[[rule]]\nid = "reid"\nmetric = "speaker_id.top1"\nmax_ratio_to_chance = 1.0\n'
                       'justification = "planted: distinct synthetic voices are far above chance"\n\n'
-                      '[[rule]]\nmetric = "verification.eer"\nmax = 1.0\njustification = "always holds"\n')
+                      '[[rule]]\nmetric = "verification.eer"\nmax = 0.999\njustification = "holds unless every trial '
+                      'is misjudged"\n')
     with pytest.warns(UserWarning):
         code = main(["run", "--config", str(config), "--policy", str(policy), "--no-progress"])
     assert code == 1  # the planted leak breaks the fail rule
@@ -144,7 +145,9 @@ def test_a_still_learning_headline_is_said_in_every_format(run_dir, tmp_path, ca
 
 def test_gate_out_rerenders_the_report_with_a_new_verdict(run_dir, tmp_path, capsys):
     passing = tmp_path / "pass.toml"
-    passing.write_text('[[rule]]\nmetric = "verification.eer"\nmax = 1.0\njustification = "always holds"\n')
+    # the run's budgets are cut to keep the test fast: a weakening this policy allows by name, or the pass reads WARN
+    passing.write_text('allow_weakened = ["budget"]\n[[rule]]\nmetric = "verification.eer"\nmax = 0.999\n'
+                       'justification = "holds unless every trial is misjudged"\n')
     out = tmp_path / "gated"
     assert main(["gate", str(run_dir), "--policy", str(passing), "--out", str(out), "--junit",
                  str(tmp_path / "j.xml")]) == 0
@@ -171,7 +174,7 @@ def test_risk_ratings_read_planted_leaks_high_and_noise_low(run_dir):
     chance = results["layers"][0]["attacks"]["speaker_id"]["chance"]
     planted = {r.threat: r for r in risk_ratings(_with_speaker_id(results, 1.0, [0.95, 1.0]), families)}
     noise = {r.threat: r for r in risk_ratings(_with_speaker_id(results, chance, [0.0, 1.5 * chance]), families)}
-    middle = {r.threat: r for r in risk_ratings(_with_speaker_id(results, 0.45, [0.4, 0.5]), families)}
+    middle = {r.threat: r for r in risk_ratings(_with_speaker_id(results, 0.4, [0.35, 0.45]), families)}
     assert planted["re-identification"].level == "high" and "100.0%" in planted["re-identification"].reason
     assert noise["re-identification"].level == "low" and middle["re-identification"].level == "medium"
     assert [r.threat for r in risk_ratings(_with_speaker_id(results, 1.0, [0.95, 1.0]), families)][0] \
@@ -202,6 +205,7 @@ def test_reconstruction_rating_is_relative_to_the_judges_wer_on_originals():
 
     # 40% WER when the judge misses 34% of the originals: nearly everything said is recovered
     assert rate_reconstruction(results(0.40, [0.25, 0.56], 0.34)).level == "high"
-    # the same WER when the judge reads originals perfectly: words are lost, still far from unintelligible
-    assert rate_reconstruction(results(0.40, [0.25, 0.56], 0.0)).level == "medium"
-    assert rate_reconstruction(results(0.97, [0.93, 1.0], 0.05)).level == "low"
+    # the same WER when the judge reads originals perfectly: the CI spans the high band (25%) and the medium one (56%)
+    assert rate_reconstruction(results(0.40, [0.25, 0.56], 0.0)).words == "inconclusive (medium to high)"
+    # nearly every word lost, but the speaker judge's CI reaches above twice chance: not cleared
+    assert rate_reconstruction(results(0.97, [0.93, 1.0], 0.05)).words == "inconclusive (low to medium)"

@@ -14,10 +14,11 @@ from typing import Any
 
 from audit.defense_tables import defense_table
 from audit.family import AttackFamily
-from audit.gate import verdict_table
+from audit.gate import measure_for, verdict_table
+from audit.weakening import weakening_lines
 from audit.report.document import (AudioClip, AudioExample, Bullets, Callout, Code, Figure, Paragraph,
                                    ReportDocument, Section)
-from audit.results import (RISK_LEVELS, ResultsError, RiskRating, Table, attack_results, fmt_ci, fmt_num, fmt_pct,
+from audit.results import (ResultsError, RiskRating, rating_sort_key, Table, attack_results, fmt_ci, fmt_num, fmt_pct,
                            fmt_still_learning, is_ok)
 
 #: Attacker scenarios of the threat model, in plain words (VoicePrivacy's names).
@@ -50,29 +51,35 @@ def risk_ratings(results: dict, registry: dict[str, AttackFamily]) -> list[RiskR
                                       "the config's attacks)"))
         else:
             ratings.append(family.risk(results))
-    return sorted(ratings, key=lambda r: RISK_LEVELS.index(r.level))
+    return sorted(ratings, key=RiskRating.sort_key)
 
 
-def _number_cell(r: dict) -> str:
+def _number_cell(r: dict, registry: dict[str, AttackFamily]) -> str:
     if r.get("value") is None:
         return "n/a"
-    pct = r["metric"].split(".")[-1] in ("top1", "eer", "accuracy", "wer_reconstruction")
-    value = fmt_pct(r["value"]) if pct else fmt_num(r["value"])
-    ci = fmt_ci(r.get("ci95")) if pct else fmt_ci(r.get("ci95"), 1, ".2f")
-    chance = "" if r.get("chance") is None else \
-        f", chance {fmt_pct(r['chance']) if pct else fmt_num(r['chance'], '.2f')}"
+    measure = measure_for(r.get("metric", ""), registry)
+    show = measure.show if measure else (lambda x: fmt_num(x))
+    ci = measure.show_ci(r.get("ci95")) if measure else fmt_ci(r.get("ci95"), 1, ".2f")
+    chance = "" if r.get("chance") is None else f", chance {show(r['chance'])}"
     where = "" if r.get("layer") is None else f" at layer {r['layer']}"
-    return f"{r['metric']} {value} {ci}{chance}{where}"
+    return f"{r['metric']} {show(r['value'])} {ci}{chance}{where}"
 
 
-def risk_table(risks: list[dict]) -> Table:
-    """The stored risk ratings (``results["risks"]``) as a table; the rating word is the status column."""
+def risk_table(risks: list[dict], registry: dict[str, AttackFamily] | None = None) -> Table:
+    """The stored risk ratings (``results["risks"]``) as a table; the rating words are the status column."""
     table = Table("Rating per threat (worst first)", ["threat", "rating", "number behind it (95% CI, chance)", "why"],
                   status_column=1)
-    for r in risks:
-        table.rows.append([r["threat"], r["level"].upper(), _number_cell(r), r["reason"]])
-    table.notes.append("Ratings judge the leakiest layer with the CI bound worst for privacy; each family states its "
-                       "thresholds in the reason. 'not measured' is not a low risk: that threat was not tested.")
+    for r in sorted(risks, key=rating_sort_key):
+        table.rows.append([r["threat"], str(r.get("words") or r["level"]).upper(), _number_cell(r, registry or {}),
+                           r["reason"]])
+    table.notes.append(
+        "Each layer's figure is rated by both ends of its 95% CI (the hull of the attacker's own interval and, where "
+        "the figure was picked from several attackers or layers, the Bonferroni-adjusted one): the bound worst for "
+        "privacy gives the worst band the data allow, the bound best for privacy the best. A threat is LOW only when "
+        "even the worst-case bound lies in the low band, and HIGH only when even the best-case bound lies in the "
+        "high band; a CI spanning bands reads INCONCLUSIVE (best to worst) and is ordered by its worst band. The "
+        "worst layer is shown; each family states its bands in the reason, with any caveat (an attacker still "
+        "learning, a network at its epoch cap). 'not measured' is not a low risk: that threat was not tested.")
     return table
 
 
@@ -105,7 +112,8 @@ def _notices(results: dict) -> Section:
             "--redact"]))
     if results.get("weakened"):
         blocks.append(Callout("warning", "Weakened audit: these settings make the attackers weaker than a full audit, "
-                                         "so leakage may be underestimated", list(results["weakened"])))
+                                         "so leakage may be underestimated (each named by the kind a policy's "
+                                         "allow_weakened may list)", weakening_lines(results)))
     if (results.get("environment") or {}).get("trust_remote_code"):
         blocks.append(Callout("warning", "trust_remote_code was set", [
             "models that ship code (speechbrain hyperparams.yaml tags, Hugging Face auto_map) were allowed to run it "
@@ -352,7 +360,7 @@ def build_document(results: dict, registry: dict[str, AttackFamily], figures: li
     model, corpus = results["model"], results["corpus"]
     mode = (results.get("report_mode") or {}).get("mode", "full")
     risks = results.get("risks") or [r.to_dict() for r in risk_ratings(results, registry)]
-    sections = [_verdict_section(results), Section("risk", "Risk per threat", [risk_table(risks)]),
+    sections = [_verdict_section(results), Section("risk", "Risk per threat", [risk_table(risks, registry)]),
                 _notices(results), _threat_section(results), _leakage_section(results, registry, figures),
                 _examples_section(results)]
     defenses = _defense_section(results, figures)

@@ -15,6 +15,8 @@ from junitparser import Error, Failure, JUnitXml, TestCase, TestSuite
 def _details(rule: dict) -> str:
     lines = [f"check: {rule['description']}", f"result: {rule['message']}", f"severity: {rule['severity']}",
              f"justification: {rule['justification']}"]
+    for w in rule.get("weakened") or []:
+        lines.append(f"weakened (not allowed by the policy): {w}")
     for m in rule.get("measurements") or []:
         lines.append(f"  {m['where']}: value {m['value']}, judged {m['judged']} ({rule['bound']}), CI {m['ci95']}, "
                      f"chance {m['chance']}, limit {m['limit']}" + (f", missing: {m['missing']}" if m.get("missing")
@@ -25,6 +27,11 @@ def _details(rule: dict) -> str:
 def verdict_junit(verdict: dict) -> JUnitXml:
     """The stored verdict (``results["verdict"]``) as a JUnit document."""
     suite = TestSuite(f"speech-audit gate: {verdict.get('policy_name', '')}")
+    suite.add_property("status", verdict.get("status", ""))
+    suite.add_property("allow_weakened", ", ".join(verdict.get("allow_weakened") or []))
+    for i, w in enumerate(verdict.get("weakenings") or []):
+        suite.add_property(f"weakened.{i + 1}", f"[{w.get('kind')}{', allowed' if w.get('allowed') else ''}] "
+                                                f"{w.get('text')}")
     for rule in verdict["rules"]:
         case = TestCase(f"{rule['name']}: {rule['metric']}", f"speech-audit.gate.{verdict.get('policy_name', '')}", 0.0)
         details = _details(rule)
@@ -33,7 +40,7 @@ def verdict_junit(verdict: dict) -> JUnitXml:
             failure.text = details
             case.result = [failure]
         elif rule["status"] == "error":
-            error = Error(rule["message"], "metric not computed")
+            error = Error(rule["message"], "error")
             error.text = details
             case.result = [error]
         else:
