@@ -41,7 +41,7 @@ from audit.splits import Split
 from audit.store import EmbeddingStore
 from audit.summary import headline, leakiest
 from audit.timeline import RunTimeline
-from audit.weakening import Weakening
+from audit.weakening import DEFENSES, Weakening
 from defenses import load_defenses
 
 THREAT_MODEL = (
@@ -185,7 +185,10 @@ class AuditPipeline:
             "weakened": [w.to_dict() for w in cfg.weakenings()
                          + [Weakening("family_not_measurable", f"attack family {n!r} not measurable on this corpus: {r}",
                                       (n,)) for n, r in infeasible.items()]
-                         + [Weakening("skipped_audio", line) for line in skipped_weakening(bad_audio, n_listed)]],
+                         + [Weakening("skipped_audio", line) for line in skipped_weakening(bad_audio, n_listed)]
+                         + [Weakening("defense_attacks", f"defense comparison: attack family {n!r} cannot run on the "
+                                                         f"evaluated speakers: {r}", (DEFENSES,))
+                            for n, r in (defense_plan.infeasible if defense_plan is not None else {}).items()]],
             "skipped_audio": [b.to_dict() for b in bad_audio],
             "families_not_measurable": infeasible,
             "splits": {name: split.describe() for name, split in splits.items()},
