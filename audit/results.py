@@ -18,7 +18,7 @@ from typing import Any
 from audit.errors import SpeechAuditError
 from audit.measures import Measure, MetricSpec, fmt_still_learning  # noqa: F401  (re-exported from here)
 
-SCHEMA_VERSION = "2.10"
+SCHEMA_VERSION = "2.11"
 #: Top-level keys every results file of this schema has (a file without them is not a run's results).
 REQUIRED_KEYS = ("schema_version", "config", "model", "corpus", "layers")
 
