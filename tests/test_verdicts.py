@@ -349,3 +349,32 @@ def test_the_gate_never_passes_on_a_missing_out_of_range_vacuous_or_weakened_fig
     not_allowed = [k for k in weak if k not in allowed]
     if missing or vacuous or not_allowed:
         assert status != "pass", (value, sid, op, threshold, weak, allowed)
+
+
+def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(tmp_path):
+    """A family outside ``attacks/`` declares one measure with bands: the gate and the rating read it unedited."""
+    from audit.family import AttackFamily
+    from audit.report.build import risk_ratings
+    from audit.summary import layer_figures, rate_layers
+
+    match = Measure("match_rate", True, label="voiceprint match rate", bands=Bands(0.5, 2.0, medium_times_chance=True),
+                    description="share of clips matched to their speaker")
+
+    def risk(results: dict):
+        return rate_layers("voiceprint linkage", "voiceprint.match_rate",
+                           layer_figures(results["layers"], ("voiceprint",), "match_rate", match),
+                           lambda fig: f"{fig.where}: {match.show(fig.value)} matched")
+
+    family = AttackFamily(name="voiceprint", settings=object, split=None, attack=None, table=None,
+                          threat="voiceprint linkage", risk=risk, metrics=(match,))
+    registry = {**load_families(), "voiceprint": family}
+    la = layer(0, 0.1, [0.05, 0.15])
+    la["attacks"]["voiceprint"] = {"match_rate": 0.9, "ci95": [0.8, 0.95], "chance": 0.1}
+    res = results_with([la])
+    res["config"]["attacks"].append("voiceprint")
+    rule = 'metric = "voiceprint.match_rate"\nmax_ratio_to_chance = 2.0'
+    assert evaluate(load_policy(policy(tmp_path, rule), registry), res).status == "fail"
+    with pytest.raises(PolicyError, match="outside the range"):
+        load_policy(policy(tmp_path, 'metric = "voiceprint.match_rate"\nmax = 1.5', name="r.toml"), registry)
+    rating = next(r for r in risk_ratings(res, registry) if r.threat == "voiceprint linkage")
+    assert rating.level == "high" and rating.metric == "voiceprint.match_rate" and "90.0% matched" in rating.reason
