@@ -3,7 +3,9 @@
 Every figure is read from the runs' ``results.json``; nothing is measured again. The runs may
 differ in model (and number of layers), corpus, defenses or tool version: the comparison says
 what differs, warns when the corpora differ (chance levels then differ and figures are not
-directly comparable), and lays each measure out with one column and one curve per run.
+directly comparable), says which runs were weakened (``results["weakened"]``, read through
+:mod:`audit.weakening`) and warns when the runs are not weakened alike, and lays each measure
+out with one column and one curve per run.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from audit.report.html import render_html
 from audit.report.markdown import render_markdown
 from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, load_results
 from audit.summary import IDENTITY_MEASURES, leakiest
+from audit.weakening import weakening_lines
 
 #: Config keys that only say where and how the report was written; they change no figure.
 NOT_COMPARED = ("out", "progress", "cache_dir")
@@ -56,6 +60,11 @@ class Run:
     def layer(self, index: int) -> dict | None:
         """The run's layer entry with ``index`` (None when the run did not audit it)."""
         return next((la for la in self.results["layers"] if la.get("index") == index), None)
+
+    @property
+    def weakened(self) -> list[str]:
+        """The run's recorded weakenings, one line each (``[kind] text``); empty for a full audit."""
+        return weakening_lines(self.results)
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,8 @@ def compare_runs(runs: Sequence[str | Path], out: Path) -> ReportDocument:
     major version).
     """
     loaded = load_runs(runs)
+    if (message := weakening_warning(loaded)) is not None:
+        warnings.warn(message, stacklevel=2)
     out = output_dir(Path(out))
     measures = find_measures(loaded)
     figures = {m.slug: _figure(loaded, m, out) for m in measures}
@@ -134,6 +145,18 @@ def load_runs(runs: Sequence[str | Path]) -> list[Run]:
     files = [_results_file(Path(r)) for r in runs]
     results = [load_results(f) for f in files]
     return [Run(label, f, r) for label, f, r in zip(_labels(files, results), files, results)]
+
+
+def weakening_warning(runs: list[Run]) -> str | None:
+    """One line when the runs are not weakened alike (a weakened run against a full one), else None."""
+    if len({tuple(run.weakened) for run in runs}) < 2:
+        return None
+    weak = [f"{run.label} ({len(run.weakened)})" for run in runs if run.weakened]
+    full = [run.label for run in runs if not run.weakened]
+    against = f"against full run(s) {', '.join(full)}" if full else "each weakened differently"
+    text = (f"compare: weakened run(s) {', '.join(weak)} {against}: differences between them may come from the "
+            "weakening, not from the model, corpus or defenses")
+    return " ".join(text.splitlines())
 
 
 def _results_file(path: Path) -> Path:
@@ -240,9 +263,11 @@ def comparison_document(runs: list[Run], measures: list[Measure], figures: dict[
 def _runs_section(runs: list[Run]) -> Section:
     """The runs compared, one row each, with the label used everywhere else."""
     columns = ["run", "folder", "model", "layers", "corpus", "speakers / utterances", "defense settings",
-               "tool version", "schema", "created", "wall seconds"]
+               "tool version", "schema", "created", "wall seconds", "weakened"]
     table = Table("Runs compared", columns, [_run_row(run) for run in runs],
-                  notes=["layers: the layers audited (of the model's total where fewer were audited)."])
+                  notes=["layers: the layers audited (of the model's total where fewer were audited).",
+                         "weakened: how many weakenings the run recorded (listed under 'Where the runs differ'); "
+                         "no: a full audit."])
     text = (f"{len(runs)} runs compared. Every figure below is read from each run's results.json; "
             "one column (and one curve) per run, labelled as in this table.")
     return Section("runs", "Runs", [Paragraph(text), table])
@@ -262,7 +287,8 @@ def _run_row(run: Run) -> list[str]:
     return [run.label, str(run.file.parent), str(model.get("spec", "?")), layers, corpus_text,
             f"{corpus.get('n_speakers', '?')} / {corpus.get('n_utterances', '?')}",
             str(len(r.get("defenses") or [])), str((r.get("tool") or {}).get("version", "?")),
-            str(r["schema_version"]), str(r.get("created", "")), fmt_num(wall, ".0f") if wall is not None else ""]
+            str(r["schema_version"]), str(r.get("created", "")), fmt_num(wall, ".0f") if wall is not None else "",
+            f"yes ({len(run.weakened)})" if run.weakened else "no"]
 
 
 def _index_list(indices: Sequence[int]) -> str:
@@ -279,7 +305,7 @@ def _index_list(indices: Sequence[int]) -> str:
 def _differences_section(runs: list[Run], measures: list[Measure]) -> Section:
     """What differs: the corpus warning, model/corpus/software provenance, config keys."""
     blocks: list = []
-    for callout in (_corpus_callout(runs, measures), _schema_callout(runs)):
+    for callout in (_weakening_callout(runs), _corpus_callout(runs, measures), _schema_callout(runs)):
         if callout:
             blocks.append(callout)
     provenance = _provenance_table(runs)
@@ -349,6 +375,18 @@ def _config_table(runs: list[Run]) -> Table:
     notes = [f"Not listed (they change no figure): {', '.join('config.' + k for k in NOT_COMPARED)}.",
              f"{NOT_SET}: the run's config has no such key (an older tool version, or a section it did not use)."]
     return Table("Configuration keys that differ", ["key", *(run.label for run in runs)], rows, notes=notes)
+
+
+def _weakening_callout(runs: list[Run]) -> Callout | None:
+    """Each weakened run with its weakenings, the full runs named, and the warning when they differ."""
+    if not any(run.weakened for run in runs):
+        return None
+    items = [f"{run.label}: weakened: {line}" for run in runs for line in run.weakened]
+    items += [f"{run.label}: full audit, no weakening recorded" for run in runs if not run.weakened]
+    message = weakening_warning(runs)
+    title = ("Weakened runs: " + (message.removeprefix("compare: ") if message else
+                                  "every run records the same weakenings, so each may underestimate leakage"))
+    return Callout("warning", title, items)
 
 
 def _corpus_callout(runs: list[Run], measures: list[Measure]) -> Callout | None:

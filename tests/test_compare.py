@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,37 @@ def test_one_corpus_in_two_folders_is_one_corpus_by_its_listing(tmp_path: Path):
     doc = compare_runs([write_run(tmp_path / "a", a_res), write_run(tmp_path / "b2", b_res)], tmp_path / "cmp2")
     warning = next(b for b in doc.section("differences").blocks if isinstance(b, Callout))
     assert "different corpora" in warning.title and any("listing fingerprint 222222222222" in i for i in warning.items)
+
+
+def test_a_weakened_run_is_named_with_its_weakenings_and_warns_against_a_full_one(tmp_path: Path, recwarn):
+    full = write_run(tmp_path / "full", make_results(model="full-model"))
+    weak_results = make_results(model="quick-model")
+    weak_results["weakened"] = [{"kind": "quick", "text": "--quick: every family's reduced budget", "affects": ["*"]},
+                                "speaker_id.n_boot=200: below the default budget 1000"]  # an older run's plain line
+    weak = write_run(tmp_path / "weak", weak_results)
+    with pytest.warns(UserWarning, match="differences between them may come from the weakening") as caught:
+        doc = compare_runs([full, weak], tmp_path / "cmp")
+    message = next(str(w.message) for w in caught if "weakening" in str(w.message))
+    assert "\n" not in message and "quick-model on synthetic (2)" in message and "full run(s) full-model" in message
+    runs = _table(doc, "runs", "Runs")
+    assert [row[-1] for row in runs.rows] == ["no", "yes (2)"] and runs.columns[-1] == "weakened"
+    callout = next(b for b in doc.section("differences").blocks if isinstance(b, Callout) and "Weakened" in b.title)
+    assert callout.kind == "warning" and callout.items == [
+        "quick-model on synthetic: weakened: [quick] --quick: every family's reduced budget",
+        "quick-model on synthetic: weakened: [unknown] speaker_id.n_boot=200: below the default budget 1000",
+        "full-model on synthetic: full audit, no weakening recorded"]
+    for name in ("compare.md", "compare.html"):
+        text = (tmp_path / "cmp" / name).read_text(encoding="utf-8")
+        assert re.search(r"\\?\[quick\\?\] --quick: every family", text), name  # Markdown escapes brackets
+        assert re.search(r"\\?\[unknown\\?\] speaker\\?_id\.n\\?_boot=200: below the default budget 1000", text), name
+        assert "full audit, no weakening recorded" in text, name
+
+    recwarn.clear()
+    alike = write_run(tmp_path / "weak2", {**weak_results, "model": {**weak_results["model"], "spec": "other"}})
+    doc = compare_runs([weak, alike], tmp_path / "cmp2")
+    assert not [w for w in recwarn if "weakening" in str(w.message)]  # weakened alike: nothing to warn about
+    callout = next(b for b in doc.section("differences").blocks if isinstance(b, Callout) and "Weakened" in b.title)
+    assert "same weakenings" in callout.title and len(callout.items) == 4
+    recwarn.clear()
+    compare_runs([full, write_run(tmp_path / "full2", make_results(model="m2"))], tmp_path / "cmp3")
+    assert not [w for w in recwarn if "weakening" in str(w.message)]
