@@ -271,10 +271,10 @@ class AuditConfig:
             for key in ("frame_layers", "layers"):
                 chosen = getattr(settings, key, None)
                 if chosen is not None and (key == "frame_layers" or name == "inversion"):
-                    what = "inversion" if name == "inversion" else "the frame-level attacker"
-                    weak.append(Weakening("frame_layers", (
-                        f"{name}.{key}={chosen!r}: {what} runs on these layers only; on the others the figure "
-                        "comes from the cheaper attackers alone"), (name,)))
+                    rest = ("inversion runs on these layers only; the others have no reconstruction figure"
+                            if name == "inversion" else "the frame-level attacker runs on these layers only; on the "
+                            "others the figure comes from the cheaper attackers alone")
+                    weak.append(Weakening("frame_layers", f"{name}.{key}={chosen!r}: {rest}", (name,)))
         if self.defenses:
             scope = (DEFENSES,)
             if self.defense_fit_on == "evaluated":
