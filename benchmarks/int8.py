@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from attacks.speaker_id import SpeakerIDSettings, attack_speaker_id, feasibility, split_speaker_id  # noqa: E402
 from audit.audio import load_audio  # noqa: E402
+from audit.compare import Agreement  # noqa: E402
 from audit.corpus import Corpus, load_corpus  # noqa: E402
 from audit.embeddings import layer_set  # noqa: E402
 from audit.extractor import Extractor, build_extractor  # noqa: E402
@@ -192,7 +193,7 @@ def main() -> None:
               f"{len(split.test)} test utterances, {len(set(corpus.speakers))} speakers, {settings.n_boot} "
               "bootstrap resamples; 95% CIs per layer (not adjusted for the pick of a layer)")
         print(f"  {'layer':<10}{'int8 frame err':>15}  {'fp32 top-1 [95% CI]':<24}{'int8 top-1 [95% CI]':<24}"
-              f"{'diff':>7}  CIs overlap")
+              f"{'diff':>7}  int8 inside fp32's CI")
         t0 = time.perf_counter()
         with threadpool_limits(limits=1, user_api="blas"):
             for layer in range(n_layers):
@@ -201,13 +202,14 @@ def main() -> None:
                     view = layer_set(store, corpus, layer)
                     ctx = run.layer(layer, store.frame_rates[layer])
                     res[name] = attack_speaker_id(view.subset(split.train), view.subset(split.test), settings, ctx)
-                (lo32, hi32), (lo8, hi8) = res["fp32"]["ci95"], res["int8"]["ci95"]
-                overlap = max(lo32, lo8) <= min(hi32, hi8)
+                agreement = Agreement("speaker-ID top-1", f"layer {layer}",
+                                      (res["fp32"]["top1"], res["fp32"]["ci95"]),
+                                      (res["int8"]["top1"], res["int8"]["ci95"]), True)
                 cells = [f"{100 * res[n]['top1']:5.1f}% {fmt_ci(res[n]['ci95'])}" for n in ("fp32", "int8")]
                 error = frame_error(stores["fp32"], stores["int8"], layer)
                 diff = 100 * (res["int8"]["top1"] - res["fp32"]["top1"])
                 print(f"  {layer} {stores['fp32'].layer_names[layer]:<8}{error:>15.4f}  {cells[0]:<24}{cells[1]:<24}"
-                      f"{diff:+6.1f}  {'yes' if overlap else 'NO'}")
+                      f"{diff:+6.1f}  {agreement.verdict}")
         print(f"  chance {100 * res['fp32']['chance']:.1f}%; attacks took {time.perf_counter() - t0:.1f} s")
 
 
