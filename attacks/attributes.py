@@ -776,10 +776,11 @@ ATTRIBUTE_BANDS = {metric: Bands(high, medium) for metric, (high, medium) in RIS
 
 METRICS = (
     Measure("*.roc_auc", True, ci="auc_ci95", chance=0.5, unit="score", label="attribute AUC",
-            bands=ATTRIBUTE_BANDS["roc_auc"],
+            bands=ATTRIBUTE_BANDS["roc_auc"], headline="{key} (AUC)",
             description="a categorical attribute's ROC AUC (gender; chance 0.5 whatever the class balance)"),
     Measure("*.accuracy", True, description="a categorical attribute's accuracy (chance: the majority class)"),
     Measure("*.r2", True, chance="chance", unit="score", low=None, label="attribute R²", bands=ATTRIBUTE_BANDS["r2"],
+            headline="{key} (R²)",
             description="a numeric attribute's R² (speech rate; 0 = predicting the training mean)"),
     Measure("*.cca", True, chance=None, unit="score", description="canonical correlation with an attribute (key <attr>_cca)"),
 )

@@ -790,7 +790,7 @@ MEDIUM_EER = 0.40
 LINKAGE_BANDS = Bands(HIGH_EER, MEDIUM_EER, high_inclusive=False)
 
 METRICS = (
-    Measure("eer", False, chance=0.5, label="verification EER", bands=LINKAGE_BANDS,
+    Measure("eer", False, chance=0.5, label="verification EER", bands=LINKAGE_BANDS, headline="identity (verification EER)",
             description="strongest scorer's open-set EER (50% = unlinkable)"),
     Measure("min_dcf_norm", False, ci=None, chance=None, unit="score", high=None,
             description="normalised minDCF (no CI)"),

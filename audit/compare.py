@@ -26,7 +26,7 @@ from audit.report.document import Bullets, Callout, Figure, Paragraph, ReportDoc
 from audit.report.html import render_html
 from audit.report.markdown import render_markdown
 from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, load_results
-from audit.summary import IDENTITY_MEASURES, leakiest
+from audit.summary import IDENTITY_MEASURES, headline_measures, leakiest
 from audit.weakening import weakening_lines
 
 #: Config keys that only say where and how the report was written; they change no figure.
@@ -55,7 +55,11 @@ class Run:
     @property
     def leakiest(self) -> dict:
         """The run's leakiest-layer headlines (recomputed from its layers if the file has none)."""
-        return self.results.get("leakiest") or leakiest(self.results["layers"])
+        if self.results.get("leakiest"):
+            return self.results["leakiest"]
+        from attacks import load_families  # a results file without headlines: the built-in declarations
+
+        return leakiest(self.results["layers"], headline_measures(load_families()))
 
     def layer(self, index: int) -> dict | None:
         """The run's layer entry with ``index`` (None when the run did not audit it)."""

@@ -88,6 +88,8 @@ class Measure:
     the chance level itself when it does not depend on the data (AUC: 0.5), or None. ``low`` and
     ``high`` bound the values the measure can take (None: unbounded), so a gate threshold outside
     them, or one the measure can never break, is refused. ``bands`` rate a threat from it.
+    ``headline`` (empty: none) is the label of the run's leakiest-layer headline for this measure
+    (``results["leakiest"]``), ``{key}`` standing for what a ``*`` in the pattern matched.
     """
 
     pattern: str
@@ -101,6 +103,7 @@ class Measure:
     higher_is_better: bool | None = None
     label: str = ""
     bands: Bands | None = None
+    headline: str = ""
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:

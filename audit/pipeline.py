@@ -39,7 +39,7 @@ from audit.report import write_report
 from audit.results import SCHEMA_VERSION, listed_files
 from audit.splits import Split
 from audit.store import EmbeddingStore
-from audit.summary import headline, leakiest
+from audit.summary import headline, headline_measures, leakiest
 from audit.timeline import RunTimeline
 from audit.weakening import DEFENSES, Weakening
 from defenses import load_defenses
@@ -195,7 +195,7 @@ class AuditPipeline:
             "layers": layer_results,
         }
         results["summary"] = headline(layer_results)
-        results["leakiest"] = leakiest(layer_results)
+        results["leakiest"] = leakiest(layer_results, headline_measures(registry))
         if defense_plan is not None:
             results["defense_plan"] = defense_plan.describe(labels)
             results["defenses"] = defenses

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from audit.curves import epoch_capped, still_learning
 from audit.measures import Bands, Figure, Measure, Rating, rate, read_figure
 from audit.results import RISK_LEVELS, RiskRating, is_ok, layer_attack
 
@@ -25,37 +24,72 @@ def _scored(layers: list[dict], path: tuple[str, ...], metric: str) -> list[tupl
             if is_ok(r := layer_attack(la, *path)) and r.get(metric) is not None]
 
 
-def leakiest(layers: list[dict]) -> dict[str, dict[str, Any]]:
-    """Leakiest layer per measure: speaker-ID top-1, verification EER and each attribute's AUC or R².
+def headline_measures(families: dict[str, Any]) -> list[tuple[str, Measure]]:
+    """(family, measure) of every declared measure with a ``headline`` label, in registry order."""
+    return [(name, m) for name, family in families.items() for m in getattr(family, "metrics", ()) if m.headline]
 
-    Each entry: ``layer``, ``name``, ``metric``, ``value``, ``ci95`` (the attacker's own),
-    ``selection_ci95`` (valid for the pick, where the family computed one), ``chance``,
-    ``attacker``, ``n_compared`` (attackers x layers the value was picked from) and
-    ``still_learning`` (:func:`audit.curves.still_learning` of that attacker: None when its
-    learning curve had flattened) and ``epoch_capped`` (:func:`audit.curves.epoch_capped`: None
-    unless its network ran its last allowed epoch).
+
+def _instances(layers: list[dict], family: str, measure: Measure) -> list[tuple[str, str]]:
+    """(key, path) of each instance of ``measure``'s pattern found in ``family``'s results, first seen first.
+
+    A pattern's ``*`` matches one key of the family's result (an attribute's name), so an
+    attribute measured only on some corpora is headlined only there.
     """
-    measures = [(label, path, metric, pick) for label, path, metric, pick in IDENTITY_MEASURES]
+    found: list[tuple[str, str]] = []
+    head, _, tail = measure.pattern.partition("*")
     for la in layers:
-        for key, res in (layer_attack(la, "attributes") or {}).items():
-            if is_ok(res) and not key.endswith("_cca") and isinstance(res, dict):
-                metric = "roc_auc" if "roc_auc" in res else "r2"
-                label = f"{key} ({'AUC' if metric == 'roc_auc' else 'R²'})"
-                if label not in [m[0] for m in measures]:
-                    measures.append((label, ("attributes", key), metric, "max"))
-    out: dict[str, dict[str, Any]] = {}
-    for label, path, metric, pick in measures:
-        scored = _scored(layers, path, metric)
-        if not scored:
+        node = layer_attack(la, family)
+        if "*" not in measure.pattern:
+            return [("", measure.pattern)]
+        if not isinstance(node, dict):
             continue
-        value, la, res = (max if pick == "max" else min)(scored, key=lambda t: t[0])
-        per_layer = res.get("n_attackers_compared", 1)
-        out[label] = {"layer": la["index"], "name": la["name"], "metric": metric, "value": value,
-                      "ci95": res.get("auc_ci95") if metric == "roc_auc" else res.get("ci95"),
-                      "selection_ci95": res.get("selection_ci95"), "chance": res.get("chance"),
-                      "attacker": res.get("attacker"), "n_compared": int(per_layer * len(scored)),
-                      "n_layers_compared": len(scored), "still_learning": still_learning(res),
-                      "epoch_capped": epoch_capped(res)}
+        holder = node
+        for part in head.strip(".").split(".") if head.strip(".") else []:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        for key, value in (holder.items() if isinstance(holder, dict) else ()):
+            path = f"{head}{key}{tail}"
+            if is_ok(value) and isinstance(value, dict) and value.get(tail.strip(".")) is not None \
+                    and measure.matches(path) and (key, path) not in found:
+                found.append((key, path))
+    return found
+
+
+def leakiest(layers: list[dict], measures: list[tuple[str, Measure]]) -> dict[str, dict[str, Any]]:
+    """Leakiest layer per declared headline measure (:func:`headline_measures`): identity, attributes, plugins.
+
+    Each entry is keyed by the measure's ``headline`` label (``{key}`` filled in for a ``*``
+    pattern) and holds ``layer``, ``name``, ``metric``, ``unit`` (the measure's), ``value``, ``ci95`` (the attacker's own),
+    ``selection_ci95`` (valid for the pick, where the family computed one), ``chance`` (the
+    measure's: a constant such as AUC's 0.5, or the key it names), ``attacker``, ``n_compared``
+    (attackers x layers the value was picked from), ``still_learning`` and ``epoch_capped``
+    (:mod:`audit.curves`: None unless the attacker behind the value may understate leakage).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for family, measure in measures:
+        for key, path in _instances(layers, family, measure):
+            scored = []
+            for la in layers:
+                node = layer_attack(la, family)
+                if not is_ok(node):
+                    continue
+                fig = read_figure(node, path, measure, f"layer {la['index']}")
+                if fig.value is not None:
+                    holder = node
+                    for part in path.split(".")[:-1]:
+                        holder = holder.get(part) if isinstance(holder, dict) else None
+                    scored.append((fig, la, holder if isinstance(holder, dict) else node))
+            if not scored:
+                continue
+            pick = max if measure.higher_is_leakier else min
+            fig, la, res = pick(scored, key=lambda t: t[0].value)
+            per_layer = res.get("n_attackers_compared", 1)
+            out[measure.headline.format(key=key)] = {
+                "layer": la["index"], "name": la["name"], "metric": path.split(".")[-1], "unit": measure.unit,
+                "value": fig.value,
+                "ci95": res.get(measure.ci) if measure.ci else None, "selection_ci95": res.get("selection_ci95"),
+                "chance": fig.chance, "attacker": res.get("attacker"), "n_compared": int(per_layer * len(scored)),
+                "n_layers_compared": len(scored), "still_learning": fig.still_learning,
+                "epoch_capped": fig.epoch_capped}
     return out
 
 
@@ -155,5 +189,5 @@ def rate_layers(threat: str, metric: str, figures: list[Figure], evidence: Calla
     return min(rated, key=lambda t: (t[0], t[1]))[2]
 
 
-__all__ = ["IDENTITY_MEASURES", "headline", "layer_figures", "leakiest", "rate_figure", "rate_layers", "worst_layer",
+__all__ = ["IDENTITY_MEASURES", "headline", "headline_measures", "layer_figures", "leakiest", "rate_figure", "rate_layers", "worst_layer",
            "worst_level", "worst_rating"]

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from attacks import load_families
 from audit.compare import CompareError, ci_agreement, compare_runs, flatten_config, load_runs
 from audit.errors import SpeechAuditError
 from audit.report.document import Callout, Figure, ReportDocument
 from audit.results import Table
-from audit.summary import leakiest
+from audit.summary import headline_measures, leakiest
+
+#: The built-in families' headline measures (what a run's ``leakiest`` reads).
+HEADLINES = headline_measures(load_families())
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,7 +61,7 @@ def make_results(*, model: str = "tiny-model", top1: list[float] | None = None, 
         "corpus": {"spec": corpus, "description": f"{corpus} ({n_speakers * 20} utterances, {n_speakers} speakers)",
                    "n_speakers": n_speakers, "n_utterances": n_speakers * 20, "filters": [],
                    "fingerprint": hashlib.sha256(f"{corpus}/{n_speakers}".encode()).hexdigest()},
-        "layers": layers, "leakiest": leakiest(layers),
+        "layers": layers, "leakiest": leakiest(layers, HEADLINES),
     }
     if defenses is not None:
         results["defenses"] = defenses

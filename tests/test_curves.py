@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attacks import load_families
 from attacks.speaker_id import LogisticSpeakerID
 from audit.curves import STILL_LEARNING_GAIN, epoch_capped, still_learning
 from audit.defense_tables import defense_table
 from audit.embeddings import EmbeddingSet
 from audit.report.build import _leakiest_bullets
 from audit.results import fmt_still_learning
-from audit.summary import leakiest
+from audit.summary import headline_measures, leakiest
+
+#: The built-in families' headline measures (what a run's ``leakiest`` reads).
+HEADLINES = headline_measures(load_families())
 
 
 def curve(metric: str, *values: float) -> dict:
@@ -68,9 +72,9 @@ def test_headlines_carry_the_verdict_and_the_defense_table_says_so() -> None:
     rising = {"top1": 0.85, "ci95": [0.7, 0.95], "chance": 0.1, "attacker": "logreg",
               **curve("top1", 0.30, 0.60, 0.85)}
     layers = [{"index": 1, "name": "layer1", "attacks": {"speaker_id": rising}}]
-    assert leakiest(layers)["identity (speaker-ID top-1)"]["still_learning"]["values"] == [0.60, 0.85]
+    assert leakiest(layers, HEADLINES)["identity (speaker-ID top-1)"]["still_learning"]["values"] == [0.60, 0.85]
     flat = {**rising, **curve("top1", 0.80, 0.85, 0.85)}
-    assert leakiest([{**layers[0], "attacks": {"speaker_id": flat}}])["identity (speaker-ID top-1)"][
+    assert leakiest([{**layers[0], "attacks": {"speaker_id": flat}}], HEADLINES)["identity (speaker-ID top-1)"][
         "still_learning"] is None
 
     def entry(name: str, verdict: dict | None) -> dict:
@@ -143,10 +147,11 @@ def test_a_headline_from_a_capped_network_says_so() -> None:
     frame = {"top1": 0.9, "ci95": [0.8, 0.95], "chance": 0.1, "attacker": "frame-ecapa", "converged": False,
              "budget": {"epochs": 20, "max_epochs": 20, "best_epoch": 18}}
     layers = [{"index": 1, "name": "layer1", "attacks": {"speaker_id": frame}}]
-    found = leakiest(layers)["identity (speaker-ID top-1)"]
+    found = leakiest(layers, HEADLINES)["identity (speaker-ID top-1)"]
     assert found["epoch_capped"] == {"epochs": 20, "best_epoch": 18}
     (bullet,) = _leakiest_bullets({"leakiest": {"identity (speaker-ID top-1)": found}})
     assert bullet.endswith("frame-ecapa stopped at its epoch cap (best epoch 18 of 20), so one trained longer "
                            "might read more")
-    early = leakiest([{**layers[0], "attacks": {"speaker_id": {**frame, "converged": True}}}])
+    early = leakiest([{**layers[0], "attacks": {"speaker_id": {**frame, "converged": True}}}],
+                     HEADLINES)
     assert early["identity (speaker-ID top-1)"]["epoch_capped"] is None

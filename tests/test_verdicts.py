@@ -5,6 +5,7 @@ Each test names the defect of issue #30 it pins down; every one of them failed o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -378,3 +379,13 @@ def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(
         load_policy(policy(tmp_path, 'metric = "voiceprint.match_rate"\nmax = 1.5', name="r.toml"), registry)
     rating = next(r for r in risk_ratings(res, registry) if r.threat == "voiceprint linkage")
     assert rating.level == "high" and rating.metric == "voiceprint.match_rate" and "90.0% matched" in rating.reason
+    # it headlines: the run's leakiest-layer figure per declared headline measure, and the report's bullet
+    from audit.report.build import _leakiest_bullets
+    from audit.summary import headline_measures, leakiest
+
+    headlined = Measure("match_rate", True, headline="voiceprint (match rate)")
+    family = dataclasses.replace(family, metrics=(headlined,))
+    top = leakiest(res["layers"], headline_measures({**load_families(), "voiceprint": family}))
+    assert top["voiceprint (match rate)"]["value"] == 0.9 and top["voiceprint (match rate)"]["unit"] == "proportion"
+    assert any(b.startswith("voiceprint (match rate): layer 0 (layer0): 90.0% [80.0, 95.0], chance 10.0%")
+               for b in _leakiest_bullets({"leakiest": top}))

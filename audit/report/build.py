@@ -139,7 +139,8 @@ def _threat_section(results: dict) -> Section:
 def _leakiest_bullets(results: dict) -> list[str]:
     items = []
     for label, v in (results.get("leakiest") or {}).items():
-        is_rate = v["metric"] in ("top1", "eer")
+        # the measure's declared unit (results before schema 2.11 carry none: their two rates are named)
+        is_rate = v["unit"] in ("proportion", "rate") if "unit" in v else v["metric"] in ("top1", "eer")
         value = fmt_pct(v["value"]) if is_rate else fmt_num(v["value"])
         ci = fmt_ci(v["ci95"]) if is_rate else fmt_ci(v["ci95"], 1, ".2f")
         chance = "" if v.get("chance") is None else \
