@@ -262,4 +262,5 @@ def plan_splits(families: dict[str, AttackFamily], settings: Callable[[str], Any
     return splits, infeasible
 
 
-__all__ = ["ATTACKER_FAILURES", "AttackFamily", "FamilySettings", "failed_attacker", "LayerContext", "RunContext", "check_range", "plan_splits"]
+__all__ = ["ATTACKER_FAILURES", "AttackFamily", "FamilySettings", "LayerContext", "RunContext", "check_range",
+           "failed_attacker", "plan_splits"]

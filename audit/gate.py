@@ -227,8 +227,9 @@ def _parse_rule(index: int, table: Any, registry: dict[str, AttackFamily]) -> Ru
                               "could never fail")
     layer = table.get("layer", "every")
     if layer in RENAMED_LAYER_WORDS:
+        meaning = "every layer must comply" if layer == "any" else "one layer complying is enough"
         raise PolicyError(f"{name}: layer={layer!r}: renamed, as it read two ways: use "
-                          f"{RENAMED_LAYER_WORDS[layer]!r} ({'every layer must comply' if layer == 'any' else 'one layer complying is enough'})")
+                          f"{RENAMED_LAYER_WORDS[layer]!r} ({meaning})")
     if isinstance(layer, bool) or not (isinstance(layer, int) and layer >= 0 or layer in LAYER_WORDS):
         raise PolicyError(f"{name}: layer={layer!r}: must be one of {', '.join(LAYER_WORDS)} or a layer index >= 0")
     bound = table.get("bound", "worst")
