@@ -775,12 +775,12 @@ RISK_THRESHOLDS = {"roc_auc": (0.9, 0.6), "r2": (0.5, 0.1)}
 ATTRIBUTE_BANDS = {metric: Bands(high, medium) for metric, (high, medium) in RISK_THRESHOLDS.items()}
 
 METRICS = (
-    Measure("*.roc_auc", True, ci="auc_ci95", chance=0.5, unit="score", label="attribute AUC",
-            bands=ATTRIBUTE_BANDS["roc_auc"], headline="{key} (AUC)",
+    Measure("*.roc_auc", True, ci="auc_ci95", chance=0.5, unit="score", label="{key} AUC",
+            bands=ATTRIBUTE_BANDS["roc_auc"], headline="{key} (AUC)", slug="attr_{key}_roc_auc",
             description="a categorical attribute's ROC AUC (gender; chance 0.5 whatever the class balance)"),
     Measure("*.accuracy", True, description="a categorical attribute's accuracy (chance: the majority class)"),
-    Measure("*.r2", True, chance="chance", unit="score", low=None, label="attribute R²", bands=ATTRIBUTE_BANDS["r2"],
-            headline="{key} (R²)",
+    Measure("*.r2", True, chance="chance", unit="score", low=None, label="{key} R²", bands=ATTRIBUTE_BANDS["r2"],
+            headline="{key} (R²)", slug="attr_{key}_r2",
             description="a numeric attribute's R² (speech rate; 0 = predicting the training mean)"),
     Measure("*.cca", True, chance=None, unit="score", description="canonical correlation with an attribute (key <attr>_cca)"),
 )
@@ -811,4 +811,5 @@ def rate_attribute_inference(results: dict) -> RiskRating:
 FAMILY = AttackFamily(
     name="attributes", settings=AttributeSettings, split=split_attributes, attack=attack_attributes,
     table=attribute_table, threat="attribute inference", risk=rate_attribute_inference, metrics=METRICS,
+    personal=(),  # attribute values (gender classes) and scores only: no ids, transcripts or audio
     description="attribute inference: gender and speaking rate of unseen people")

@@ -790,7 +790,8 @@ MEDIUM_EER = 0.40
 LINKAGE_BANDS = Bands(HIGH_EER, MEDIUM_EER, high_inclusive=False)
 
 METRICS = (
-    Measure("eer", False, chance=0.5, label="verification EER", bands=LINKAGE_BANDS, headline="identity (verification EER)",
+    Measure("eer", False, chance=0.5, label="verification EER", bands=LINKAGE_BANDS,
+            headline="identity (verification EER)", slug="verification_eer", ylim=(0.0, 0.55),
             description="strongest scorer's open-set EER (50% = unlinkable)"),
     Measure("min_dcf_norm", False, ci=None, chance=None, unit="score", high=None,
             description="normalised minDCF (no CI)"),
@@ -817,4 +818,5 @@ FAMILY = AttackFamily(
     name="verification", settings=VerificationSettings, split=split_verification, attack=attack_verification,
     table=verification_table, feasibility=feasibility, enrolment_test=ignorant_test,
     threat="linkage", risk=rate_linkage, metrics=METRICS,
+    personal=(),  # counts and scores only (same_recording_speakers is a count here, not the ids)
     description="open-set verification / linkage: are two utterances of unseen people the same person?")

@@ -26,7 +26,7 @@ from audit.report.document import Bullets, Callout, Figure, Paragraph, ReportDoc
 from audit.report.html import render_html
 from audit.report.markdown import render_markdown
 from audit.results import Table, fmt_ci, fmt_num, fmt_pct, is_ok, layer_attack, load_results
-from audit.summary import IDENTITY_MEASURES, headline_measures, leakiest
+from audit.summary import headline_measures, leakiest, measure_instances
 from audit.weakening import weakening_lines
 
 #: Config keys that only say where and how the report was written; they change no figure.
@@ -184,34 +184,30 @@ def _labels(files: list[Path], results: list[dict]) -> list[str]:
     return labels
 
 
-def find_measures(runs: list[Run]) -> list[Measure]:
-    """The measures any run has a value for: speaker-ID top-1, verification EER, each attribute's AUC or R²."""
-    (sid_key, sid_path, sid_metric, _), (ver_key, ver_path, ver_metric, _) = IDENTITY_MEASURES
-    measures = [Measure("speaker_id_top1", "speaker-ID top-1", sid_key, sid_path, sid_metric, "ci95", True, True,
-                        (0.0, 1.02)),
-                Measure("verification_eer", "verification EER", ver_key, ver_path, ver_metric, "ci95", True, False,
-                        (0.0, 0.55))]
-    slugs = {m.slug for m in measures}
-    for key, metric in _attribute_metrics(runs):
-        name = "AUC" if metric == "roc_auc" else "R²"
-        slug = _unique_slug(f"attr_{re.sub(r'[^a-z0-9]+', '_', key.lower()).strip('_')}_{metric}", slugs)
-        slugs.add(slug)
-        measures.append(Measure(slug, f"{key} {name}", f"{key} ({name})", ("attributes", key), metric,
-                                "auc_ci95" if metric == "roc_auc" else "ci95", False, True))
+def find_measures(runs: list[Run], families: dict | None = None) -> list[Measure]:
+    """The declared headline measures any run has a value for (speaker-ID top-1, verification EER, each
+    attribute's AUC or R², a plugin family's), in registry order, each instance of a ``*`` pattern apart.
+
+    ``families`` is the attack registry whose declarations are read (default: the installed one).
+    """
+    if families is None:
+        from attacks import load_families  # reading a finished run: the installed families' declarations
+
+        families = load_families()
+    layers = [la for run in runs for la in run.results["layers"]]
+    measures: list[Measure] = []
+    slugs: set[str] = set()
+    for family, declared in headline_measures(families):
+        for key, path in measure_instances(layers, family, declared):
+            raw = (declared.slug or f"{family}_{path}").format(key=key).lower()
+            slug = _unique_slug(re.sub(r"[^a-z0-9]+", "_", raw).strip("_"), slugs)
+            slugs.add(slug)
+            parts = path.split(".")
+            measures.append(Measure(slug, (declared.label or f"{family} {path}").format(key=key),
+                                    declared.headline.format(key=key), (family, *parts[:-1]), parts[-1],
+                                    declared.ci or "ci95", declared.percent, bool(declared.higher_is_leakier),
+                                    declared.ylim))
     return [m for m in measures if any(_points(run, m) for run in runs)]
-
-
-def _attribute_metrics(runs: list[Run]) -> list[tuple[str, str]]:
-    """(attribute, metric) pairs any run measured, in first-seen order (CCA rows left out)."""
-    found: list[tuple[str, str]] = []
-    for run in runs:
-        for la in run.results["layers"]:
-            for key, res in (layer_attack(la, "attributes") or {}).items():
-                if isinstance(res, dict) and is_ok(res) and not key.endswith("_cca"):
-                    pair = (key, "roc_auc" if "roc_auc" in res else "r2")
-                    if pair not in found:
-                        found.append(pair)
-    return found
 
 
 def _unique_slug(slug: str, taken: set[str]) -> str:

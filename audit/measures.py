@@ -89,7 +89,9 @@ class Measure:
     ``high`` bound the values the measure can take (None: unbounded), so a gate threshold outside
     them, or one the measure can never break, is refused. ``bands`` rate a threat from it.
     ``headline`` (empty: none) is the label of the run's leakiest-layer headline for this measure
-    (``results["leakiest"]``), ``{key}`` standing for what a ``*`` in the pattern matched.
+    (``results["leakiest"]``), ``{key}`` standing for what a ``*`` in the pattern matched; such a
+    measure is also compared across runs (``compare``), under ``label`` as its title, ``slug`` in
+    its file names (default: the family and path) and ``ylim`` as its plot's y range.
     """
 
     pattern: str
@@ -104,6 +106,8 @@ class Measure:
     label: str = ""
     bands: Bands | None = None
     headline: str = ""
+    slug: str = ""
+    ylim: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:

@@ -29,7 +29,7 @@ def headline_measures(families: dict[str, Any]) -> list[tuple[str, Measure]]:
     return [(name, m) for name, family in families.items() for m in getattr(family, "metrics", ()) if m.headline]
 
 
-def _instances(layers: list[dict], family: str, measure: Measure) -> list[tuple[str, str]]:
+def measure_instances(layers: list[dict], family: str, measure: Measure) -> list[tuple[str, str]]:
     """(key, path) of each instance of ``measure``'s pattern found in ``family``'s results, first seen first.
 
     A pattern's ``*`` matches one key of the family's result (an attribute's name), so an
@@ -66,7 +66,7 @@ def leakiest(layers: list[dict], measures: list[tuple[str, Measure]]) -> dict[st
     """
     out: dict[str, dict[str, Any]] = {}
     for family, measure in measures:
-        for key, path in _instances(layers, family, measure):
+        for key, path in measure_instances(layers, family, measure):
             scored = []
             for la in layers:
                 node = layer_attack(la, family)
@@ -189,5 +189,6 @@ def rate_layers(threat: str, metric: str, figures: list[Figure], evidence: Calla
     return min(rated, key=lambda t: (t[0], t[1]))[2]
 
 
-__all__ = ["IDENTITY_MEASURES", "headline", "headline_measures", "layer_figures", "leakiest", "rate_figure", "rate_layers", "worst_layer",
+__all__ = ["IDENTITY_MEASURES", "headline", "headline_measures", "layer_figures", "leakiest", "measure_instances",
+           "rate_figure", "rate_layers", "worst_layer",
            "worst_level", "worst_rating"]

@@ -389,3 +389,12 @@ def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(
     assert top["voiceprint (match rate)"]["value"] == 0.9 and top["voiceprint (match rate)"]["unit"] == "proportion"
     assert any(b.startswith("voiceprint (match rate): layer 0 (layer0): 90.0% [80.0, 95.0], chance 10.0%")
                for b in _leakiest_bullets({"leakiest": top}))
+    # it compares: a measure of the comparison, with its section in the document
+    from audit.compare import Run, comparison_document, find_measures
+
+    runs = [Run("a", tmp_path / "a.json", {**res, "leakiest": top}), Run("b", tmp_path / "b.json", res)]
+    found = find_measures(runs, {**load_families(), "voiceprint": family})
+    mine = next(m for m in found if m.path == ("voiceprint",))
+    assert mine.slug == "voiceprint_match_rate" and mine.percent and mine.higher_is_leakier
+    doc = comparison_document(runs, found, {})
+    assert doc.section("measure-voiceprint_match_rate") is not None
