@@ -91,7 +91,9 @@ class Measure:
     ``headline`` (empty: none) is the label of the run's leakiest-layer headline for this measure
     (``results["leakiest"]``), ``{key}`` standing for what a ``*`` in the pattern matched; such a
     measure is also compared across runs (``compare``), under ``label`` as its title, ``slug`` in
-    its file names (default: the family and path) and ``ylim`` as its plot's y range.
+    its file names (default: the family and path) and ``ylim`` as its plot's y range; with ``plot``
+    the report draws it per layer (``<slug>_by_layer.png``; built-in measures whose own figure
+    already draws them say ``plot=False``).
     """
 
     pattern: str
@@ -108,6 +110,7 @@ class Measure:
     headline: str = ""
     slug: str = ""
     ylim: tuple[float, float] | None = None
+    plot: bool = True
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:

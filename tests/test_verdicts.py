@@ -398,3 +398,10 @@ def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(
     assert mine.slug == "voiceprint_match_rate" and mine.percent and mine.higher_is_leakier
     doc = comparison_document(runs, found, {})
     assert doc.section("measure-voiceprint_match_rate") is not None
+    # it plots: the report draws its per-layer figure, and no second copy of the built-in ones
+    from audit.report.figures import write_figures
+
+    res["model"]["spec"] = "m"
+    drawn = [f.file for f in write_figures(res, tmp_path, {**load_families(), "voiceprint": family})]
+    assert "voiceprint_match_rate_by_layer.png" in drawn and (tmp_path / "voiceprint_match_rate_by_layer.png").is_file()
+    assert not any(f.startswith(("speaker_id_top1", "attr_")) for f in drawn)

@@ -96,7 +96,7 @@ def write_report(results: dict, out: Path, registry: dict[str, AttackFamily], *,
     else:
         _carry_files(results, source, out, {})
         results["report_mode"] = {"mode": "full", "personal_data": ["original audio", "transcripts", "speaker ids"]}
-    drawn = write_figures(results, out)
+    drawn = write_figures(results, out, registry)
     figures = drawn + _kept_figures(results, out, drawn)
     written = {f.file for f in figures} | {"results.json", "summary.md", "report.html"}
     if results.get("verdict"):

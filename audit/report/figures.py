@@ -7,6 +7,7 @@ pipeline made from embeddings (t-SNE maps) are listed in ``results["figures"]`` 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from audit import plots
@@ -14,6 +15,7 @@ from audit.curves import STILL_LEARNING_GAIN, epoch_capped, still_learning
 from audit.defense_tables import pareto_front, privacy_utility_points
 from audit.report.document import Figure
 from audit.results import fmt_pct, is_ok, layer_attack
+from audit.summary import headline_measures, measure_instances
 
 
 def series(results: dict, path: tuple, metric: str, ci_key: str = "ci95") -> dict:
@@ -198,12 +200,43 @@ def _pareto_figures(results: dict, out: Path, spec: str) -> list[Figure]:
     return figures
 
 
-def write_figures(results: dict, out: Path) -> list[Figure]:
-    """Draw every plot the results support into ``out``; returns them with alt text and topic."""
+def _declared_figures(results: dict, out: Path, spec: str, layers: list, names: list,
+                      families: dict) -> list[Figure]:
+    """One per-layer plot per declared headline measure that no built-in figure draws (``plot=True``)."""
+    figures = []
+    for family, measure in headline_measures(families):
+        if not measure.plot:
+            continue
+        for key, path in measure_instances(results["layers"], family, measure):
+            parts = path.split(".")
+            line = series(results, (family, *parts[:-1]), parts[-1], measure.ci or "ci95")
+            if not _has(line):
+                continue
+            title = (measure.label or f"{family} {path}").format(key=key)
+            slug = re.sub(r"[^a-z0-9]+", "_", (measure.slug or f"{family}_{path}").format(key=key).lower()).strip("_")
+            chance = next((measure.chance_of(layer_attack(la, family, *parts[:-1]) or {}) for la in results["layers"]
+                           if is_ok(layer_attack(la, family))), None)
+            plots.layer_curves(out / f"{slug}_by_layer.png", layers, names, {title: line}, ylabel=title,
+                               title=f"{spec}: {title} ({'higher' if measure.worse_is_higher else 'lower'} = leakier)",
+                               chance=chance, ylim=measure.ylim)
+            show = measure.show
+            figures.append(Figure(f"{slug}_by_layer.png",
+                                  f"Line plot of {title} per layer with its 95% CI band: {_span(results, line, show)}.",
+                                  f"{title} per layer (95% CI band)."))
+    return figures
+
+
+def write_figures(results: dict, out: Path, families: dict | None = None) -> list[Figure]:
+    """Draw every plot the results support into ``out``; returns them with alt text and topic.
+
+    ``families`` (the attack registry) adds a per-layer plot for each declared headline measure
+    that no built-in figure draws, so a plugin family's figure is drawn with no edit here.
+    """
     layers = [la["index"] for la in results["layers"]]
     names = [la["name"] for la in results["layers"]]
     spec = results["model"].get("spec", "?")
     return (_identity_figures(results, out, spec, layers, names) + _attribute_figure(results, out, spec, layers, names)
+            + _declared_figures(results, out, spec, layers, names, families or {})
             + _learning_figure(results, out) + _training_figure(results, out) + _pareto_figures(results, out, spec))
 
 
