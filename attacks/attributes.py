@@ -777,11 +777,12 @@ ATTRIBUTE_BANDS = {metric: Bands(high, medium) for metric, (high, medium) in RIS
 METRICS = (
     Measure("*.roc_auc", True, ci="auc_ci95", chance=0.5, unit="score", label="{key} AUC",
             bands=ATTRIBUTE_BANDS["roc_auc"], headline="{key} (AUC)", slug="attr_{key}_roc_auc",
-            plot=False,  # drawn by attributes_by_layer.png
+            plot=False, defense_column=False,  # attributes_by_layer.png and the defense table's attribute cell
             description="a categorical attribute's ROC AUC (gender; chance 0.5 whatever the class balance)"),
     Measure("*.accuracy", True, description="a categorical attribute's accuracy (chance: the majority class)"),
     Measure("*.r2", True, chance="chance", unit="score", low=None, label="{key} R²", bands=ATTRIBUTE_BANDS["r2"],
-            headline="{key} (R²)", slug="attr_{key}_r2", plot=False,  # drawn by attributes_by_layer.png
+            headline="{key} (R²)", slug="attr_{key}_r2", plot=False,
+            defense_column=False,  # attributes_by_layer.png and the defense table's attribute cell
             description="a numeric attribute's R² (speech rate; 0 = predicting the training mean)"),
     Measure("*.cca", True, chance=None, unit="score", description="canonical correlation with an attribute (key <attr>_cca)"),
 )

@@ -314,7 +314,7 @@ REID_BANDS = Bands(HIGH_TOP1, MEDIUM_RATIO_TO_CHANCE, medium_times_chance=True)
 
 METRICS = (
     Measure("top1", True, label="speaker-ID top-1", bands=REID_BANDS, headline="identity (speaker-ID top-1)",
-            slug="speaker_id_top1", ylim=(0.0, 1.02), plot=False,  # drawn by speaker_id_by_layer.png
+            slug="speaker_id_top1", ylim=(0.0, 1.02), plot=False, defense_column=False,  # own figure and column
             description="strongest attacker's closed-set top-1 accuracy"),
     Measure("top5", True, ci="top5_ci95", chance="chance_top5", description="strongest attacker's top-5"),
     Measure("macro_f1", True, ci=None, chance=None, description="strongest attacker's macro-F1 (no CI)"),

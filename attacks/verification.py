@@ -792,7 +792,7 @@ LINKAGE_BANDS = Bands(HIGH_EER, MEDIUM_EER, high_inclusive=False)
 METRICS = (
     Measure("eer", False, chance=0.5, label="verification EER", bands=LINKAGE_BANDS,
             headline="identity (verification EER)", slug="verification_eer", ylim=(0.0, 0.55),
-            plot=False,  # drawn by verification_eer_by_layer.png
+            plot=False, defense_column=False,  # verification_eer_by_layer.png and its own defense column
             description="strongest scorer's open-set EER (50% = unlinkable)"),
     Measure("min_dcf_norm", False, ci=None, chance=None, unit="score", high=None,
             description="normalised minDCF (no CI)"),

@@ -31,12 +31,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from audit.config import AuditConfig, DefenseSpec
-from audit.curves import epoch_capped, still_learning
 from audit.defense import DefenseContext, DefenseFailed, DefenseFamily
 from audit.defense_tables import setting_label
 from audit.embeddings import EmbeddingSet, layer_set
 from audit.errors import ConfigError, CorpusError
 from audit.family import AttackFamily, RunContext, plan_splits
+from audit.measures import strongest_figure
 from audit.splits import Split, speaker_disjoint_split
 from audit.store import EmbeddingStore
 from audit.utility import (RetainedAboveChance, UtilityScore, UtilityTask, measure_utility, resolve_task, retained,
@@ -314,7 +314,7 @@ class _LayerComparison:
         return {"name": "none", "params": {}, "layer": self.ctx.index, "status": "ok",
                 "fit": None, "scenarios": {"semi_informed": attacks},
                 "attack_seconds": {"semi_informed": seconds},
-                "strongest": strongest({"semi_informed": attacks}), "utility": utility,
+                "strongest": strongest({"semi_informed": attacks}, self.families), "utility": utility,
                 "wall_seconds": round(time.perf_counter() - t0, 2)}
 
     def _fit_defense(self, family: DefenseFamily, params: dict,
@@ -426,57 +426,27 @@ class _LayerComparison:
                                self.cfg.utility_probe, self.cfg.seed, self.ctx.device)
 
 
-def _leak(result: dict | None, metric: str) -> dict | None:
-    """``metric`` of an attack result with its CI, chance, attacker, and whether that attacker was still learning
-    or stopped at its epoch cap.
-
-    None when it was not measured.
-    """
-    if not result or result.get("skipped") or result.get(metric) is None:
-        return None
-    return {"value": result[metric], "ci95": result.get("ci95"), "chance": result.get("chance"),
-            "attacker": result.get("attacker"), "still_learning": still_learning(result),
-            "epoch_capped": epoch_capped(result),
-            **({"failed_attackers": result["failed_attackers"]} if result.get("failed_attackers") else {})}
+#: A defense entry's ``strongest`` figures: (key, attack family, the family's declared measure).
+STRONGEST = (("top1", "speaker_id", "top1"), ("eer", "verification", "eer"))
 
 
-def _missing_reason(result: Any, metric: str) -> str:
-    """Why a scenario's family result holds no ``metric``."""
-    if not isinstance(result, dict):
-        return "not run"
-    if result.get("skipped"):
-        reason = result.get("reason") if result.get("skipped") is True else result["skipped"]
-        return f"skipped: {reason}"
-    return f"no {metric} recorded"
-
-
-def strongest(scenarios: dict) -> dict:
+def strongest(scenarios: dict, families: dict[str, AttackFamily] | None = None) -> dict:
     """The strongest scenario's closed-set top-1 (highest) and open-set EER (lowest), each with its CI and chance.
 
-    A scenario whose family attack ran but failed or was skipped is not silently dropped: it is
-    listed under ``missing_scenarios`` (scenario -> reason), since the lost scenario may have held
-    the strongest attacker; every verdict reads such a figure as missing. A scenario a family does
-    not take part in (speaker ID has no lazy-informed scenario) or that cannot apply (the defense
-    changes the dimension) is not missing.
+    Each figure is :func:`audit.measures.strongest_figure` of the family's declared measure: a
+    scenario whose attack failed or was skipped is listed under ``missing_scenarios``, never
+    silently dropped. ``families`` is the attack registry (default: the installed one).
     """
+    if families is None:
+        from attacks import load_families
+
+        families = load_families()
     best: dict[str, Any] = {}
-    for metric, family, better in (("top1", "speaker_id", max), ("eer", "verification", min)):
-        found, missing = [], {}
-        for name, attacks in scenarios.items():
-            if not isinstance(attacks, dict) or "not_applicable" in attacks or family not in attacks:
-                continue
-            leak = _leak(attacks.get(family), metric)
-            if leak is None:
-                missing[name] = _missing_reason(attacks.get(family), metric)
-            else:
-                found.append((name, leak))
-        if found:
-            name, leak = better(found, key=lambda item: item[1]["value"])
-            best[metric] = {**leak, "scenario": name, "n_scenarios": len(found)}
-        elif missing:
-            best[metric] = {"value": None, "scenario": None, "n_scenarios": 0}
-        if missing:
-            best[metric]["missing_scenarios"] = missing
+    for key, family, path in STRONGEST:
+        measure = families[family].metric(path) if family in families else None
+        figure = strongest_figure(scenarios, family, path, measure) if measure is not None else None
+        if figure is not None:
+            best[key] = figure
     if "top1" in best:
         best["scenario"] = best["top1"]["scenario"]
     elif "eer" in best:

@@ -9,9 +9,10 @@ retained utility (higher is better).
 from __future__ import annotations
 
 from audit.curves import STILL_LEARNING_GAIN, epoch_capped
-from audit.measures import Measure
+from audit.measures import Measure, strongest_figure
 from audit.results import (Table, attack_results, fmt_ci, fmt_num, fmt_pct, fmt_still_learning,
                            is_ok)
+from audit.summary import headline_measures, measure_instances
 
 #: Measures of a ``defenses`` entry a gate rule may name (``defenses.<pattern>``): the strongest
 #: scenario's attacker and the utility kept. Utility measures are named by task (``cer``, ``wer``,
@@ -69,14 +70,28 @@ def setting_label(entry: dict) -> str:
     return f"{entry['name']} {params}".strip()
 
 
-def _leak_cell(leak: dict | None) -> str:
+def _declared_columns(entries: list[dict], families: dict) -> list[tuple[str, str, str, Measure]]:
+    """(title, family, path, measure) of each declared headline measure with a defense column that a setting measured."""
+    columns = []
+    for family, measure in headline_measures(families):
+        if not measure.defense_column:
+            continue
+        layers = [{"index": 0, "attacks": scenario} for e in entries
+                  for scenario in (e.get("scenarios") or {}).values() if isinstance(scenario, dict)]
+        for key, path in measure_instances(layers, family, measure):
+            columns.append(((measure.label or f"{family} {path}").format(key=key), family, path, measure))
+    return columns
+
+
+def _leak_cell(leak: dict | None, measure: Measure | None = None) -> str:
     if not leak:
         return "n/a"
     missing = leak.get("missing_scenarios") or {}
     gone = (" MISSING " + ", ".join(f"[{SCENARIO_SHORT.get(k, k)}: {v}]" for k, v in missing.items())) if missing else ""
     if leak.get("value") is None:
         return f"not measured:{gone}"
-    return (f"{fmt_pct(leak['value'])} {fmt_ci(leak.get('ci95'))} "
+    show, show_ci = (measure.show, measure.show_ci) if measure else (fmt_pct, fmt_ci)
+    return (f"{show(leak['value'])} {show_ci(leak.get('ci95'))} "
             f"[{SCENARIO_SHORT.get(leak.get('scenario'), leak.get('scenario'))}]"
             + (" (still learning)" if leak.get("still_learning") else "")
             + (" (epoch cap)" if leak.get("epoch_capped") else "")
@@ -209,26 +224,34 @@ def pareto_front(points: list[dict]) -> list[dict]:
     return sorted(front, key=lambda p: p["leak"])
 
 
-def defense_table(results: dict) -> Table | None:
-    """One row per (layer, defense setting): privacy under the strongest scenario, utility kept, wall time."""
+def defense_table(results: dict, families: dict | None = None) -> Table | None:
+    """One row per (layer, defense setting): privacy under the strongest scenario, utility kept, wall time.
+
+    ``families`` (the attack registry) adds a column per declared headline measure with a
+    ``defense_column`` (a plugin family's), holding its strongest scenario's figure.
+    """
     entries = results.get("defenses")
     if not entries:
         return None
     plan = results.get("defense_plan") or {}
+    declared = _declared_columns(entries, families or {})
     table = Table("Defenses compared (fitted on the owner's speakers, attacked on the evaluated speakers)",
                   ["layer", "defense", "speaker-ID top-1 (95% CI) [scenario]", "verification EER (95% CI) [scenario]",
-                   "attributes (retrained)", "reconstruction (retrained)", "utility (95% CI)",
-                   "retained (95% CI)", "training adversary", "fit s", "wall s"])
+                   "attributes (retrained)", "reconstruction (retrained)"]
+                  + [f"{title} (95% CI) [scenario]" for title, _, _, _ in declared]
+                  + ["utility (95% CI)", "retained (95% CI)", "training adversary", "fit s", "wall s"])
     for e in entries:
         label = setting_label(e)
         if e.get("status") != "ok":
-            table.rows.append([str(e["layer"]), label, f"failed: {e.get('reason', '?')}"] + [""] * 7
+            table.rows.append([str(e["layer"]), label, f"failed: {e.get('reason', '?')}"] + [""] * (7 + len(declared))
                               + [fmt_num(e.get("wall_seconds"), ".0f")])
             continue
         best = e.get("strongest") or {}
         value, kept = _utility_cell(e)
+        mine = [_leak_cell(strongest_figure(e.get("scenarios") or {}, family, path, measure), measure)
+                for _, family, path, measure in declared]
         table.rows.append([str(e["layer"]), label, _leak_cell(best.get("top1")), _leak_cell(best.get("eer")),
-                           _attribute_cell(e), _inversion_cell(e), value, kept, _adversary_cell(e),
+                           _attribute_cell(e), _inversion_cell(e), *mine, value, kept, _adversary_cell(e),
                            fmt_num((e.get("fit") or {}).get("seconds"), ".0f"), fmt_num(e.get("wall_seconds"), ".0f")])
     table.notes += _notes(results, entries, plan)
     return table

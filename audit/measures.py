@@ -93,7 +93,8 @@ class Measure:
     measure is also compared across runs (``compare``), under ``label`` as its title, ``slug`` in
     its file names (default: the family and path) and ``ylim`` as its plot's y range; with ``plot``
     the report draws it per layer (``<slug>_by_layer.png``; built-in measures whose own figure
-    already draws them say ``plot=False``).
+    already draws them say ``plot=False``), and with ``defense_column`` the defense table gives it
+    a column holding its strongest scenario's figure (built-in ones with their own column say False).
     """
 
     pattern: str
@@ -111,6 +112,7 @@ class Measure:
     slug: str = ""
     ylim: tuple[float, float] | None = None
     plot: bool = True
+    defense_column: bool = True
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -308,6 +310,51 @@ def read_figure(node: Any, path: str, measure: Measure, where: str = "") -> Figu
     return fig
 
 
+def strongest_figure(scenarios: dict, family: str, path: str, measure: Measure) -> dict | None:
+    """The leakiest of a defense's attacker scenarios for one measure (a defense is judged by its strongest).
+
+    ``scenarios`` maps a scenario (``ignorant``, ``lazy_informed``, ``semi_informed``) to its
+    families' results. Returns ``value``, ``ci95``, ``chance``, ``attacker``, ``still_learning``,
+    ``epoch_capped`` (and ``failed_attackers`` when one failed) of the leakiest scenario, its
+    ``scenario`` and ``n_scenarios``; a scenario whose attack ran but has no figure (failed,
+    skipped) is listed under ``missing_scenarios`` (scenario -> reason), as it may have held the
+    strongest attacker, and every verdict reads such a figure as missing (``value`` None when no
+    scenario measured it). A scenario the family takes no part in, or that cannot apply to the
+    defense (``not_applicable``), is not missing. None when no scenario ran the family.
+    """
+    found, missing = [], {}
+    for name, attacks in scenarios.items():
+        if not isinstance(attacks, dict) or "not_applicable" in attacks or family not in attacks:
+            continue
+        result = attacks[family]
+        fig = read_figure(result, path, measure, name) if isinstance(result, dict) else Figure(measure, name)
+        if fig.value is None:
+            missing[name] = fig.missing or "not run"
+            continue
+        holder = result
+        for part in path.split(".")[:-1]:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        holder = holder if isinstance(holder, dict) else result
+        leak = {"value": fig.value, "ci95": holder.get(measure.ci) if measure.ci else None,
+                "chance": holder.get("chance") if isinstance(measure.chance, str) else measure.chance,
+                "attacker": holder.get("attacker"), "still_learning": fig.still_learning,
+                "epoch_capped": fig.epoch_capped}
+        if holder.get("failed_attackers"):
+            leak["failed_attackers"] = holder["failed_attackers"]
+        found.append((name, leak))
+    if not found and not missing:
+        return None
+    if found:
+        pick = max if measure.higher_is_leakier else min
+        name, leak = pick(found, key=lambda item: item[1]["value"])
+        best = {**leak, "scenario": name, "n_scenarios": len(found)}
+    else:
+        best = {"value": None, "scenario": None, "n_scenarios": 0}
+    if missing:
+        best["missing_scenarios"] = missing
+    return best
+
+
 @dataclass(frozen=True)
 class Rating:
     """A figure's risk: the band of the bound worst for privacy, and of the bound best for it."""
@@ -358,4 +405,4 @@ def rate(fig: Figure, bands: Bands | None = None) -> Rating | None:
 
 
 __all__ = ["BANDS", "Bands", "Figure", "Measure", "MetricSpec", "Rating", "UNITS", "caveats_of", "combine",
-           "fmt_still_learning", "rate", "read_figure"]
+           "fmt_still_learning", "rate", "read_figure", "strongest_figure"]

@@ -383,7 +383,7 @@ def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(
     from audit.report.build import _leakiest_bullets
     from audit.summary import headline_measures, leakiest
 
-    headlined = Measure("match_rate", True, headline="voiceprint (match rate)")
+    headlined = Measure("match_rate", True, label="voiceprint match rate", headline="voiceprint (match rate)")
     family = dataclasses.replace(family, metrics=(headlined,))
     top = leakiest(res["layers"], headline_measures({**load_families(), "voiceprint": family}))
     assert top["voiceprint (match rate)"]["value"] == 0.9 and top["voiceprint (match rate)"]["unit"] == "proportion"
@@ -405,3 +405,11 @@ def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(
     drawn = [f.file for f in write_figures(res, tmp_path, {**load_families(), "voiceprint": family})]
     assert "voiceprint_match_rate_by_layer.png" in drawn and (tmp_path / "voiceprint_match_rate_by_layer.png").is_file()
     assert not any(f.startswith(("speaker_id_top1", "attr_")) for f in drawn)
+    # it enters the defense table: its strongest scenario's figure in a column of its own
+    ok = {"match_rate": 0.3, "ci95": [0.2, 0.4], "chance": 0.1, "attacker": "cos"}
+    entry = {"name": "noise", "params": {"sigma": 1.0}, "layer": 0, "status": "ok", "strongest": {},
+             "scenarios": {"ignorant": {"voiceprint": {**ok, "match_rate": 0.5, "ci95": [0.4, 0.6]}},
+                           "semi_informed": {"voiceprint": ok}}, "utility": None}
+    table = defense_table({**res, "defenses": [entry]}, {**load_families(), "voiceprint": family})
+    column = table.columns.index("voiceprint match rate (95% CI) [scenario]")
+    assert table.rows[0][column] == "50.0% [40.0, 60.0] [ign]"

@@ -232,8 +232,9 @@ def _examples_section(results: dict) -> Section:
     return Section("examples", "Reconstructions you can listen to", blocks)
 
 
-def _defense_section(results: dict, figures: list[Figure]) -> Section | None:
-    table = defense_table(results)
+def _defense_section(results: dict, figures: list[Figure],
+                     registry: dict[str, AttackFamily] | None = None) -> Section | None:
+    table = defense_table(results, registry)
     if table is None:
         return None
     return Section("defenses", "Defenses compared", [table] + [f for f in figures if f.topic == "defenses"])
@@ -364,7 +365,7 @@ def build_document(results: dict, registry: dict[str, AttackFamily], figures: li
     sections = [_verdict_section(results), Section("risk", "Risk per threat", [risk_table(risks, registry)]),
                 _notices(results), _threat_section(results), _leakage_section(results, registry, figures),
                 _examples_section(results)]
-    defenses = _defense_section(results, figures)
+    defenses = _defense_section(results, figures, registry)
     if defenses is not None:
         sections.append(defenses)
     sections += [_methodology(results, registry, figures), _reproducibility(results), _config_section(results),
