@@ -813,4 +813,5 @@ def rate_attribute_inference(results: dict) -> RiskRating:
 FAMILY = AttackFamily(
     name="attributes", settings=AttributeSettings, split=split_attributes, attack=attack_attributes,
     table=attribute_table, threat="attribute inference", risk=rate_attribute_inference, metrics=METRICS,
+    personal=(),  # attribute values (gender classes) and scores only: no ids, transcripts or audio
     description="attribute inference: gender and speaking rate of unseen people")

@@ -61,6 +61,7 @@ from audit.family import (AttackFamily, FamilySettings, LayerContext, RunContext
 from audit.metrics import DegenerateBootstrap, bootstrap_ci, speaker_bootstrap_ci
 from audit.names import safe_filename
 from audit.measures import Bands, Measure, caveats_of, combine, rate, read_figure
+from audit.personal import PersonalField
 from audit.results import (AttackResult, RiskRating, Table, fmt_ci, fmt_num, fmt_pct, is_ok,
                            layer_attack, skip_cell)
 from audit.signal_metrics import lsd_from_logmel
@@ -1202,8 +1203,22 @@ def rate_reconstruction(results: dict) -> RiskRating:
     return worst_rating(ratings) or RiskRating("reconstruction", "not measured", "no layer has an inversion result")
 
 
+#: What a redacted report removes from an inversion result: whose speech each example is, what was said
+#: (the manifest's transcript, the ASR judge's hypotheses) and the recorded voice (the original and its
+#: vocoder copy). The reconstruction and the mel plot stay: they are the finding.
+PERSONAL = (
+    PersonalField("frame.examples.*.utt_id", "utterance_id"),
+    PersonalField("frame.examples.*.speaker", "speaker_id"),
+    PersonalField("frame.examples.*.transcript", "transcript"),
+    PersonalField("frame.examples.*.files.original", "audio_file"),
+    PersonalField("frame.examples.*.files.vocoder_copy", "audio_file"),
+    PersonalField("frame.content.hypotheses_reconstruction", "transcript"),
+    PersonalField("frame.content.hypotheses_original", "transcript"),
+    PersonalField("frame.vocoder_copy_content.hypotheses_reconstruction", "transcript"),
+    PersonalField("frame.vocoder_copy_content.hypotheses_original", "transcript"),
+)
 FAMILY = AttackFamily(
     name="inversion", settings=InversionSettings, split=split_inversion, attack=attack_inversion,
     table=inversion_table, preflight=preflight_inversion, default=False,
-    threat="reconstruction", risk=rate_reconstruction, metrics=METRICS,
+    threat="reconstruction", risk=rate_reconstruction, metrics=METRICS, personal=PERSONAL,
     description="inversion: embeddings decoded back into listenable speech, judged for content and voice")

@@ -342,4 +342,5 @@ FAMILY = AttackFamily(
     name="speaker_id", settings=SpeakerIDSettings, split=split_speaker_id, attack=attack_speaker_id,
     table=speaker_id_table, feasibility=feasibility,
     threat="re-identification", risk=rate_reidentification, metrics=METRICS,
+    personal=(),  # per-layer results hold counts, scores and budgets only: no ids, transcripts or audio
     description="closed-set speaker identification: who, among known people, is speaking?")

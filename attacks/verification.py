@@ -819,4 +819,5 @@ FAMILY = AttackFamily(
     name="verification", settings=VerificationSettings, split=split_verification, attack=attack_verification,
     table=verification_table, feasibility=feasibility, enrolment_test=ignorant_test,
     threat="linkage", risk=rate_linkage, metrics=METRICS,
+    personal=(),  # counts and scores only (same_recording_speakers is a count here, not the ids)
     description="open-set verification / linkage: are two utterances of unseen people the same person?")

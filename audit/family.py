@@ -22,7 +22,10 @@ defense runner and the report never name a family by hand:
 * ``enrolment_test(clean, defended, settings, seed) -> EmbeddingSet``: for families whose test
   set holds enrolment data (verification), the test set of VoicePrivacy's *ignorant* attacker,
   who enrols on undefended speech and scores defended trials. Families with it also get the
-  *lazy-informed* scenario (enrolment and trials defended, scorer trained undefended).
+  *lazy-informed* scenario (enrolment and trials defended, scorer trained undefended);
+* ``personal``: the fields of the per-layer result that hold personal data (speaker and
+  utterance ids, transcripts, files of recorded voices), as :class:`~audit.personal.PersonalField`;
+  a redacted report (``--redact``) hashes, removes or leaves out exactly these.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 
 from audit.embeddings import EmbeddingSet
 from audit.errors import ConfigError, CorpusError
+from audit.personal import PersonalField
 from audit.results import AttackResult, MetricSpec, RiskRating, Table
 from audit.splits import Split
 
@@ -239,6 +243,7 @@ class AttackFamily:
     threat: str = ""
     risk: Callable[[dict], RiskRating] | None = None
     metrics: tuple[MetricSpec, ...] = ()
+    personal: tuple[PersonalField, ...] = ()
 
     def metric(self, path: str) -> MetricSpec | None:
         """The family's metric matching the dotted ``path`` below its per-layer result (None: unknown)."""

@@ -87,9 +87,9 @@ def write_report(results: dict, out: Path, registry: dict[str, AttackFamily], *,
     results["risks"] = [r.to_dict() for r in risk_ratings(results, registry)]
     if redact:
         salt = salt or new_salt()
-        names = redact_examples(results, salt)
+        names = redact_examples(results, salt, registry)
         _carry_files(results, source, out, names)
-        results = redact_results(results, salt, names)
+        results = redact_results(results, salt, names, registry)
         results["report_mode"] = {"mode": "redacted", "left_out": ["original audio", "transcripts",
                                                                    "judge and probe hypotheses"],
                                   "ids": "salted SHA-256 (salt not stored)", "paths": "absolute paths cut"}
