@@ -413,7 +413,7 @@ class _LayerComparison:
             try:
                 result = family.attack(train, test, settings, self.ctx)
             except (CorpusError, ValueError, np.linalg.LinAlgError) as err:
-                result = {"skipped": True, "reason": f"{type(err).__name__}: {err}"}
+                result = {"skipped": f"failed: {type(err).__name__}: {err}"}
             seconds[name] = round(time.perf_counter() - t0, 2)
             out[name] = result
         return out, seconds
