@@ -126,6 +126,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"leakiest layer {s['leakiest_layer']}: {what[0]} {100 * what[1]:.1f}% "
               f"(95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%; best of {s['n_compared']} attackers x layers, "
               f"adjusted CI {100 * sel[0]:.1f}-{100 * sel[1]:.1f}%), {what[2]}")
+    risks = [r for r in results.get("risks") or [] if r.get("level") != "not measured"]
+    if risks:
+        print("risk: " + "; ".join(f"{r['threat']} {str(r.get('words') or r['level']).upper()}" for r in risks))
     print(f"report: {out / 'report.html'}  summary: {out / 'summary.md'}  results: {out / 'results.json'}  "
           f"(store {'reused' if results['store']['cache_hit'] else 'built'}, {results['wall_seconds']:.1f} s)")
     return _verdict_exit(results)
