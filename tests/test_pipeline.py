@@ -152,7 +152,10 @@ def test_cli_flags_override_config(tmp_path, capsys):
     assert main(["run", "--config", str(cfg_path), "--layers", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [la["index"] for la in saved["layers"]] == [2] and saved["config"]["layers"] == [2]
-    assert "best of 1 attackers x layers" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "best of 1 attackers x layers" in out
+    rating = next(r for r in saved["risks"] if r["threat"] == "re-identification")
+    assert f"risk: re-identification {rating['words'].upper()}" in out  # the rating, as the report words it
 
 
 def test_inversion_family_writes_listenable_examples(tmp_path):
