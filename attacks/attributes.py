@@ -814,4 +814,6 @@ FAMILY = AttackFamily(
     name="attributes", settings=AttributeSettings, split=split_attributes, attack=attack_attributes,
     table=attribute_table, threat="attribute inference", risk=rate_attribute_inference, metrics=METRICS,
     personal=(),  # attribute values (gender classes) and scores only: no ids, transcripts or audio
-    description="attribute inference: gender and speaking rate of unseen people")
+    description="attribute inference: gender and speaking rate of unseen people",
+    threat_model="from other people's labelled embeddings the attacker infers gender and speaking rate of unseen "
+                 "people.")

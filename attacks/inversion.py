@@ -1221,4 +1221,6 @@ FAMILY = AttackFamily(
     name="inversion", settings=InversionSettings, split=split_inversion, attack=attack_inversion,
     table=inversion_table, preflight=preflight_inversion, default=False,
     threat="reconstruction", risk=rate_reconstruction, metrics=METRICS, personal=PERSONAL,
-    description="inversion: embeddings decoded back into listenable speech, judged for content and voice")
+    description="inversion: embeddings decoded back into listenable speech, judged for content and voice",
+    threat_model="a decoder trained on other people's speech turns the embeddings back into audio, judged for what "
+                 "is said (ASR WER) and who says it (a speaker judge).")

@@ -343,4 +343,6 @@ FAMILY = AttackFamily(
     table=speaker_id_table, feasibility=feasibility,
     threat="re-identification", risk=rate_reidentification, metrics=METRICS,
     personal=(),  # per-layer results hold counts, scores and budgets only: no ids, transcripts or audio
-    description="closed-set speaker identification: who, among known people, is speaking?")
+    description="closed-set speaker identification: who, among known people, is speaking?",
+    threat_model="the side corpus has other recordings of the same people (other sessions where there are several); "
+                 "the attacker names the speaker of a new utterance.")

@@ -820,4 +820,6 @@ FAMILY = AttackFamily(
     table=verification_table, feasibility=feasibility, enrolment_test=ignorant_test,
     threat="linkage", risk=rate_linkage, metrics=METRICS,
     personal=(),  # counts and scores only (same_recording_speakers is a count here, not the ids)
-    description="open-set verification / linkage: are two utterances of unseen people the same person?")
+    description="open-set verification / linkage: are two utterances of unseen people the same person?",
+    threat_model="the attacker learns from other people and decides whether two utterances of unseen people come "
+                 "from the same person (EER, minDCF, linkability).")

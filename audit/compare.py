@@ -419,7 +419,7 @@ def _schema_callout(runs: list[Run]) -> Callout | None:
     if len(set(versions)) == 1:
         return None
     items = [f"{run.label}: schema {version}" for run, version in zip(runs, versions)]
-    items.append("Minor schema versions only add keys (reports/README.md lists them): a figure or note that a "
+    items.append("Minor schema versions only add keys (reports/CHANGELOG.md lists them): a figure or note that a "
                  "run's version did not record is blank for that run, not zero. Re-run the older audit for a "
                  "like-for-like comparison.")
     return Callout("info", "The runs' results are of different schema versions", items)

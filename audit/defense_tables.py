@@ -53,7 +53,8 @@ def defense_view(entry: dict) -> dict:
     for name in _UTILITY_TASK_METRICS:
         extra = u.get("extra") or {}
         if u.get("metric") == name:
-            view[name] = {"value": u.get("value"), "ci95": u.get("ci95"), "chance": u.get("chance")}
+            view[name] = {"value": u.get("value"), "ci95": u.get("ci95"),
+                          "chance": u.get("utility_chance") if name == "accuracy" else None}
         elif isinstance(extra, dict) and name in extra:
             view[name] = {"value": extra[name], "ci95": extra.get(f"{name}_ci95")}
         else:

@@ -239,6 +239,8 @@ class AttackFamily:
     preflight: Callable[[Any, RunContext], None] | None = None
     default: bool = True
     description: str = ""
+    #: The family's part of the report's threat model: what the attacker holds, learns from and does.
+    threat_model: str = ""
     enrolment_test: Callable[[EmbeddingSet, EmbeddingSet, Any, int], EmbeddingSet] | None = None
     threat: str = ""
     risk: Callable[[dict], RiskRating] | None = None

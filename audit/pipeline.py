@@ -44,18 +44,19 @@ from audit.timeline import RunTimeline
 from audit.weakening import DEFENSES, Weakening
 from defenses import load_defenses
 
-THREAT_MODEL = (
-    "The attacker holds the audited layer's embeddings (frame-level sequences or per-utterance "
-    "averages) and a labelled side corpus of its own, and trains on it; every attacker is evaluated on "
-    "held-out data. (1) Closed-set identification: the side corpus has other recordings of the same "
-    "people (other sessions where there are several); the attacker names the speaker of a new utterance. (2) Open-set verification/linkage: the "
-    "attacker learns from other people and decides whether two utterances of unseen people come from "
-    "the same person (EER, minDCF, linkability). (3) Attribute inference: from other people's labelled "
-    "embeddings the attacker infers gender and speaking rate of unseen people. (4) Reconstruction: a "
-    "decoder trained on other people's speech turns the embeddings back into audio, judged for what is said (ASR WER) "
-    "and who says it (a speaker judge). Leakage above chance means the embeddings identify or describe people; they "
-    "are not anonymous."
-)
+#: The threat model's opening and closing; each family run adds its own part (``AttackFamily.threat_model``).
+THREAT_MODEL_OPENING = ("The attacker holds the audited layer's embeddings (frame-level sequences or per-utterance "
+                        "averages) and a labelled side corpus of its own, and trains on it; every attacker is "
+                        "evaluated on held-out data.")
+THREAT_MODEL_CLOSING = ("Leakage above chance means the embeddings identify or describe people; they are not "
+                        "anonymous.")
+
+
+def threat_model(families: dict[str, AttackFamily]) -> str:
+    """The run's threat model in words, built from the threat and threat-model text of each family run."""
+    parts = [f"({i}) {f.threat[:1].upper() + f.threat[1:]}: {f.threat_model or f.description}"
+             for i, f in enumerate((f for f in families.values() if f.threat), start=1)]
+    return " ".join([THREAT_MODEL_OPENING, *parts, THREAT_MODEL_CLOSING])
 
 
 def environment() -> dict:
@@ -181,7 +182,7 @@ class AuditPipeline:
                       "audio_seconds": round(store.stats.audio_seconds, 2),
                       "wall_seconds": round(store.stats.wall_seconds, 2),
                       "duration_source": store.duration_source},
-            "threat_model": THREAT_MODEL,
+            "threat_model": threat_model({n: registry[n] for n in cfg.attacks}),
             "weakened": [w.to_dict() for w in cfg.weakenings()
                          + [Weakening("family_not_measurable", f"attack family {n!r} not measurable on this corpus: {r}",
                                       (n,)) for n, r in infeasible.items()]
@@ -424,4 +425,4 @@ def _version() -> str:
         return "unknown"
 
 
-__all__ = ["AuditPipeline", "THREAT_MODEL", "corpus_labels", "prepare_corpus"]
+__all__ = ["AuditPipeline", "corpus_labels", "prepare_corpus", "threat_model"]

@@ -307,14 +307,14 @@ def test_no_ci_is_a_missing_number_under_the_worst_bound(tmp_path):
 
 def test_a_utility_rule_on_a_task_the_run_did_not_use_is_not_computed(tmp_path):
     entry = {"name": "noise", "params": {}, "layer": 0, "status": "ok", "strongest": {},
-             "utility": {"metric": "accuracy", "value": 0.8, "ci95": [0.7, 0.9], "chance": 0.5, "retained": 0.9,
+             "utility": {"metric": "accuracy", "value": 0.8, "ci95": [0.7, 0.9], "utility_chance": 0.5, "retained": 0.9,
                          "retained_ci95": [0.8, 1.0]}}
     res = results_with([layer(0, 0.1, [0.05, 0.15])], defenses=[entry])
     cer = evaluate(load_policy(policy(tmp_path, 'metric = "defenses.utility.cer"\nmax = 0.3'), load_families()), res)
     assert cer.exit_code == 2 and "measured accuracy, not cer" in cer.outcomes[0].message
     acc = evaluate(load_policy(policy(tmp_path, 'metric = "defenses.utility.accuracy"\nmin = 0.6', name="a.toml"),
                                load_families()), res)
-    assert acc.status == "pass"
+    assert acc.status == "pass" and acc.outcomes[0].measurements[0].chance == 0.5  # the majority-class rate
 
 
 # --- the property: no PASS on a missing, out-of-range, vacuous or unallowed-weakened figure ---------------------------
@@ -413,3 +413,16 @@ def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(
     table = defense_table({**res, "defenses": [entry]}, {**load_families(), "voiceprint": family})
     column = table.columns.index("voiceprint match rate (95% CI) [scenario]")
     assert table.rows[0][column] == "50.0% [40.0, 60.0] [ign]"
+
+
+def test_the_threat_model_is_built_from_the_families_run():
+    from audit.family import AttackFamily
+    from audit.pipeline import threat_model
+
+    plugin = AttackFamily(name="voiceprint", settings=object, split=None, attack=None, table=None,
+                          threat="voiceprint linkage", threat_model="the attacker matches clips to enrolled voiceprints.")
+    families = load_families()
+    text = threat_model({"speaker_id": families["speaker_id"], "voiceprint": plugin})
+    assert "(1) Re-identification: the side corpus has other recordings of the same people" in text
+    assert "(2) Voiceprint linkage: the attacker matches clips to enrolled voiceprints." in text
+    assert "Reconstruction" not in text  # inversion was not run, so its threat is not claimed as tested
