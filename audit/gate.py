@@ -447,7 +447,7 @@ def _layer_index(rule: Rule, results: dict) -> tuple[int | None, str]:
             figures.append((fig.value if spec.worse_is_higher else -fig.value, la.get("index")))
     if not figures:
         return -1, " (leakiest: no layer has the measure)"
-    return max(figures)[1], f" (leakiest by {family}.{path})"
+    return max(figures, key=lambda t: t[0])[1], f" (leakiest by {family}.{path})"  # ties: the first layer
 
 
 #: The identity measures a defense rule's ``leakiest`` layer is resolved by.
@@ -550,7 +550,9 @@ def _weakened(outcome: RuleOutcome, results: dict, policy: Policy | None) -> Rul
         return outcome
     outcome.weakened = [f"[{w.kind}] {w.text}" for w in against]
     kinds = ", ".join(sorted({w.kind for w in against}))
-    if policy is not None and policy.require_full_audit and outcome.status != "error":
+    broken = any(m.ok is False for m in outcome.measurements)
+    if policy is not None and policy.require_full_audit and outcome.status in ("pass", "warn") and not broken:
+        # a broken rule keeps its status: weaker attackers can only understate leakage, so its finding stands
         outcome.status = "error"
         outcome.message += (f"; ERROR: the policy requires a full audit, and this rule's figures come from one "
                             f"weakened by {kinds} (not in allow_weakened)")

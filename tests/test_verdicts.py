@@ -426,3 +426,22 @@ def test_the_threat_model_is_built_from_the_families_run():
     assert "(1) Re-identification: the side corpus has other recordings of the same people" in text
     assert "(2) Voiceprint linkage: the attacker matches clips to enrolled voiceprints." in text
     assert "Reconstruction" not in text  # inversion was not run, so its threat is not claimed as tested
+
+
+def test_require_full_audit_keeps_a_broken_rule_a_failure(tmp_path):
+    # a leak found by weakened attackers is still a leak: the rule stays FAIL (exit 1), it is not hidden as an error
+    leaky = {**results_with([layer(0, 1.0, [0.9, 1.0])]), "weakened": _weak("quick")}
+    strict = tmp_path / "strict.toml"
+    strict.write_text("require_full_audit = true\n" + policy(tmp_path, REID).read_text())
+    outcome = evaluate(load_policy(strict, load_families()), leaky).outcomes[0]
+    assert outcome.status == "fail" and "also weakened by quick" in outcome.message
+
+
+def test_shipped_policies_cite_public_sources_not_build_machine_files():
+    from tests.test_gate import EXAMPLES
+
+    for path in sorted(EXAMPLES.glob("*.toml")):
+        text = path.read_text()
+        assert "REFERENCE.md" not in text and "../shared" not in text, path
+    pooled = load_policy(EXAMPLES / "release_pooled.toml", load_families())
+    assert all("arXiv:" in r.justification for r in pooled.rules[:2])  # SUPERB, VoicePrivacy 2024
