@@ -59,6 +59,18 @@ def threat_model(families: dict[str, AttackFamily]) -> str:
     return " ".join([THREAT_MODEL_OPENING, *parts, THREAT_MODEL_CLOSING])
 
 
+def run_weakenings(cfg: AuditConfig, infeasible: dict[str, str], skipped_audio: list[str],
+                   defense_infeasible: dict[str, str]) -> list[Weakening]:
+    """Every weakening of a run: its settings', the families the corpus cannot measure, dropped audio, and the
+    families the defense comparison cannot run on its evaluated speakers."""
+    return (cfg.weakenings()
+            + [Weakening("family_not_measurable", f"attack family {n!r} not measurable on this corpus: {r}", (n,))
+               for n, r in infeasible.items()]
+            + [Weakening("skipped_audio", line) for line in skipped_audio]
+            + [Weakening("defense_attacks", f"defense comparison: attack family {n!r} cannot run on the evaluated "
+                                            f"speakers: {r}", (DEFENSES,)) for n, r in defense_infeasible.items()])
+
+
 def environment() -> dict:
     """Versions that determine the numbers (for reproduction)."""
     import sklearn
@@ -183,13 +195,9 @@ class AuditPipeline:
                       "wall_seconds": round(store.stats.wall_seconds, 2),
                       "duration_source": store.duration_source},
             "threat_model": threat_model({n: registry[n] for n in cfg.attacks}),
-            "weakened": [w.to_dict() for w in cfg.weakenings()
-                         + [Weakening("family_not_measurable", f"attack family {n!r} not measurable on this corpus: {r}",
-                                      (n,)) for n, r in infeasible.items()]
-                         + [Weakening("skipped_audio", line) for line in skipped_weakening(bad_audio, n_listed)]
-                         + [Weakening("defense_attacks", f"defense comparison: attack family {n!r} cannot run on the "
-                                                         f"evaluated speakers: {r}", (DEFENSES,))
-                            for n, r in (defense_plan.infeasible if defense_plan is not None else {}).items()]],
+            "weakened": [w.to_dict() for w in run_weakenings(
+                cfg, infeasible, skipped_weakening(bad_audio, n_listed),
+                defense_plan.infeasible if defense_plan is not None else {})],
             "skipped_audio": [b.to_dict() for b in bad_audio],
             "families_not_measurable": infeasible,
             "splits": {name: split.describe() for name, split in splits.items()},
@@ -425,4 +433,4 @@ def _version() -> str:
         return "unknown"
 
 
-__all__ = ["AuditPipeline", "corpus_labels", "prepare_corpus", "threat_model"]
+__all__ = ["AuditPipeline", "corpus_labels", "prepare_corpus", "run_weakenings", "threat_model"]

@@ -445,3 +445,17 @@ def test_shipped_policies_cite_public_sources_not_build_machine_files():
         assert "REFERENCE.md" not in text and "../shared" not in text, path
     pooled = load_policy(EXAMPLES / "release_pooled.toml", load_families())
     assert all("arXiv:" in r.justification for r in pooled.rules[:2])  # SUPERB, VoicePrivacy 2024
+
+
+def test_families_the_defense_comparison_cannot_run_weaken_only_the_defenses(tmp_path):
+    from audit.config import config_from_dict
+    from audit.pipeline import run_weakenings
+
+    cfg = config_from_dict({"attacks": ["speaker_id", "verification", "attributes"]})
+    weak = run_weakenings(cfg, {"attributes": "no gender column"}, [],
+                          {"verification": "2 evaluated speakers, needs 4"})
+    by_kind = {w.kind: w for w in weak}
+    assert by_kind["defense_attacks"].affects == ("defenses",) and "2 evaluated speakers" in by_kind["defense_attacks"].text
+    assert by_kind["family_not_measurable"].affects == ("attributes",)
+    res = {**results_with([layer(0, 0.1, [0.05, 0.15])]), "weakened": [w.to_dict() for w in weak]}
+    assert evaluate(load_policy(policy(tmp_path, REID), load_families()), res).status == "pass"  # speaker ID untouched
