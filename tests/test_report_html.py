@@ -159,7 +159,7 @@ def test_missing_files_render_a_note(tmp_path: Path) -> None:
 
 
 def status_doc() -> ReportDocument:
-    words = ["FAIL", "WARN", "PASS", "ERROR", "HIGH", "MEDIUM", "LOW", "NOT MEASURED"]
+    words = ["FAIL", "WARN", "PASS", "ERROR", "HIGH", "MEDIUM", "LOW", "NOT MEASURED", "INCONCLUSIVE (LOW TO HIGH)"]
     table = Table(title="Verdicts", columns=["check", "status"], rows=[[f"c{i}", w] for i, w in enumerate(words)],
                   notes=["n1", "n2"], status_column=1)
     return ReportDocument(title="Audit", subtitle="s", mode="redacted", sections=[
@@ -191,7 +191,8 @@ def test_accessible_structure(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("word,cls", [("FAIL", "fail"), ("WARN", "warn"), ("PASS", "pass"), ("ERROR", "error"),
                                       ("HIGH", "high"), ("MEDIUM", "medium"), ("LOW", "low"),
-                                      ("NOT MEASURED", "not-measured")])
+                                      ("NOT MEASURED", "not-measured"),
+                                      ("INCONCLUSIVE (LOW TO HIGH)", "inconclusive")])
 def test_status_cells_keep_their_word(tmp_path: Path, word: str, cls: str) -> None:
     page = render_html(status_doc(), tmp_path)
     cell = re.search(rf'<td class="status status-{cls}">(.*?)</td>', page)

@@ -31,7 +31,8 @@ AUDIO_TYPES = MappingProxyType({".wav": "audio/wav", ".flac": "audio/flac", ".mp
 
 # Status word -> (CSS class suffix, symbol shown next to it). Longest words first so "NOT MEASURED" wins.
 STATUS = MappingProxyType({
-    "NOT MEASURED": ("not-measured", "\u2013"), "MEDIUM": ("medium", "\u25c6"), "ERROR": ("error", "\u2717"),
+    "NOT MEASURED": ("not-measured", "\u2013"), "INCONCLUSIVE": ("inconclusive", "?"),
+    "MEDIUM": ("medium", "\u25c6"), "ERROR": ("error", "\u2717"),
     "FAIL": ("fail", "\u2717"), "WARN": ("warn", "!"), "PASS": ("pass", "\u2713"), "HIGH": ("high", "\u25b2"),
     "LOW": ("low", "\u25bc")})
 
@@ -60,6 +61,7 @@ td.status { font-weight: 600; white-space: nowrap; }
 .status-warn, .status-medium { background: #fff8c5; color: #633c01; }
 .status-pass, .status-low { background: #dafbe1; color: #116329; }
 .status-not-measured { background: #eaeef2; color: #424a53; }
+.status-inconclusive { background: #fff1e5; color: #762c00; border: 1px dashed #bc4c00; }
 .callout { border-left: 5px solid #0969da; background: #ddf4ff; padding: .6rem 1rem; margin: 1rem 0; }
 .callout.warning { border-left-color: #bf8700; background: #fff8c5; }
 .callout-title { margin: 0; }
