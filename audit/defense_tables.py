@@ -158,8 +158,9 @@ def _utility_cell(entry: dict) -> tuple[str, str]:
     u = entry.get("utility")
     if not u:
         return "n/a", "n/a"
-    is_rate = u.get("metric") in ("cer", "wer", "accuracy")
-    value = f"{u['metric']} {fmt_pct(u['value']) if is_rate else fmt_num(u['value'])} {fmt_ci(u.get('ci95'))}"
+    declared = next((m for m in DEFENSE_METRICS if m.pattern == f"utility.{u.get('metric')}"), None)
+    show, show_ci = (declared.show, declared.show_ci) if declared else (fmt_num, lambda ci: fmt_ci(ci, 1, ".3f"))
+    value = f"{u['metric']} {show(u['value'])} {show_ci(u.get('ci95'))}"
     if "wer" in (u.get("extra") or {}):
         value += f"; wer {fmt_pct(u['extra']['wer'])}"
     if _probe_capped(entry):
