@@ -86,6 +86,9 @@ class Rule:
     severity: str
     justification: str
     defense: str | None = None
+    #: For a ``defenses.*`` rule: the attack measure (family, path, its declared Measure) whose leakiest layer
+    #: ``layer = "leakiest"`` means: verification EER for the EER, speaker-ID top-1 otherwise.
+    leakiest_by: tuple[str, str, Measure] | None = None
 
     @property
     def family(self) -> str:
@@ -250,9 +253,14 @@ def _parse_rule(index: int, table: Any, registry: dict[str, AttackFamily]) -> Ru
     rule_id = table.get("id")
     if rule_id is not None and not isinstance(rule_id, str):
         raise PolicyError(f"{name}: id={rule_id!r}: must be a string")
+    leakiest_by = None
+    if table["metric"].startswith(DEFENSES + "."):
+        family, path = _DEFENSE_LEAKIEST_BY.get(table["metric"].split(".", 1)[1], ("speaker_id", "top1"))
+        declared = registry[family].metric(path) if family in registry else None
+        leakiest_by = (family, path, declared) if declared is not None else None
     return Rule(name=name, metric=table["metric"], spec=spec, layer=layer, op="min" if key == "min" else "max",
                 threshold=threshold, ratio=key == "max_ratio_to_chance", bound=bound, severity=severity,
-                justification=justification.strip(), defense=defense)
+                justification=justification.strip(), defense=defense, leakiest_by=leakiest_by)
 
 
 def load_policy(path: str | Path, registry: dict[str, AttackFamily],
@@ -437,8 +445,9 @@ def _layer_index(rule: Rule, results: dict) -> tuple[int | None, str]:
         return None, ""
     family, path, spec = rule.family, rule.path, rule.spec
     if family == DEFENSES:
-        family, path = _DEFENSE_LEAKIEST_BY.get(rule.path, ("speaker_id", "top1"))
-        spec = next(m for m in DEFAULT_IDENTITY_MEASURES if m.pattern == path)
+        if rule.leakiest_by is None:
+            return -1, " (leakiest: the identity family that defines it is not registered)"
+        family, path, spec = rule.leakiest_by
     figures = []
     for la in results.get("layers") or []:
         node = (la.get("attacks") or {}).get(family)
@@ -448,10 +457,6 @@ def _layer_index(rule: Rule, results: dict) -> tuple[int | None, str]:
     if not figures:
         return -1, " (leakiest: no layer has the measure)"
     return max(figures, key=lambda t: t[0])[1], f" (leakiest by {family}.{path})"  # ties: the first layer
-
-
-#: The identity measures a defense rule's ``leakiest`` layer is resolved by.
-DEFAULT_IDENTITY_MEASURES = (Measure("top1", True), Measure("eer", False, chance=0.5))
 
 
 def _measure(rule: Rule, label: str, node: Any, *, selection: bool = False) -> Measurement:

@@ -459,3 +459,20 @@ def test_families_the_defense_comparison_cannot_run_weaken_only_the_defenses(tmp
     assert by_kind["family_not_measurable"].affects == ("attributes",)
     res = {**results_with([layer(0, 0.1, [0.05, 0.15])]), "weakened": [w.to_dict() for w in weak]}
     assert evaluate(load_policy(policy(tmp_path, REID), load_families()), res).status == "pass"  # speaker ID untouched
+
+
+def test_a_defense_rule_at_leakiest_resolves_by_the_matching_identity_measure(tmp_path):
+    # speaker ID leaks most at layer 0, verification at layer 1: an EER rule on the defenses reads layer 1's setting
+    layers = [layer(0, 0.9, [0.8, 0.95], eer=0.45, eer_ci=(0.42, 0.48)),
+              layer(1, 0.2, [0.1, 0.3], eer=0.1, eer_ci=(0.05, 0.15))]
+    entries = [{"name": "noise", "params": {}, "layer": i, "status": "ok", "utility": None,
+                "strongest": {"top1": {"value": 0.1, "ci95": [0.05, 0.15], "chance": 0.1},
+                              "eer": {"value": eer, "ci95": [eer - 0.02, eer + 0.02], "chance": 0.5}}}
+               for i, eer in ((0, 0.45), (1, 0.2))]
+    res = results_with(layers, defenses=entries)
+    eer_rule = 'metric = "defenses.strongest.eer"\nmin = 0.4\nlayer = "leakiest"'
+    outcome = evaluate(load_policy(policy(tmp_path, eer_rule), load_families()), res).outcomes[0]
+    assert outcome.status == "fail" and outcome.measurements[0].where.startswith("layer 1 (leakiest by verification.eer)")
+    top1_rule = 'metric = "defenses.strongest.top1"\nmax_ratio_to_chance = 2.0\nlayer = "leakiest"'
+    outcome = evaluate(load_policy(policy(tmp_path, top1_rule, name="t.toml"), load_families()), res).outcomes[0]
+    assert outcome.measurements[0].where.startswith("layer 0 (leakiest by speaker_id.top1)")
