@@ -209,6 +209,8 @@ class Figure:
     epoch_capped: dict | None = None
     caveats: list[str] = field(default_factory=list)
     missing: str = ""
+    #: The result dict the value was read from (its CI, chance and attacker sit beside it); None when missing.
+    source: dict | None = field(default=None, repr=False)
 
     @property
     def interval(self) -> list[float] | None:
@@ -298,6 +300,7 @@ def read_figure(node: Any, path: str, measure: Measure, where: str = "") -> Figu
         fig.missing = f"out of range ({value!r} not in {measure.range_text()})"
         return fig
     fig.value = float(value)
+    fig.source = holder
     ci = holder.get(measure.ci) if measure.ci else None
     fig.ci95 = list(ci) if _is_ci(ci) else None
     sel = holder.get("selection_ci95") if measure.ci == "ci95" else None
@@ -331,10 +334,7 @@ def strongest_figure(scenarios: dict, family: str, path: str, measure: Measure) 
         if fig.value is None:
             missing[name] = fig.missing or "not run"
             continue
-        holder = result
-        for part in path.split(".")[:-1]:
-            holder = holder.get(part) if isinstance(holder, dict) else None
-        holder = holder if isinstance(holder, dict) else result
+        holder = fig.source
         leak = {"value": fig.value, "ci95": holder.get(measure.ci) if measure.ci else None,
                 "chance": holder.get("chance") if isinstance(measure.chance, str) else measure.chance,
                 "attacker": holder.get("attacker"), "still_learning": fig.still_learning,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from audit.measures import Bands, Figure, Measure, Rating, rate, read_figure
-from audit.results import RISK_LEVELS, RiskRating, is_ok, layer_attack
+from audit.results import RiskRating, is_ok, layer_attack
 
 #: (label, path into a layer's attacks, metric, "max" if higher is leakier else "min").
 IDENTITY_MEASURES = (("identity (speaker-ID top-1)", ("speaker_id",), "top1", "max"),
@@ -74,10 +74,7 @@ def leakiest(layers: list[dict], measures: list[tuple[str, Measure]]) -> dict[st
                     continue
                 fig = read_figure(node, path, measure, f"layer {la['index']}")
                 if fig.value is not None:
-                    holder = node
-                    for part in path.split(".")[:-1]:
-                        holder = holder.get(part) if isinstance(holder, dict) else None
-                    scored.append((fig, la, holder if isinstance(holder, dict) else node))
+                    scored.append((fig, la, fig.source))
             if not scored:
                 continue
             pick = max if measure.higher_is_leakier else min
@@ -113,27 +110,6 @@ def headline(layers: list[dict]) -> dict[str, Any]:
                                 f"{res.get('n_attackers_compared', 1)} attackers x {len(scored)} layers; "
                                 "selection CI Bonferroni-adjusted for that many comparisons")}
     return {}
-
-
-def worst_layer(layers: list[dict], path: tuple[str, ...], metric: str, higher_is_leakier: bool,
-                ci_key: str = "ci95") -> dict[str, Any] | None:
-    """The leakiest layer's value of ``metric`` at ``path``, with the CI valid for picking it.
-
-    Returns ``value``, ``ci95`` (the selection-adjusted interval where the family computed
-    one, else the attacker's own), ``chance``, ``layer``, ``result`` and ``n_layers`` (the
-    number of layers it was picked from); None when no layer has the metric.
-    """
-    scored = _scored(layers, path, metric)
-    if not scored:
-        return None
-    value, la, res = (max if higher_is_leakier else min)(scored, key=lambda t: t[0])
-    return {"value": value, "ci95": res.get("selection_ci95") or res.get(ci_key), "chance": res.get("chance"),
-            "layer": la["index"], "result": res, "n_layers": len(scored)}
-
-
-def worst_level(levels: list[str]) -> str:
-    """The worst of several risk levels (``high`` > ``medium`` > ``low`` > ``not measured``)."""
-    return min(levels, key=RISK_LEVELS.index) if levels else "not measured"
 
 
 def worst_rating(ratings: list[RiskRating]) -> RiskRating | None:
@@ -190,5 +166,4 @@ def rate_layers(threat: str, metric: str, figures: list[Figure], evidence: Calla
 
 
 __all__ = ["IDENTITY_MEASURES", "headline", "headline_measures", "layer_figures", "leakiest", "measure_instances",
-           "rate_figure", "rate_layers", "worst_layer",
-           "worst_level", "worst_rating"]
+           "rate_figure", "rate_layers", "worst_rating"]
