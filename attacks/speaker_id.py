@@ -34,10 +34,10 @@ from audit.family import (ATTACKER_FAILURES, AttackFamily, FamilySettings, Layer
                           failed_attacker)
 from audit.metrics import closed_set_metrics
 from audit.measures import Bands, Figure, Measure
-from audit.results import (AttackResult, RiskRating, Table, curve_cell, fmt_ci, fmt_pct, is_ok,
+from audit.results import (AttackResult, Table, curve_cell, fmt_ci, fmt_pct, is_ok,
                            layer_attack, skip_cell)
 from audit.splits import Split, closed_set_split
-from audit.summary import layer_figures, rate_layers
+from audit.summary import layer_risk
 
 
 class _PooledSpeakerID(ABC):
@@ -331,11 +331,8 @@ def _reid_evidence(fig: Figure) -> str:
             f"{fmt_pct(fig.value)} of the time (CI {fmt_ci(fig.ci95)}{sel}){ratio}")
 
 
-def rate_reidentification(results: dict) -> RiskRating:
-    """Risk of naming a known speaker: every layer's top-1 rated by its CI bounds (:data:`REID_BANDS`), the worst kept."""
-    rating = rate_layers("re-identification", "speaker_id.top1",
-                         layer_figures(results["layers"], ("speaker_id",), "top1", METRICS[0]), _reid_evidence)
-    return rating or RiskRating("re-identification", "not measured", "no layer has a speaker-ID result")
+#: Risk of naming a known speaker: every layer's top-1 rated by its CI bounds (:data:`REID_BANDS`), the worst kept.
+rate_reidentification = layer_risk("re-identification", "speaker_id", METRICS[0], _reid_evidence)
 
 
 FAMILY = AttackFamily(

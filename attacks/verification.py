@@ -42,9 +42,9 @@ from audit.family import (ATTACKER_FAILURES, AttackFamily, FamilySettings, Layer
                           failed_attacker)
 from audit.metrics import CI_METHOD, eer, leakage_ci, linkability, min_dcf, selection_alphas
 from audit.measures import Bands, Figure, Measure
-from audit.results import (AttackResult, RiskRating, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok,
+from audit.results import (AttackResult, Table, curve_cell, fmt_ci, fmt_num, fmt_pct, is_ok,
                            layer_attack, skip_cell)
-from audit.summary import layer_figures, rate_layers
+from audit.summary import layer_risk
 from audit.splits import SAME_RECORDING_NOTE, Grouping, Split, partition_speaker, speaker_disjoint_split
 BACKENDS = ("lda", "plda", "cosine")
 HISTOGRAM_BINS = 40
@@ -808,11 +808,8 @@ def _linkage_evidence(fig: Figure) -> str:
             f"{fmt_pct(fig.value)} (CI {fmt_ci(fig.ci95)}{sel}; 50% = unlinkable)")
 
 
-def rate_linkage(results: dict) -> RiskRating:
-    """Risk of linking two utterances of unseen people: every layer's EER rated by its CI bounds (:data:`LINKAGE_BANDS`)."""
-    rating = rate_layers("linkage", "verification.eer",
-                         layer_figures(results["layers"], ("verification",), "eer", METRICS[0]), _linkage_evidence)
-    return rating or RiskRating("linkage", "not measured", "no layer has a verification result")
+#: Risk of linking two utterances of unseen people: every layer's EER rated by its CI bounds (:data:`LINKAGE_BANDS`).
+rate_linkage = layer_risk("linkage", "verification", METRICS[0], _linkage_evidence)
 
 
 FAMILY = AttackFamily(

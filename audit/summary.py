@@ -165,5 +165,20 @@ def rate_layers(threat: str, metric: str, figures: list[Figure], evidence: Calla
     return min(rated, key=lambda t: (t[0], t[1]))[2]
 
 
-__all__ = ["IDENTITY_MEASURES", "headline", "headline_measures", "layer_figures", "leakiest", "measure_instances",
-           "rate_figure", "rate_layers", "worst_rating"]
+def layer_risk(threat: str, family: str, measure: Measure,
+               evidence: Callable[[Figure], str]) -> Callable[[dict], RiskRating]:
+    """A family's ``risk`` entry as a declaration: every layer's ``measure`` rated by its bands, the worst kept.
+
+    ``evidence`` words one figure for the reason; a run where no layer has the figure reads
+    ``not measured``, never low.
+    """
+    def rate_threat(results: dict) -> RiskRating:
+        figures = layer_figures(results["layers"], (family,), measure.pattern, measure)
+        rating = rate_layers(threat, f"{family}.{measure.pattern}", figures, evidence)
+        return rating or RiskRating(threat, "not measured", f"no layer has a {measure.label or measure.pattern} figure")
+
+    return rate_threat
+
+
+__all__ = ["IDENTITY_MEASURES", "headline", "headline_measures", "layer_figures", "layer_risk", "leakiest",
+           "measure_instances", "rate_figure", "rate_layers", "worst_rating"]

@@ -356,16 +356,11 @@ def test_a_plugin_family_declaring_one_measure_is_gated_range_checked_and_rated(
     """A family outside ``attacks/`` declares one measure with bands: the gate and the rating read it unedited."""
     from audit.family import AttackFamily
     from audit.report.build import risk_ratings
-    from audit.summary import layer_figures, rate_layers
+    from audit.summary import layer_risk
 
     match = Measure("match_rate", True, label="voiceprint match rate", bands=Bands(0.5, 2.0, medium_times_chance=True),
                     description="share of clips matched to their speaker")
-
-    def risk(results: dict):
-        return rate_layers("voiceprint linkage", "voiceprint.match_rate",
-                           layer_figures(results["layers"], ("voiceprint",), "match_rate", match),
-                           lambda fig: f"{fig.where}: {match.show(fig.value)} matched")
-
+    risk = layer_risk("voiceprint linkage", "voiceprint", match, lambda fig: f"{fig.where}: {match.show(fig.value)} matched")
     family = AttackFamily(name="voiceprint", settings=object, split=None, attack=None, table=None,
                           threat="voiceprint linkage", risk=risk, metrics=(match,))
     registry = {**load_families(), "voiceprint": family}
