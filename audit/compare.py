@@ -199,11 +199,10 @@ def find_measures(runs: list[Run], families: dict | None = None) -> list[Measure
     slugs: set[str] = set()
     for family, declared in headline_measures(families):
         for key, path in measure_instances(layers, family, declared):
-            raw = (declared.slug or f"{family}_{path}").format(key=key).lower()
-            slug = _unique_slug(re.sub(r"[^a-z0-9]+", "_", raw).strip("_"), slugs)
+            slug = _unique_slug(declared.slug_for(family, key, path), slugs)
             slugs.add(slug)
             parts = path.split(".")
-            measures.append(Measure(slug, (declared.label or f"{family} {path}").format(key=key),
+            measures.append(Measure(slug, declared.title_for(family, key, path),
                                     declared.headline.format(key=key), (family, *parts[:-1]), parts[-1],
                                     declared.ci or "ci95", declared.percent, bool(declared.higher_is_leakier),
                                     declared.ylim))

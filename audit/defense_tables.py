@@ -73,15 +73,12 @@ def setting_label(entry: dict) -> str:
 
 def _declared_columns(entries: list[dict], families: dict) -> list[tuple[str, str, str, Measure]]:
     """(title, family, path, measure) of each declared headline measure with a defense column that a setting measured."""
-    columns = []
-    for family, measure in headline_measures(families):
-        if not measure.defense_column:
-            continue
-        layers = [{"index": 0, "attacks": scenario} for e in entries
-                  for scenario in (e.get("scenarios") or {}).values() if isinstance(scenario, dict)]
-        for key, path in measure_instances(layers, family, measure):
-            columns.append(((measure.label or f"{family} {path}").format(key=key), family, path, measure))
-    return columns
+    # every scenario of every setting, laid out as layers so the measure's instances are found as on a layer
+    scenarios = [{"index": 0, "attacks": scenario} for e in entries
+                 for scenario in (e.get("scenarios") or {}).values() if isinstance(scenario, dict)]
+    return [(measure.title_for(family, key, path), family, path, measure)
+            for family, measure in headline_measures(families) if measure.defense_column
+            for key, path in measure_instances(scenarios, family, measure)]
 
 
 def _leak_cell(leak: dict | None, measure: Measure | None = None) -> str:

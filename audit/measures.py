@@ -22,6 +22,7 @@ neither interval can make a figure read safer than the other would.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,15 @@ class Measure:
     def worse_is_higher(self) -> bool:
         """True when a higher value is worse for the side a gate protects (more leakage, or less utility)."""
         return bool(self.higher_is_leakier) if self.is_leakage else not self.higher_is_better
+
+    def title_for(self, family: str, key: str, path: str) -> str:
+        """The measure's title where its ``*`` matched ``key`` (its label, else the family and path)."""
+        return (self.label or f"{family} {path}").format(key=key)
+
+    def slug_for(self, family: str, key: str, path: str) -> str:
+        """A file-name-safe name for the measure where its ``*`` matched ``key`` (its slug, else family and path)."""
+        raw = (self.slug or f"{family}_{path}").format(key=key).lower()
+        return re.sub(r"[^a-z0-9]+", "_", raw).strip("_")
 
     def chance_of(self, holder: dict) -> float | None:
         """The chance level beside a value: the declared constant, or the value of the declared key."""

@@ -7,7 +7,6 @@ pipeline made from embeddings (t-SNE maps) are listed in ``results["figures"]`` 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from audit import plots
@@ -212,8 +211,7 @@ def _declared_figures(results: dict, out: Path, spec: str, layers: list, names: 
             line = series(results, (family, *parts[:-1]), parts[-1], measure.ci or "ci95")
             if not _has(line):
                 continue
-            title = (measure.label or f"{family} {path}").format(key=key)
-            slug = re.sub(r"[^a-z0-9]+", "_", (measure.slug or f"{family}_{path}").format(key=key).lower()).strip("_")
+            title, slug = measure.title_for(family, key, path), measure.slug_for(family, key, path)
             chance = next((measure.chance_of(layer_attack(la, family, *parts[:-1]) or {}) for la in results["layers"]
                            if is_ok(layer_attack(la, family))), None)
             plots.layer_curves(out / f"{slug}_by_layer.png", layers, names, {title: line}, ylabel=title,
