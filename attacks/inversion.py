@@ -66,7 +66,7 @@ from audit.results import (AttackResult, RiskRating, Table, fmt_ci, fmt_num, fmt
                            layer_attack, skip_cell)
 from audit.signal_metrics import lsd_from_logmel
 from audit.splits import Split, speaker_disjoint_split
-from audit.summary import worst_rating
+from audit.summary import rating_reason, worst_rating
 
 # Predicted log-mels are clamped to this before ``exp`` in the spectral-convergence term.
 _MAX_LOG_MEL = 30.0
@@ -1171,7 +1171,7 @@ def _rate_layer(index: int, result: dict) -> RiskRating | None:
                       f"{fmt_ci(spk.ci95)}, chance {fmt_pct(spk.chance)})"))
     if rated:
         evidence = (f"{where}: speech decoded from the embeddings by a decoder trained on other people: "
-                    + "; ".join(text for _, _, _, text in rated))
+                    + "; ".join(text for _, _, _, text in rated) + "; the threat is met when either judge's figure is")
         bands_text = "; ".join(f"{fig.measure.label}: {bands.describe(bool(fig.measure.higher_is_leakier), fig.measure.show)}"
                                for _, fig, bands, _ in rated)
         rating = combine([r for r, _, _, _ in rated])
@@ -1185,12 +1185,7 @@ def _rate_layer(index: int, result: dict) -> RiskRating | None:
                     f"{fmt_ci(stoi.ci95, 1, '.2f')}) against the originals (judges were skipped, so "
                     "intelligibility is estimated from STOI)")
         bands_text = STOI_RISK_BANDS.describe(True, lambda x: f"{x:g}")
-    reason = f"{evidence}; the threat is met when either judge's figure is; bands: {bands_text}"
-    if rating.level == "inconclusive":
-        reason += (f"; inconclusive: the CIs span {rating.best} to {rating.worst}, so it can be neither cleared nor "
-                   "confirmed: more data needed")
-    for caveat in caveats:
-        reason += f"; decoder: {caveat}"
+    reason = rating_reason(evidence, bands_text, rating, [f"decoder: {caveat}" for caveat in caveats])
     return RiskRating("reconstruction", rating.level, reason, f"inversion.{fig.measure.pattern}", fig.value,
                       fig.interval, fig.chance, index, worst=rating.worst, best=rating.best, caveats=caveats)
 

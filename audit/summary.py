@@ -35,12 +35,12 @@ def measure_instances(layers: list[dict], family: str, measure: Measure) -> list
     A pattern's ``*`` matches one key of the family's result (an attribute's name), so an
     attribute measured only on some corpora is headlined only there.
     """
+    if "*" not in measure.pattern:
+        return [("", measure.pattern)] if layers else []
     found: list[tuple[str, str]] = []
     head, _, tail = measure.pattern.partition("*")
     for la in layers:
         node = layer_attack(la, family)
-        if "*" not in measure.pattern:
-            return [("", measure.pattern)]
         if not isinstance(node, dict):
             continue
         holder = node
@@ -130,15 +130,20 @@ def layer_figures(layers: list[dict], path: tuple[str, ...], metric: str, measur
     return figures
 
 
-def rate_figure(threat: str, metric: str, fig: Figure, rating: Rating, evidence: str, bands: Bands,
-                layer: int | None = None) -> RiskRating:
-    """A :class:`RiskRating` from one rated figure: the evidence sentence, the bands, the caveats, the verdict's basis."""
-    reason = f"{evidence}; bands: {bands.describe(bool(fig.measure.higher_is_leakier), fig.measure.show)}"
+def rating_reason(evidence: str, bands: str, rating: Rating, caveats: list[str]) -> str:
+    """A rating's reason: the evidence, the bands it was judged by, why it is inconclusive, and every caveat."""
+    reason = f"{evidence}; bands: {bands}"
     if rating.level == "inconclusive":
         reason += (f"; inconclusive: the CI spans {rating.best} to {rating.worst}, so it can be neither cleared nor "
                    "confirmed: more data needed")
-    for caveat in fig.caveats:
-        reason += f"; {caveat}"
+    return "".join([reason, *(f"; {caveat}" for caveat in caveats)])
+
+
+def rate_figure(threat: str, metric: str, fig: Figure, rating: Rating, evidence: str, bands: Bands,
+                layer: int | None = None) -> RiskRating:
+    """A :class:`RiskRating` from one rated figure: the evidence sentence, the bands, the caveats, the verdict's basis."""
+    reason = rating_reason(evidence, bands.describe(bool(fig.measure.higher_is_leakier), fig.measure.show), rating,
+                           fig.caveats)
     return RiskRating(threat, rating.level, reason, metric, fig.value, fig.interval, fig.chance, layer,
                       worst=rating.worst, best=rating.best, caveats=list(fig.caveats))
 
@@ -181,4 +186,4 @@ def layer_risk(threat: str, family: str, measure: Measure,
 
 
 __all__ = ["IDENTITY_MEASURES", "headline", "headline_measures", "layer_figures", "layer_risk", "leakiest",
-           "measure_instances", "rate_figure", "rate_layers", "worst_rating"]
+           "measure_instances", "rate_figure", "rate_layers", "rating_reason", "worst_rating"]
