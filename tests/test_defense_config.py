@@ -8,6 +8,7 @@ from audit.config import config_from_dict
 from audit.errors import ConfigError
 from audit.pipeline import AuditPipeline
 from tests.conftest import write_tone_corpus
+from tests.plugins import install_plugin
 
 
 def _cfg(**extra):
@@ -122,12 +123,8 @@ DEFENSE = DefenseFamily(name="scale", settings=ScaleSettings, estimator=Scale, d
 
 
 def test_a_plugin_defense_registers_through_the_entry_point_and_runs(tmp_path, monkeypatch):
-    root = tmp_path / "plugin"
-    dist = root / "scale_defense-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (root / "scale_defense.py").write_text(DEFENSE_PLUGIN)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: scale-defense\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[speech_audit.defenses]\nscale = scale_defense:DEFENSE\n")
+    root = install_plugin(tmp_path / "plugin", "scale_defense", "speech_audit.defenses",
+                          "scale = scale_defense:DEFENSE", {"scale_defense": DEFENSE_PLUGIN})
     monkeypatch.syspath_prepend(str(root))
     with pytest.raises(ConfigError, match=r"defense\[0\]\.sweep .*factor=-1"):
         _cfg(defense=[{"name": "scale", "sweep": {"factor": [1, -1]}}])

@@ -14,6 +14,7 @@ from audit.job_cache import JobCache
 from audit.pipeline import AuditPipeline
 from audit.utility import UtilityScore
 from tests.conftest import rounded_floats, write_tone_corpus
+from tests.plugins import install_plugin
 
 
 def job(families, store, corpus, run, x):
@@ -91,12 +92,8 @@ def test_the_run_key_follows_plugin_defense_sources_and_numeric_library_versions
     import audit.job_cache as job_cache
     from defenses import load_defenses
 
-    root = tmp_path / "plugin"
-    dist = root / "keyed_defense-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (root / "keyed_defense.py").write_text(KEYED_DEFENSE)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: keyed-defense\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[speech_audit.defenses]\nkeyed = keyed_defense:DEFENSE\n")
+    root = install_plugin(tmp_path / "plugin", "keyed_defense", "speech_audit.defenses",
+                          "keyed = keyed_defense:DEFENSE", {"keyed_defense": KEYED_DEFENSE})
     monkeypatch.syspath_prepend(str(root))
     assert "keyed" in load_defenses()
 

@@ -15,6 +15,7 @@ from audit.config import AuditConfig, config_from_dict
 from audit.errors import ConfigError
 from audit.pipeline import AuditPipeline
 from tests.conftest import write_tone_corpus
+from tests.plugins import install_plugin
 
 PLUGIN = '''
 """A researcher's own attack family: mean distance of test vectors to the training centroid."""
@@ -66,13 +67,8 @@ FAMILY = AttackFamily(name="centroid", settings=CentroidSettings, split=split, a
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """Install a tiny plugin package with a ``speech_audit.attacks`` entry point on ``sys.path``."""
-    root = tmp_path / "plugin"
-    root.mkdir()
-    (root / "centroid_family.py").write_text(textwrap.dedent(PLUGIN))
-    dist = root / "centroid_family-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: centroid-family\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[speech_audit.attacks]\ncentroid = centroid_family:FAMILY\n")
+    root = install_plugin(tmp_path / "plugin", "centroid_family", "speech_audit.attacks",
+                          "centroid = centroid_family:FAMILY", {"centroid_family": textwrap.dedent(PLUGIN)})
     monkeypatch.syspath_prepend(str(root))
     return root
 
@@ -97,11 +93,7 @@ def test_a_plugin_family_registers_through_the_entry_point_and_runs(plugin, tmp_
 
 
 def test_a_broken_plugin_is_named(tmp_path, monkeypatch):
-    root = tmp_path / "broken"
-    dist = root / "broken-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[speech_audit.attacks]\nbroken = no_such_module:FAMILY\n")
+    root = install_plugin(tmp_path / "broken", "broken", "speech_audit.attacks", "broken = no_such_module:FAMILY")
     monkeypatch.syspath_prepend(str(root))
     with pytest.raises(ConfigError, match="attack plugin 'broken'.*failed to load"):
         load_families()
